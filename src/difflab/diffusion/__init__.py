@@ -1,0 +1,31 @@
+"""Diffusion core: schedules, the forward process, the Denoiser and the training loss."""
+
+from difflab.diffusion.conditioning import NULL_LABEL, Conditioning
+from difflab.diffusion.denoiser import (
+    PREDICTION_TYPES,
+    ClippedDenoiser,
+    Denoiser,
+    Network,
+    Prediction,
+    prediction_to_eps_x0,
+)
+from difflab.diffusion.loss import denoising_loss, prediction_target
+from difflab.diffusion.schedule import SCHEDULE_NAMES, NoiseSchedule
+from difflab.diffusion.spacing import SPACING_NAMES, timestep_sequence
+
+__all__ = [
+    "NULL_LABEL",
+    "PREDICTION_TYPES",
+    "SCHEDULE_NAMES",
+    "SPACING_NAMES",
+    "ClippedDenoiser",
+    "Conditioning",
+    "Denoiser",
+    "Network",
+    "NoiseSchedule",
+    "Prediction",
+    "denoising_loss",
+    "prediction_target",
+    "prediction_to_eps_x0",
+    "timestep_sequence",
+]

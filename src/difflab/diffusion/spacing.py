@@ -1,0 +1,62 @@
+"""Timestep sub-sequences tau for sampling with S < T steps (DDIM sec. 4.2, appendix D.2).
+
+Every spacing returns S distinct timesteps in [0, T), strictly decreasing, the order in which a
+sampler visits them. The sampler's last move goes from the smallest one to clean data
+(``alpha_bar = 1``), so no spacing needs a sentinel. ``uniform``, ``quadratic``, ``leading`` and
+``linspace`` end at t = 0; ``trailing`` starts at t = T - 1 and ends at ``T/S - 1``: it spends its
+steps at the noisy end, which is its purpose (Lin et al. 2024, "Common diffusion noise schedules
+and sample steps are flawed").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from difflab.errors import DifflabError
+
+SPACING_NAMES: tuple[str, ...] = ("uniform", "quadratic", "leading", "linspace", "trailing")
+
+
+def _strictly_increasing(raw: np.ndarray, num_timesteps: int) -> np.ndarray:
+    """Push duplicates apart so that ``raw`` (sorted ints) becomes strictly increasing in [0, T)."""
+    out = raw.astype(np.int64).copy()
+    for i in range(1, len(out)):
+        out[i] = max(out[i], out[i - 1] + 1)
+    for i in range(len(out) - 1, -1, -1):  # then pull the top back under T
+        out[i] = min(out[i], num_timesteps - len(out) + i)
+    return out
+
+
+def timestep_sequence(num_timesteps: int, num_steps: int, spacing: str = "uniform") -> torch.Tensor:
+    """The S timesteps a sampler visits, strictly decreasing.
+
+    Args:
+        num_timesteps: T, the number of training timesteps.
+        num_steps: S, with ``1 <= S <= T``.
+        spacing: ``"uniform"`` (DDIM: tau_i = floor(i T / S)), ``"quadratic"`` (DDIM:
+            tau_i = floor(c i^2) up to 0.8 T), or diffusers' ``"leading"`` (i * (T // S)),
+            ``"linspace"`` (round(linspace(0, T-1, S))) and ``"trailing"`` (round(T - i T/S) - 1).
+
+    Returns:
+        (S,) int64, strictly decreasing.
+    """
+    T, S = num_timesteps, num_steps
+    if not 1 <= S <= T:
+        raise DifflabError(f"the number of sampling steps must be between 1 and T={T}, got {S}.")
+    i = np.arange(S)
+    if spacing == "uniform":
+        ascending = (i * T) // S
+    elif spacing == "quadratic":
+        ascending = _strictly_increasing(np.floor((i * np.sqrt(0.8 * T) / max(S - 1, 1)) ** 2), T)
+    elif spacing == "leading":
+        ascending = i * (T // S)
+    elif spacing == "linspace":
+        ascending = np.round(np.linspace(0, T - 1, S))
+    elif spacing == "trailing":
+        ascending = np.round(T - i * T / S).astype(np.int64)[::-1] - 1
+    else:
+        raise DifflabError(
+            f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACING_NAMES)}."
+        )
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(ascending, dtype=np.int64)[::-1]))

@@ -1,0 +1,99 @@
+"""Named model sizes, and building a network from (architecture, preset, overrides)."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any
+
+from torch import nn
+
+from difflab.config import check_value
+from difflab.errors import DifflabError
+from difflab.models.unet import UNet, UNetConfig
+
+ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {"unet": (UNetConfig, UNet)}
+
+PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    # for tests: a few thousand parameters
+    "unet-tiny": (
+        "unet",
+        dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,)),
+    ),
+    # the shipped MNIST model: 28x28 -> 14 -> 7, attention at 7x7
+    "unet-mnist": (
+        "unet",
+        dict(
+            base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,)
+        ),
+    ),
+    "unet-mnist-large": (
+        "unet",
+        dict(
+            base_channels=64,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=2,
+            attention_resolutions=(14, 7),
+            num_heads=4,
+        ),
+    ),
+    # ADM's CIFAR-10-sized network (32x32): 128 channels, 3 resblocks, attention at 16 and 8
+    "adm-32": (
+        "unet",
+        dict(
+            image_size=32,
+            in_channels=3,
+            out_channels=3,
+            base_channels=128,
+            channel_mult=(1, 2, 2, 2),
+            num_res_blocks=3,
+            attention_resolutions=(16, 8),
+            head_channels=64,
+            dropout=0.3,
+        ),
+    ),
+}
+
+
+def model_config(preset: str, **overrides: Any) -> tuple[str, Any]:
+    """(architecture, config dataclass) for a preset with some fields overridden."""
+    if preset not in PRESETS:
+        raise DifflabError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    arch, values = PRESETS[preset]
+    config_cls = ARCHITECTURES[arch][0]
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise DifflabError(
+            f"model: unknown key {unknown[0]!r} for a {arch}; known keys: {', '.join(sorted(names))}."
+        )
+    hints = typing.get_type_hints(config_cls)
+    checked = {
+        key: check_value(value, hints[key], f"model.{key}") for key, value in overrides.items()
+    }
+    return arch, config_cls(**{**values, **checked})
+
+
+def build_model(arch: str, config: Any) -> nn.Module:
+    """Instantiate the network of architecture ``arch`` from its config dataclass."""
+    if arch not in ARCHITECTURES:
+        raise DifflabError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}."
+        )
+    return ARCHITECTURES[arch][1](config)
+
+
+def config_from_dict(arch: str, values: dict[str, Any]) -> Any:
+    """Rebuild an architecture's config dataclass from its JSON form (lists become tuples)."""
+    if arch not in ARCHITECTURES:
+        raise DifflabError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}."
+        )
+    config_cls = ARCHITECTURES[arch][0]
+    fields = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise DifflabError(
+            f"the checkpoint's model config has an unknown key {unknown[0]!r} for a {arch}."
+        )
+    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})

@@ -1,0 +1,15 @@
+"""Layers shared by the models: timestep embeddings, attention, residual blocks."""
+
+from difflab.nn.attention import SpatialSelfAttention
+from difflab.nn.blocks import Downsample, ResBlock, Upsample, group_norm
+from difflab.nn.embedding import TimestepEmbedding, sinusoidal_embedding
+
+__all__ = [
+    "Downsample",
+    "ResBlock",
+    "SpatialSelfAttention",
+    "TimestepEmbedding",
+    "Upsample",
+    "group_norm",
+    "sinusoidal_embedding",
+]

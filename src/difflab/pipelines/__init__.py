@@ -1,0 +1,5 @@
+"""Compositions of the components: a loaded pixel-space diffusion model (more to come)."""
+
+from difflab.pipelines.pixel import DiffusionModel, load_diffusion_model
+
+__all__ = ["DiffusionModel", "load_diffusion_model"]

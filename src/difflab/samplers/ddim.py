@@ -1,0 +1,152 @@
+"""DDIM (Song, Meng & Ermon 2021): the generalized step, sampling, inversion and reconstruction.
+
+With ``a_t = alpha_bar_t`` and ``tau`` a decreasing sub-sequence of timesteps, one step is eq. 12:
+
+    x_prev = sqrt(a_prev) * x0                       "predicted x0"
+           + sqrt(1 - a_prev - step_std^2) * eps     "direction pointing to x_t"
+           + step_std * z                            "random noise", z ~ N(0, I)
+
+    step_std(eta) = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)     (eq. 16)
+
+``eta = 0`` is the deterministic DDIM, ``eta = 1`` the DDPM posterior. The paper's ``sigma_hat``
+variant (Table 1) keeps the ``eta = 1`` mean and uses the larger DDPM variance
+``sigma_hat^2 = 1 - a_t / a_prev`` for the noise.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from difflab.diffusion.conditioning import Conditioning
+from difflab.samplers.common import Callback, DenoiserLike, StepInfo, batch_timestep, gaussian_like
+
+
+def ddim_step_std(
+    alpha_bar_t: torch.Tensor, alpha_bar_prev: torch.Tensor, eta: float
+) -> torch.Tensor:
+    """sigma_t(eta) of eq. 16; broadcasts like its inputs."""
+    return (
+        eta * ((1 - alpha_bar_prev) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_prev)).sqrt()
+    )
+
+
+def ddim_step(
+    x_t: torch.Tensor,
+    eps: torch.Tensor,
+    x0: torch.Tensor,
+    alpha_bar_t: torch.Tensor,
+    alpha_bar_prev: torch.Tensor,
+    *,
+    eta: float = 0.0,
+    sigma_hat: bool = False,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """One generalized DDIM step x_t -> x_prev (eq. 12). ``noise`` is required when the step is random.
+
+    Args:
+        x_t: (B, C, H, W) current state (used only through eps and x0, kept for clarity of the API).
+        eps, x0: (B, C, H, W) the denoiser's predictions at (x_t, t).
+        alpha_bar_t, alpha_bar_prev: (B, 1, 1, 1); ``alpha_bar_prev = 1`` for the final step.
+        eta: 0 deterministic, 1 DDPM; any value >= 0.
+        sigma_hat: use the larger variance ``1 - a_t / a_prev`` with the eta = 1 mean.
+    """
+    direction_std = ddim_step_std(alpha_bar_t, alpha_bar_prev, 1.0 if sigma_hat else eta)
+    noise_std = (1 - alpha_bar_t / alpha_bar_prev).sqrt() if sigma_hat else direction_std
+    noise_std = torch.where(
+        alpha_bar_prev >= 1, torch.zeros_like(noise_std), noise_std
+    )  # last step
+    direction = (1 - alpha_bar_prev - direction_std**2).clamp(min=0).sqrt()
+    x_prev = alpha_bar_prev.sqrt() * x0 + direction * eps
+    if noise is not None:
+        x_prev = x_prev + noise_std * noise
+    elif bool((noise_std > 0).any()):
+        raise ValueError("ddim_step with eta > 0 or sigma_hat needs a noise tensor.")
+    return x_prev
+
+
+def ddim_sample(
+    denoiser: DenoiserLike,
+    x_T: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: Conditioning | None = None,
+    *,
+    eta: float = 0.0,
+    sigma_hat: bool = False,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Generate x_0 from x_T by visiting ``timesteps`` (strictly decreasing, S of them), eq. 12.
+
+    Args:
+        denoiser: a Denoiser or any guidance wrapper around one.
+        x_T: (B, C, H, W) starting noise.
+        timesteps: (S,) int64, e.g. from :func:`difflab.diffusion.timestep_sequence`.
+        eta: noise level of the generalized step (eq. 16); 0 = deterministic DDIM.
+        sigma_hat: the paper's sigma-hat variant (larger variance).
+        generator: draws the noise of the stochastic steps.
+        callback: called with a :class:`StepInfo` after every step.
+
+    Returns:
+        (B, C, H, W) the generated samples.
+    """
+    schedule = denoiser.schedule
+    steps = [int(t) for t in timesteps]
+    x = x_T
+    for index, t in enumerate(steps):
+        t_prev = steps[index + 1] if index + 1 < len(steps) else -1
+        pred = denoiser(x, batch_timestep(t, x), cond)
+        alpha_bar_t = schedule.alpha_bar_at(batch_timestep(t, x), x)  # (B, 1, 1, 1)
+        alpha_bar_prev = schedule.alpha_bar_at(batch_timestep(t_prev, x), x)
+        stochastic = (eta > 0 or sigma_hat) and t_prev >= 0
+        noise = gaussian_like(x, generator) if stochastic else None
+        x = ddim_step(
+            x,
+            pred.eps,
+            pred.x0,
+            alpha_bar_t,
+            alpha_bar_prev,
+            eta=eta,
+            sigma_hat=sigma_hat,
+            noise=noise,
+        )
+        if callback is not None:
+            callback(StepInfo(index, len(steps), t, x, pred.x0))
+    return x
+
+
+def ddim_invert(
+    denoiser: DenoiserLike,
+    x0: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: Conditioning | None = None,
+    *,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """Encode data into noise by running the eta = 0 step backwards (the ODE of eq. 14, reversed).
+
+    Visits ``timesteps`` in increasing order, starting from clean data. Each move from a less noisy
+    level ``a_from`` to ``a_to`` uses eps evaluated at the current point,
+    ``x_to = sqrt(a_to) * x0_hat + sqrt(1 - a_to) * eps`` with
+    ``x0_hat = (x - sqrt(1 - a_from) eps) / sqrt(a_from)``. The approximation error (eps at the
+    start of the move instead of its end) shrinks as the number of steps grows.
+
+    Args:
+        x0: (B, C, H, W) data.
+        timesteps: the same (S,) strictly decreasing sequence that :func:`ddim_sample` will use.
+
+    Returns:
+        (B, C, H, W) x_T such that ``ddim_sample(denoiser, x_T, timesteps, eta=0)`` ~ x0.
+    """
+    schedule = denoiser.schedule
+    ascending = [int(t) for t in timesteps.flip(0)]
+    x = x0
+    for index, t_to in enumerate(ascending):
+        t_from = ascending[index - 1] if index > 0 else -1
+        eps = denoiser(x, batch_timestep(max(t_from, 0), x), cond).eps
+        alpha_bar_from = schedule.alpha_bar_at(batch_timestep(t_from, x), x)
+        alpha_bar_to = schedule.alpha_bar_at(batch_timestep(t_to, x), x)
+        x0_hat = (x - (1 - alpha_bar_from).sqrt() * eps) / alpha_bar_from.sqrt()
+        x = alpha_bar_to.sqrt() * x0_hat + (1 - alpha_bar_to).sqrt() * eps
+        if callback is not None:
+            callback(StepInfo(index, len(ascending), t_to, x, x0_hat))
+    return x

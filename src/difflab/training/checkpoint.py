@@ -1,0 +1,134 @@
+"""Checkpoints: one safetensors file whose header carries a JSON description.
+
+The JSON (under the header key ``"difflab"``) records ``kind``, ``config``, ``step`` and library
+``versions``. Files are written atomically (temporary file, fsync, rename). Loading never
+unpickles: a pickle or a ``torch.save`` zip offered as a checkpoint is refused by its first bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import struct
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+import difflab
+from difflab.errors import DifflabError
+from difflab.utils.atomic import atomic_path
+
+METADATA_KEY = "difflab"
+MAX_HEADER_BYTES = 100_000_000
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "difflab": difflab.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def save_checkpoint(
+    path: str | Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
+    """Write ``tensors`` and ``meta`` (JSON-serialisable, gets ``versions`` added) atomically."""
+    meta = {**meta, "versions": library_versions()}
+    payload = safetensors.torch.save(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()},
+        metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)},
+    )
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+    return path
+
+
+def _refuse_foreign_format(path: Path, head: bytes) -> None:
+    fix = "difflab reads only the safetensors checkpoints it writes; give a .safetensors file from `difflab train`."
+    if head[:1] == b"\x80":
+        raise DifflabError(f"{path} is a Python pickle, which difflab never unpickles; {fix}")
+    if head[:2] == b"PK":
+        raise DifflabError(
+            f"{path} is a zip archive (a torch.save file), which difflab never unpickles; {fix}"
+        )
+
+
+def load_checkpoint(
+    path: str | Path, kind: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read a checkpoint: (tensors, meta). ``kind`` (e.g. "diffusion") is checked when given."""
+    path = Path(path)
+    if not path.is_file():
+        raise DifflabError(
+            f"checkpoint {path} does not exist; check the path (trained models are in runs/*/ and weights/)."
+        )
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    _refuse_foreign_format(path, head)
+    if size < 8 or struct.unpack("<Q", head)[0] > min(size - 8, MAX_HEADER_BYTES):
+        raise DifflabError(
+            f"{path} is not a safetensors file (or it is truncated); re-export or re-download it."
+        )
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            raw_meta = (handle.metadata() or {}).get(METADATA_KEY)
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise DifflabError(
+            f"{path} is a damaged safetensors file ({error}); restore it from a good copy."
+        ) from None
+    if raw_meta is None:
+        raise DifflabError(
+            f"{path} has no difflab metadata; it was not written by difflab, so its model is unknown."
+        )
+    try:
+        meta = json.loads(raw_meta)
+    except json.JSONDecodeError:
+        raise DifflabError(
+            f"{path} has damaged difflab metadata (invalid JSON); restore it from a good copy."
+        ) from None
+    if kind is not None and meta.get("kind") != kind:
+        raise DifflabError(
+            f"{path} holds a {meta.get('kind')!r} checkpoint, but this command needs a {kind!r} one."
+        )
+    return tensors, meta
+
+
+def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries whose key starts with ``prefix + '.'``, with the prefix removed."""
+    start = prefix + "."
+    return {k[len(start) :]: v for k, v in tensors.items() if k.startswith(start)}
+
+
+def with_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def load_weights_strict(
+    module: torch.nn.Module, weights: dict[str, torch.Tensor], where: Path
+) -> None:
+    """Load a state dict, naming missing, unexpected or mis-shaped tensors in one sentence."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    extra = sorted(set(weights) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]!r})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected (e.g. {extra[0]!r})")
+        raise DifflabError(
+            f"{where}: the weights do not match the model config: {' and '.join(parts)} tensors."
+        )
+    for key, value in weights.items():
+        if value.shape != expected[key].shape:
+            raise DifflabError(
+                f"{where}: tensor {key!r} has shape {tuple(value.shape)} but the model expects {tuple(expected[key].shape)}."
+            )
+    module.load_state_dict({k: v.to(expected[k].dtype) for k, v in weights.items()})

@@ -1,0 +1,323 @@
+"""The training loop: one readable function for every diffusion backbone.
+
+AdamW with linear warm-up, EMA weights, gradient clipping and accumulation, optional bf16
+autocast, periodic PNG grids and JSONL metrics, and atomic checkpoints from which ``resume=True``
+continues bit for bit (model, EMA, optimizer, step, data order and RNG state).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflab.config import ExperimentConfig, config_to_dict
+from difflab.data import ImageDataset, load_dataset
+from difflab.diffusion import (
+    Conditioning,
+    Denoiser,
+    NoiseSchedule,
+    denoising_loss,
+    timestep_sequence,
+)
+from difflab.errors import DifflabError
+from difflab.models import build_model, model_config
+from difflab.samplers import ddim_sample
+from difflab.training.checkpoint import (
+    load_checkpoint,
+    load_weights_strict,
+    save_checkpoint,
+    split_prefix,
+    with_prefix,
+)
+from difflab.training.data_order import BatchStream
+from difflab.training.ema import EMA
+from difflab.training.progress import JsonlLog, Progress
+from difflab.utils.images import save_grid
+
+STATE_FILE = "checkpoints/last.safetensors"
+MODEL_FILE = "model.safetensors"
+
+
+@dataclasses.dataclass
+class TrainingRun:
+    """Everything a run holds in memory."""
+
+    config: ExperimentConfig
+    dataset: ImageDataset
+    arch: str
+    net: torch.nn.Module
+    schedule: NoiseSchedule
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    stream: BatchStream
+    generator: torch.Generator
+    step: int = 0
+
+
+def build_run(config: ExperimentConfig) -> TrainingRun:
+    """Load the data and build model, schedule, EMA and optimizer from a config."""
+    data = config.data
+    dataset = load_dataset(
+        data.name,
+        split="train",
+        data_dir=data.data_dir,
+        image_size=data.image_size,
+        channels=data.channels,
+        pad_to_32=data.pad_to_32,
+        limit=data.limit,
+    )
+    model_values = dict(config.model)
+    preset = model_values.pop("preset", None)
+    if preset is None:
+        raise DifflabError(
+            "config section 'model' needs a 'preset' (e.g. unet-mnist); see `difflab info --presets`."
+        )
+    model_values.setdefault("image_size", dataset.image_size)
+    model_values.setdefault("in_channels", dataset.channels)
+    model_values.setdefault("out_channels", dataset.channels)
+    arch, net_config = model_config(preset, **model_values)
+    if getattr(net_config, "num_classes", 0) and dataset.num_classes == 0:
+        raise DifflabError(
+            f"model.num_classes is {net_config.num_classes} but dataset {dataset.name!r} has no labels; set model.num_classes=0."
+        )
+    train = config.train
+    _check_train_config(train, net_config)
+    torch.manual_seed(train.seed)
+    net = build_model(arch, net_config)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    schedule = NoiseSchedule.from_name(
+        config.diffusion.schedule,
+        config.diffusion.num_timesteps,
+        config.diffusion.beta_start,
+        config.diffusion.beta_end,
+    )
+    return TrainingRun(
+        config=config,
+        dataset=dataset,
+        arch=arch,
+        net=net,
+        schedule=schedule,
+        ema=EMA(net, train.ema_decay),
+        optimizer=optimizer,
+        stream=BatchStream(len(dataset), train.batch_size, train.seed),
+        generator=torch.Generator().manual_seed(train.seed + 1),
+    )
+
+
+def _check_train_config(train: Any, net_config: Any) -> None:
+    positive = (
+        "steps",
+        "batch_size",
+        "grad_accum",
+        "log_every",
+        "sample_every",
+        "checkpoint_every",
+        "sample_steps",
+    )
+    for name in positive:
+        if getattr(train, name) < 1:
+            raise DifflabError(f"train.{name} must be at least 1, got {getattr(train, name)}.")
+    if not 0 <= train.label_dropout < 1:
+        raise DifflabError(f"train.label_dropout must lie in [0, 1), got {train.label_dropout}.")
+    if train.label_dropout > 0 and not getattr(net_config, "num_classes", 0):
+        raise DifflabError(
+            "train.label_dropout needs a class-conditional model; set model.num_classes."
+        )
+    if not 0 <= train.ema_decay < 1:
+        raise DifflabError(f"train.ema_decay must lie in [0, 1), got {train.ema_decay}.")
+
+
+def model_meta(run: TrainingRun) -> dict[str, Any]:
+    """The JSON that describes the model of a run (stored in every checkpoint it writes)."""
+    return {
+        "kind": "diffusion",
+        "arch": run.arch,
+        "model": config_to_dict(run.net.config),
+        "diffusion": config_to_dict(run.config.diffusion),
+        "data": {
+            "name": run.dataset.name,
+            "image_size": run.dataset.image_size,
+            "channels": run.dataset.channels,
+            "class_names": list(run.dataset.class_names),
+        },
+        "experiment": config_to_dict(run.config),
+        "step": run.step,
+    }
+
+
+def save_training_state(run: TrainingRun, out_dir: Path) -> None:
+    """Full state for ``resume`` (checkpoints/last.safetensors) and EMA weights (model.safetensors)."""
+    optimizer_state = run.optimizer.state_dict()
+    tensors = {
+        **with_prefix(run.net.state_dict(), "model"),
+        **with_prefix(run.ema.state_dict(), "ema"),
+    }
+    for index, state in optimizer_state["state"].items():
+        tensors.update(with_prefix(state, f"optim.{index}"))
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.train"] = run.generator.get_state()
+    meta = model_meta(run)
+    meta["state"] = {
+        **run.stream.state(),
+        "ema_updates": run.ema.num_updates,
+        "param_groups": optimizer_state["param_groups"],
+    }
+    save_checkpoint(out_dir / STATE_FILE, tensors, meta)
+    save_checkpoint(
+        out_dir / MODEL_FILE, with_prefix(run.ema.state_dict(), "model"), model_meta(run)
+    )
+
+
+def restore_training_state(run: TrainingRun, path: Path) -> None:
+    tensors, meta = load_checkpoint(path, kind="diffusion")
+    current = model_meta(run)
+    for section in ("arch", "model", "diffusion"):
+        if meta.get(section) != current[section]:
+            raise DifflabError(
+                f"{path} was trained with a different {section} config than the one given; resume with the same config or use a new train.out_dir."
+            )
+    load_weights_strict(run.net, split_prefix(tensors, "model"), path)
+    load_weights_strict(run.ema.module, split_prefix(tensors, "ema"), path)
+    state = meta["state"]
+    optim_state = {int(k.split(".")[0]): {} for k in split_prefix(tensors, "optim")}
+    for key, value in split_prefix(tensors, "optim").items():
+        index, name = key.split(".", 1)
+        optim_state[int(index)][name] = value
+    run.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    run.generator.set_state(tensors["rng.train"])
+    run.ema.num_updates = state["ema_updates"]
+    run.stream = BatchStream(
+        len(run.dataset),
+        run.config.train.batch_size,
+        run.config.train.seed,
+        state["epoch"],
+        state["position"],
+    )
+    run.step = meta["step"]
+
+
+def learning_rate(train: Any, step: int) -> float:
+    """Linear warm-up to ``train.lr`` over ``warmup_steps``, then constant."""
+    if train.warmup_steps and step < train.warmup_steps:
+        return train.lr * (step + 1) / train.warmup_steps
+    return train.lr
+
+
+def train_step(run: TrainingRun) -> float:
+    """One optimizer update over ``grad_accum`` micro-batches; returns the mean loss."""
+    train = run.config.train
+    for group in run.optimizer.param_groups:
+        group["lr"] = learning_rate(train, run.step)
+    run.optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for _ in range(train.grad_accum):
+        index = run.stream.next()
+        x0 = run.dataset.images[index]  # (B, C, H, W)
+        cond = Conditioning()
+        if getattr(run.net.config, "num_classes", 0):
+            labels = run.dataset.labels[index]  # (B,)
+            drop = torch.rand(labels.shape, generator=run.generator) < train.label_dropout
+            cond = Conditioning(labels=labels).drop(drop)
+        autocast = (
+            torch.autocast("cpu", dtype=torch.bfloat16) if train.bf16 else contextlib.nullcontext()
+        )
+        with autocast:
+            loss = denoising_loss(run.net, run.schedule, x0, cond, generator=run.generator)
+        (loss / train.grad_accum).backward()
+        total += loss.item()
+    mean_loss = total / train.grad_accum
+    if not math.isfinite(mean_loss):
+        raise DifflabError(
+            f"the loss became {mean_loss} at step {run.step + 1}; lower train.lr or enable train.grad_clip, then resume from the last checkpoint."
+        )
+    if train.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(run.net.parameters(), train.grad_clip)
+    run.optimizer.step()
+    run.ema.update(run.net)
+    run.step += 1
+    return mean_loss
+
+
+@torch.no_grad()
+def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
+    """DDIM samples of the EMA model with a fixed seed, so grids of successive steps compare."""
+    size, channels = run.dataset.image_size, run.dataset.channels
+    generator = torch.Generator().manual_seed(1234)
+    x_T = torch.randn(count, channels, size, size, generator=generator)
+    cond = Conditioning()
+    num_classes = getattr(run.net.config, "num_classes", 0)
+    if num_classes:
+        cond = Conditioning(labels=torch.arange(count) % num_classes)
+    timesteps = timestep_sequence(
+        run.schedule.num_timesteps, min(run.config.train.sample_steps, run.schedule.num_timesteps)
+    )
+    images = ddim_sample(Denoiser(run.ema.module, run.schedule), x_T, timesteps, cond, eta=0.0)
+    save_grid(images, path, nrow=int(math.sqrt(count)))
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from."""
+    import json
+
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train a diffusion model as ``config`` says; returns the path of the EMA model checkpoint."""
+    out_dir = Path(config.train.out_dir)
+    _check_output_dir(out_dir)
+    run = build_run(config)
+    log = JsonlLog(out_dir / "metrics.jsonl")
+    if resume:
+        state_path = out_dir / STATE_FILE
+        if not state_path.exists():
+            raise DifflabError(
+                f"nothing to resume: {state_path} does not exist; start without --resume."
+            )
+        restore_training_state(run, state_path)
+        _trim_log(log.path, run.step)
+    elif (out_dir / STATE_FILE).exists():
+        raise DifflabError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another train.out_dir."
+        )
+    train_cfg = config.train
+    bar = Progress(train_cfg.steps, run.step, enabled=progress)
+    images_seen = 0
+    run.net.train()
+    while run.step < train_cfg.steps:
+        loss = train_step(run)
+        images_seen += train_cfg.batch_size * train_cfg.grad_accum
+        if run.step % train_cfg.log_every == 0 or run.step == train_cfg.steps:
+            speed = bar.update(run.step, loss, images_seen)
+            log.write(
+                {"step": run.step, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"], **speed}
+            )
+        if run.step % train_cfg.sample_every == 0 or run.step == train_cfg.steps:
+            sample_grid(run, out_dir / "samples" / f"step_{run.step:07d}.png")
+        if run.step % train_cfg.checkpoint_every == 0 or run.step == train_cfg.steps:
+            save_training_state(run, out_dir)
+    bar.close()
+    return out_dir / MODEL_FILE
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """Fail before training if the output folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise DifflabError(
+            f"cannot write to the output folder {out_dir} ({error.strerror}); choose a writable train.out_dir."
+        ) from None
