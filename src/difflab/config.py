@@ -6,6 +6,7 @@ suggests the closest known one). Every section is a dataclass; defaults live the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -110,6 +111,9 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            with contextlib.suppress(ValueError):
+                return float(value)
         raise DifflabError(f"{where} must be a number, got {value!r}.")
     if annotation is str:
         if isinstance(value, str):

@@ -10,16 +10,15 @@ import argparse
 import sys
 
 from difflab import __version__
-from difflab.cli import generate, info, train
+from difflab.cli import export, generate, info, train
 from difflab.errors import DifflabError
 
-COMMAND_MODULES = (train, generate, info)
+COMMAND_MODULES = (train, generate, info, export)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence, exit 2, as for every other bad input
-        self.print_usage(sys.stderr)
-        self.exit(2, f"difflab: error: {message}.\n")
+        self.exit(2, f"{self.prog}: error: {message}; see `{self.prog} --help`.\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

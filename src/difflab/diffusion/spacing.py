@@ -59,4 +59,4 @@ def timestep_sequence(num_timesteps: int, num_steps: int, spacing: str = "unifor
         raise DifflabError(
             f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACING_NAMES)}."
         )
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(ascending, dtype=np.int64)[::-1]))
+    return torch.from_numpy(np.asarray(ascending, dtype=np.int64)[::-1].copy())

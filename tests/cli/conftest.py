@@ -1,0 +1,37 @@
+from pathlib import Path
+
+import pytest
+
+from difflab.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def train_tiny(out_dir: Path, *overrides: str) -> int:
+    """``difflab train configs/digits_tiny.yaml`` shortened to a few steps."""
+    return main(
+        [
+            "train",
+            "--quiet",
+            str(CONFIGS / "digits_tiny.yaml"),
+            f"train.out_dir={out_dir}",
+            "train.steps=3",
+            "train.sample_steps=2",
+            *overrides,
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real (3-step) unconditional checkpoint."""
+    out = tmp_path_factory.mktemp("run")
+    assert train_tiny(out) == 0
+    return out / "model.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_conditional_checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_cond")
+    assert train_tiny(out, "model.num_classes=10", "train.label_dropout=0.1") == 0
+    return out / "model.safetensors"

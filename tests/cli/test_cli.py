@@ -1,0 +1,233 @@
+"""The CLI end to end on tiny checkpoints: every command, and each bad input as one clear sentence."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from difflab.cli import main
+from tests.cli.conftest import CONFIGS, train_tiny
+
+
+def run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_sample_writes_a_grid_and_single_images(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code, stdout, _ = run(
+        [
+            "sample",
+            str(tiny_checkpoint),
+            "--steps",
+            "3",
+            "--n",
+            "6",
+            "--out",
+            str(out),
+            "--out-dir",
+            str(tmp_path / "single"),
+        ],
+        capsys,
+    )
+    assert code == 0 and str(out) in stdout
+    assert Image.open(out).size == (3 * 10 + 2, 2 * 10 + 2)  # 3 per row, 8 px + 2 px padding
+    assert len(list((tmp_path / "single").glob("*.png"))) == 6
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--sampler", "ddpm"],
+        ["--eta", "1", "--spacing", "trailing"],
+        ["--sigma-hat"],
+        ["--clip-x0", "--spacing", "quadratic"],
+    ],
+)
+def test_sampler_options(tiny_checkpoint, tmp_path, capsys, args):
+    code, _, err = run(
+        [
+            "sample",
+            str(tiny_checkpoint),
+            "--steps",
+            "4",
+            "--n",
+            "2",
+            "--out",
+            str(tmp_path / "g.png"),
+            *args,
+        ],
+        capsys,
+    )
+    assert code == 0, err
+
+
+def test_labels_on_a_conditional_model(tiny_conditional_checkpoint, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    code, _, err = run(
+        [
+            "sample",
+            str(tiny_conditional_checkpoint),
+            "--steps",
+            "2",
+            "--n",
+            "20",
+            "--labels",
+            "all",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert Image.open(out).size[0] == 10 * 10 + 2  # one column per class
+    code, _, err = run(
+        [
+            "sample",
+            str(tiny_conditional_checkpoint),
+            "--steps",
+            "2",
+            "--n",
+            "2",
+            "--label",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+
+
+def test_invert_interpolate_and_info(tiny_checkpoint, tmp_path, capsys):
+    code, stdout, err = run(
+        [
+            "invert",
+            str(tiny_checkpoint),
+            "--data",
+            "digits",
+            "--n",
+            "3",
+            "--steps",
+            "5",
+            "--out",
+            str(tmp_path / "inv.png"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "reconstruction MSE" in stdout
+    code, _, err = run(
+        [
+            "interpolate",
+            str(tiny_checkpoint),
+            "--points",
+            "4",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path / "interp.png"),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    code, stdout, _ = run(["info", str(tiny_checkpoint)], capsys)
+    assert code == 0 and "kind: diffusion" in stdout and "step: 3" in stdout
+    code, stdout, _ = run(["info", "--presets"], capsys)
+    assert code == 0 and "unet-mnist" in stdout
+
+
+def bad_cases(tmp_path, tiny_checkpoint, tiny_conditional_checkpoint):
+    pickled = tmp_path / "model.pt"
+    pickled.write_bytes(pickle.dumps({"weights": [1, 2, 3]}))
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train:\n  stepz: 3\n")
+    return {
+        "missing checkpoint": ["sample", str(tmp_path / "nope.safetensors")],
+        "pickle as checkpoint": ["sample", str(pickled)],
+        "zero-byte checkpoint": ["info", str(empty)],
+        "unknown config key": ["train", str(bad_yaml)],
+        "missing config": ["train", str(tmp_path / "none.yaml")],
+        "bad override": ["train", str(CONFIGS / "digits_tiny.yaml"), "train.steps=lots"],
+        "steps > T": ["sample", str(tiny_checkpoint), "--steps", "5000"],
+        "negative eta": ["sample", str(tiny_checkpoint), "--eta", "-1"],
+        "zero images": ["sample", str(tiny_checkpoint), "--n", "0"],
+        "not a png": ["sample", str(tiny_checkpoint), "--out", str(tmp_path / "x.jpg")],
+        "label on unconditional": ["sample", str(tiny_checkpoint), "--label", "3"],
+        "label out of range": ["sample", str(tiny_conditional_checkpoint), "--label", "12"],
+        "labels not numbers": ["sample", str(tiny_conditional_checkpoint), "--labels", "a,b"],
+        "unknown dataset": ["invert", str(tiny_checkpoint), "--data", "cifar"],
+        "unknown sampler": ["sample", str(tiny_checkpoint), "--sampler", "euler"],
+    }
+
+
+def test_bad_inputs_give_one_sentence_and_exit_2(
+    tmp_path, tiny_checkpoint, tiny_conditional_checkpoint, capsys
+):
+    for name, argv in bad_cases(tmp_path, tiny_checkpoint, tiny_conditional_checkpoint).items():
+        if argv[0] == "sample" and "--out" not in argv:
+            argv = [*argv, "--out", str(tmp_path / "never.png")]
+        code, _, err = run(argv, capsys)
+        assert code == 2, name
+        lines = [line for line in err.strip().splitlines() if line]
+        assert len(lines) == 1, (name, err)
+        assert "Traceback" not in err and lines[0].endswith("."), (name, err)
+    assert not (tmp_path / "never.png").exists()
+
+
+def test_console_script_prints_no_traceback(tmp_path):
+    """The installed entry point, in a real process: a pickle offered as a checkpoint."""
+    pickled = tmp_path / "evil.pkl"
+    pickled.write_bytes(pickle.dumps(os.getcwd))
+    result = subprocess.run(
+        [sys.executable, "-m", "difflab", "sample", str(pickled), "--out", str(tmp_path / "o.png")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "never unpickles" in result.stderr
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_resume_through_the_cli(tmp_path, capsys):
+    assert train_tiny(tmp_path) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--quiet",
+                str(CONFIGS / "digits_tiny.yaml"),
+                f"train.out_dir={tmp_path}",
+                "train.steps=5",
+                "train.sample_steps=2",
+                "--resume",
+            ]
+        )
+        == 0
+    )
+    _, stdout, _ = run(["info", str(tmp_path / "model.safetensors")], capsys)
+    assert "step: 5" in stdout
+
+
+def test_export_to_fp16_halves_the_size_and_still_samples(tiny_checkpoint, tmp_path, capsys):
+    from difflab.pipelines import load_diffusion_model
+
+    out = tmp_path / "small.safetensors"
+    code, stdout, err = run(["export", str(tiny_checkpoint), str(out), "--fp16"], capsys)
+    assert code == 0, err
+    assert out.stat().st_size < 0.6 * tiny_checkpoint.stat().st_size
+    full, half = load_diffusion_model(tiny_checkpoint), load_diffusion_model(out)
+    assert half.meta["weights_dtype"] == "float16"
+    a, b = full.sample(2, steps=3), half.sample(2, steps=3)
+    assert (a - b).abs().max().item() < 0.05  # fp16 rounding of the weights only

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from difflab.diffusion import SPACING_NAMES, timestep_sequence
+from difflab.errors import DifflabError
+
+T = 1000
+
+
+@pytest.mark.parametrize("spacing", SPACING_NAMES)
+@pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 333, 999, T])
+def test_every_spacing_is_valid_and_strictly_decreasing(spacing, steps):
+    seq = timestep_sequence(T, steps, spacing)
+    assert seq.dtype == torch.int64 and seq.shape == (steps,)
+    assert (seq >= 0).all() and (seq < T).all()
+    assert (seq[:-1] > seq[1:]).all(), seq
+    if spacing == "trailing":
+        assert seq[0] == T - 1  # trailing always starts at the noisiest step
+    else:
+        assert seq[-1] == 0  # every other spacing ends at t = 0
+
+
+@pytest.mark.parametrize("spacing", SPACING_NAMES)
+def test_all_steps_visit_every_timestep(spacing):
+    assert torch.equal(timestep_sequence(T, T, spacing), torch.arange(T - 1, -1, -1))
+
+
+def test_known_sequences():
+    assert timestep_sequence(1000, 10, "uniform").tolist() == list(range(900, -1, -100))
+    assert timestep_sequence(1000, 10, "leading").tolist() == list(range(900, -1, -100))
+    assert timestep_sequence(1000, 10, "trailing").tolist() == list(range(999, 0, -100))
+    assert timestep_sequence(1000, 2, "linspace").tolist() == [999, 0]
+    quadratic = timestep_sequence(1000, 10, "quadratic").flip(0)
+    assert quadratic[-1] == int(0.8 * 1000)  # the DDIM paper's quadratic spacing stops at 0.8 T
+    assert (quadratic.diff().diff() >= -1).all()  # gaps grow (up to rounding)
+
+
+@pytest.mark.parametrize("steps", [0, -3, T + 1])
+def test_out_of_range_steps_are_rejected(steps):
+    with pytest.raises(DifflabError, match="between 1 and"):
+        timestep_sequence(T, steps)
+
+
+def test_unknown_spacing_is_rejected():
+    with pytest.raises(DifflabError, match="unknown timestep spacing"):
+        timestep_sequence(T, 10, "sideways")

@@ -1,0 +1,157 @@
+import itertools
+import math
+
+import pytest
+import torch
+
+from difflab.diffusion import Denoiser, NoiseSchedule, timestep_sequence
+from difflab.samplers import ddim_invert, ddim_sample, ddim_step, ddim_step_std, ddpm_sample
+from tests.helpers import GaussianOptimalEps, RandomLinearNet
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return NoiseSchedule.from_name("linear", 1000)
+
+
+def test_ddim_step_matches_a_hand_computed_case():
+    a_t, a_prev = torch.tensor(0.25), torch.tensor(0.64)
+    x0, eps, noise = torch.tensor(0.5), torch.tensor(-1.0), torch.tensor(2.0)
+    eta = 0.5
+    # sigma = eta * sqrt((1 - .64) / (1 - .25)) * sqrt(1 - .25 / .64)
+    sigma = 0.5 * math.sqrt(0.36 / 0.75) * math.sqrt(1 - 0.390625)
+    expected = 0.8 * 0.5 + math.sqrt(1 - 0.64 - sigma**2) * -1.0 + sigma * 2.0
+    got = ddim_step(None, eps, x0, a_t, a_prev, eta=eta, noise=noise)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert ddim_step_std(a_t, a_prev, eta).item() == pytest.approx(sigma, rel=1e-6)
+
+
+def test_eta_one_gives_the_ddpm_posterior_variance(schedule):
+    """sigma_t(1)^2 = beta-tilde_t = (1 - a_{t-1}) / (1 - a_t) * beta_t for consecutive steps."""
+    a = schedule.alpha_bar
+    t = torch.arange(1, 1000)
+    beta_tilde = (1 - a[t - 1]) / (1 - a[t]) * schedule.betas[t]
+    assert torch.allclose(ddim_step_std(a[t], a[t - 1], 1.0) ** 2, beta_tilde, rtol=1e-10)
+
+
+def test_ddim_eta_one_and_ddpm_posterior_sample_identically(schedule):
+    """Both are the DDPM posterior (mean and variance), written two ways; same noise, same result."""
+    denoiser = Denoiser(RandomLinearNet(), schedule)
+    x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    timesteps = timestep_sequence(1000, 20)
+    ddim = ddim_sample(
+        denoiser, x_T, timesteps, eta=1.0, generator=torch.Generator().manual_seed(7)
+    )
+    ddpm = ddpm_sample(denoiser, x_T, timesteps, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(ddim, ddpm, atol=1e-9)
+
+
+def test_sigma_hat_equals_ddpm_with_the_larger_variance(schedule):
+    denoiser = Denoiser(RandomLinearNet(), schedule)
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    timesteps = timestep_sequence(1000, 10)
+    hat = ddim_sample(
+        denoiser, x_T, timesteps, sigma_hat=True, generator=torch.Generator().manual_seed(3)
+    )
+    beta = ddpm_sample(
+        denoiser, x_T, timesteps, variance="beta", generator=torch.Generator().manual_seed(3)
+    )
+    posterior = ddpm_sample(denoiser, x_T, timesteps, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(hat, beta, atol=1e-9)
+    assert not torch.allclose(hat, posterior, atol=1e-3)
+
+
+def test_eta_zero_is_deterministic_and_eta_positive_depends_on_the_generator(schedule):
+    denoiser = Denoiser(RandomLinearNet(), schedule)
+    x_T = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    timesteps = timestep_sequence(1000, 10)
+    first = ddim_sample(
+        denoiser, x_T, timesteps, eta=0.0, generator=torch.Generator().manual_seed(1)
+    )
+    second = ddim_sample(
+        denoiser, x_T, timesteps, eta=0.0, generator=torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(first, second)
+    noisy1 = ddim_sample(
+        denoiser, x_T, timesteps, eta=0.5, generator=torch.Generator().manual_seed(1)
+    )
+    noisy2 = ddim_sample(
+        denoiser, x_T, timesteps, eta=0.5, generator=torch.Generator().manual_seed(2)
+    )
+    again = ddim_sample(
+        denoiser, x_T, timesteps, eta=0.5, generator=torch.Generator().manual_seed(1)
+    )
+    assert not torch.allclose(noisy1, noisy2) and torch.equal(noisy1, again)
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "quadratic", "linspace", "trailing"])
+def test_sampler_visits_exactly_the_given_timesteps(schedule, spacing):
+    visited = []
+    timesteps = timestep_sequence(1000, 7, spacing)
+    denoiser = Denoiser(RandomLinearNet(), schedule)
+    ddim_sample(
+        denoiser, torch.randn(1, 1, 2, 2), timesteps, callback=lambda info: visited.append(info.t)
+    )
+    assert visited == timesteps.tolist()
+
+
+def test_gaussian_data_inversion_is_near_exact_and_improves_with_more_steps(schedule):
+    """With the exact eps of Gaussian data the only error is the discretisation of the ODE."""
+    denoiser = Denoiser(GaussianOptimalEps(schedule), schedule)
+    generator = torch.Generator().manual_seed(0)
+    x0 = (0.3 + 0.5 * torch.randn(16, 1, 4, 4, generator=generator)).double()
+    errors = []
+    for steps in (10, 50, 200, 1000):
+        timesteps = timestep_sequence(1000, steps)
+        x_T = ddim_invert(denoiser, x0, timesteps)
+        recon = ddim_sample(denoiser, x_T, timesteps)
+        errors.append(torch.mean((recon - x0) ** 2).item())
+    # a first-order solver: the error (RMSE) falls roughly like 1/S, so the MSE like 1/S^2
+    assert errors[-1] < 2e-5, errors
+    assert all(later < 0.1 * earlier for earlier, later in itertools.pairwise(errors)), errors
+    # the inverted noise is close to standard normal in scale
+    x_T = ddim_invert(denoiser, x0, timestep_sequence(1000, 100))
+    assert 0.7 < x_T.std().item() < 1.3
+
+
+def test_gaussian_data_generation_has_the_right_statistics(schedule):
+    """Deterministic DDIM with the exact score maps N(0, I) to the data distribution N(0.3, 0.5^2)."""
+    denoiser = Denoiser(GaussianOptimalEps(schedule), schedule)
+    x_T = torch.randn(
+        4000, 1, 2, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
+    samples = ddim_sample(denoiser, x_T, timestep_sequence(1000, 100))
+    assert samples.mean().item() == pytest.approx(0.3, abs=0.02)
+    assert samples.std().item() == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_ddim_step_agrees_with_diffusers_scheduler(schedule, eta, steps):
+    """diffusers' DDIMScheduler as an oracle, on random tensors, every step of a leading-spaced run."""
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="leading",
+    )
+    scheduler.set_timesteps(steps)
+    ours = timestep_sequence(1000, steps, "leading")
+    assert scheduler.timesteps.tolist() == ours.tolist()
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 8, 8, generator=generator, dtype=torch.float64)
+    for index, t in enumerate(ours.tolist()):
+        t_prev = ours[index + 1].item() if index + 1 < len(ours) else -1
+        eps = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        expected = scheduler.step(eps, t, x, eta=eta, variance_noise=noise).prev_sample
+        a_t = schedule.alpha_bar_at(torch.tensor([t]), x)
+        a_prev = schedule.alpha_bar_at(torch.tensor([t_prev]), x)
+        x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        got = ddim_step(x, eps, x0, a_t, a_prev, eta=eta, noise=noise if t_prev >= 0 else None)
+        assert torch.allclose(got, expected.double(), atol=1e-5), (t, (got - expected).abs().max())
+        x = expected.double()

@@ -1,0 +1,147 @@
+import json
+
+import pytest
+import torch
+
+from difflab.config import load_config
+from difflab.errors import DifflabError
+from difflab.pipelines import load_diffusion_model
+from difflab.training import train
+from difflab.training.checkpoint import load_checkpoint
+from difflab.training.data_order import BatchStream
+from difflab.training.loop import STATE_FILE
+
+
+def tiny_config(out_dir, *extra):
+    return load_config(
+        None,
+        [
+            "data.name=digits",
+            "model.preset=unet-tiny",
+            "model.dropout=0.1",
+            "diffusion.num_timesteps=50",
+            "train.batch_size=16",
+            "train.lr=0.001",
+            "train.log_every=1",
+            "train.sample_every=100",
+            "train.sample_steps=3",
+            f"train.out_dir={out_dir}",
+            *extra,
+        ],
+    )
+
+
+def test_training_reduces_the_loss_and_writes_artifacts(tmp_path):
+    path = train(
+        tiny_config(tmp_path, "train.steps=60", "train.checkpoint_every=30"), progress=False
+    )
+    assert path == tmp_path / "model.safetensors"
+    losses = [
+        json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(losses) == 60
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+    assert (tmp_path / "samples" / "step_0000060.png").exists()
+    model = load_diffusion_model(path)
+    assert model.meta["step"] == 60 and model.image_shape == (1, 8, 8)
+    assert model.sample(4, steps=3).shape == (4, 1, 8, 8)
+
+
+def all_tensors(out_dir):
+    return load_checkpoint(out_dir / STATE_FILE)[0]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        (),
+        (
+            "train.grad_accum=2",
+            "train.bf16=true",
+            "model.num_classes=10",
+            "train.label_dropout=0.2",
+        ),
+    ],
+)
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, extra):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(
+        tiny_config(straight, "train.steps=8", "train.checkpoint_every=4", *extra), progress=False
+    )
+    train(tiny_config(split, "train.steps=4", "train.checkpoint_every=4", *extra), progress=False)
+    train(
+        tiny_config(split, "train.steps=8", "train.checkpoint_every=4", *extra),
+        resume=True,
+        progress=False,
+    )
+    a, b = all_tensors(straight), all_tensors(split)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    logs = [(d / "metrics.jsonl").read_text() for d in (straight, split)]
+    assert [json.loads(x)["loss"] for x in logs[0].splitlines()] == [
+        json.loads(x)["loss"] for x in logs[1].splitlines()
+    ]
+
+
+def test_resume_after_a_crash_drops_metrics_written_after_the_checkpoint(tmp_path):
+    train(tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=2"), progress=False)
+    with open(
+        tmp_path / "metrics.jsonl", "a"
+    ) as handle:  # lines a crashed run wrote past its checkpoint
+        handle.write(json.dumps({"step": 99, "loss": 1.0}) + "\n")
+    train(
+        tiny_config(tmp_path, "train.steps=6", "train.checkpoint_every=2"),
+        resume=True,
+        progress=False,
+    )
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_a_different_model_and_a_missing_run(tmp_path):
+    train(tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=2"), progress=False)
+    with pytest.raises(DifflabError, match="different model config"):
+        train(
+            tiny_config(tmp_path, "train.steps=4", "model.base_channels=16"),
+            resume=True,
+            progress=False,
+        )
+    with pytest.raises(DifflabError, match="already holds a run"):
+        train(tiny_config(tmp_path, "train.steps=4"), progress=False)
+    with pytest.raises(DifflabError, match="nothing to resume"):
+        train(tiny_config(tmp_path / "new", "train.steps=4"), resume=True, progress=False)
+
+
+def test_a_nan_loss_stops_with_the_step_number(tmp_path):
+    with pytest.raises(DifflabError, match="at step 1"):
+        train(
+            tiny_config(
+                tmp_path, "train.steps=3", "train.lr=1e30", "train.grad_clip=0", "train.steps=5"
+            ),
+            progress=False,
+        )
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DifflabError, match="cannot write to the output folder"):
+        train(tiny_config(blocker / "run", "train.steps=2"), progress=False)
+
+
+def test_conditional_model_needs_labels_and_dropout_needs_a_conditional_model(tmp_path):
+    with pytest.raises(DifflabError, match="label_dropout"):
+        train(tiny_config(tmp_path, "train.label_dropout=0.1"), progress=False)
+
+
+def test_batch_stream_covers_each_epoch_once_and_resumes():
+    stream = BatchStream(10, 4, seed=3)
+    first_epoch = torch.cat([stream.next(), stream.next(), stream.next()[:2]])
+    assert sorted(first_epoch.tolist()) == list(range(10))
+    state = stream.state()
+    upcoming = stream.next()
+    resumed = BatchStream(10, 4, seed=3, **state)
+    assert torch.equal(resumed.next(), upcoming)
