@@ -38,10 +38,23 @@ def test_residual_and_attention_blocks_start_as_the_identity():
     block = ResBlock(8, 8, emb_dim=16)
     x = torch.randn(2, 8, 5, 5)
     assert torch.equal(block(x, torch.randn(2, 16)), x)
+    assert torch.equal(SpatialSelfAttention(8, num_heads=2)(x), x)
+
+
+def test_attention_matches_a_plain_softmax_implementation():
+    torch.manual_seed(0)
     attention = SpatialSelfAttention(8, num_heads=2)
-    attention.proj.weight.data.zero_()
-    attention.proj.bias.data.zero_()
-    assert torch.equal(attention(x), x)
+    torch.nn.init.normal_(attention.proj.weight)
+    x = torch.randn(2, 8, 3, 5)
+    tokens = attention.norm(x).flatten(2).transpose(1, 2)  # (B, 15, 8)
+    q, k, v = attention.qkv(tokens).chunk(3, dim=-1)
+    heads = [
+        torch.softmax(q[..., h * 4 : (h + 1) * 4] @ k[..., h * 4 : (h + 1) * 4].transpose(1, 2) / 2, -1)
+        @ v[..., h * 4 : (h + 1) * 4]
+        for h in range(2)
+    ]
+    expected = x + attention.proj(torch.cat(heads, -1)).transpose(1, 2).reshape(2, 8, 3, 5)
+    assert torch.allclose(attention(x), expected, atol=1e-5)
 
 
 def test_attention_is_placed_at_the_requested_resolutions():

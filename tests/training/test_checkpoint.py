@@ -115,3 +115,25 @@ def test_metadata_is_plain_json(tmp_path):
     header_len = struct.unpack("<Q", path.read_bytes()[:8])[0]
     header = json.loads(path.read_bytes()[8 : 8 + header_len])
     assert json.loads(header["__metadata__"]["difflab"])["config"] == {"a": [1, 2]}
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.safetensors", {"x": torch.ones(1)}, {"kind": "diffusion"})
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_header_length_whose_low_byte_is_0x80_is_not_mistaken_for_a_pickle(tmp_path):
+    """Header lengths are little-endian, so about 1 file in 32 starts with the pickle byte 0x80."""
+    for pad in range(0, 300, 8):  # header lengths are padded to multiples of 8
+        path = save_checkpoint(tmp_path / "c.safetensors", {"x": torch.ones(1)}, {"kind": "diffusion", "pad": "p" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length ending in 0x80")
+    assert load_checkpoint(path)[1]["kind"] == "diffusion"

@@ -55,45 +55,41 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def _config_class(arch: str) -> type:
+    if arch not in ARCHITECTURES:
+        raise DifflabError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}."
+        )
+    return ARCHITECTURES[arch][0]
+
+
+def _checked_fields(arch: str, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` type-checked against the fields of ``arch``'s config; unknown keys are named."""
+    config_cls = _config_class(arch)
+    hints = typing.get_type_hints(config_cls)
+    names = sorted(f.name for f in dataclasses.fields(config_cls))
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise DifflabError(
+            f"{where}: unknown key {unknown[0]!r} for a {arch}; known keys: {', '.join(names)}."
+        )
+    return {key: check_value(value, hints[key], f"{where}.{key}") for key, value in values.items()}
+
+
 def model_config(preset: str, **overrides: Any) -> tuple[str, Any]:
     """(architecture, config dataclass) for a preset with some fields overridden."""
     if preset not in PRESETS:
         raise DifflabError(f"unknown model preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     arch, values = PRESETS[preset]
-    config_cls = ARCHITECTURES[arch][0]
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(overrides) - names)
-    if unknown:
-        raise DifflabError(
-            f"model: unknown key {unknown[0]!r} for a {arch}; known keys: {', '.join(sorted(names))}."
-        )
-    hints = typing.get_type_hints(config_cls)
-    checked = {
-        key: check_value(value, hints[key], f"model.{key}") for key, value in overrides.items()
-    }
-    return arch, config_cls(**{**values, **checked})
+    return arch, _config_class(arch)(**{**values, **_checked_fields(arch, overrides, "model")})
 
 
 def build_model(arch: str, config: Any) -> nn.Module:
     """Instantiate the network of architecture ``arch`` from its config dataclass."""
-    if arch not in ARCHITECTURES:
-        raise DifflabError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}."
-        )
+    _config_class(arch)
     return ARCHITECTURES[arch][1](config)
 
 
 def config_from_dict(arch: str, values: dict[str, Any]) -> Any:
-    """Rebuild an architecture's config dataclass from its JSON form (lists become tuples)."""
-    if arch not in ARCHITECTURES:
-        raise DifflabError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}."
-        )
-    config_cls = ARCHITECTURES[arch][0]
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(values) - fields)
-    if unknown:
-        raise DifflabError(
-            f"the checkpoint's model config has an unknown key {unknown[0]!r} for a {arch}."
-        )
-    return config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    """Rebuild an architecture's config dataclass from its JSON form (as stored in a checkpoint)."""
+    return _config_class(arch)(**_checked_fields(arch, values, "the checkpoint's model config"))

@@ -12,6 +12,8 @@ from difflab.nn.blocks import group_norm
 class SpatialSelfAttention(nn.Module):
     """Pre-norm multi-head self-attention with a residual connection (ADM's AttentionBlock).
 
+    The pixels become tokens (B, HW, C) so that q, k and v have a contiguous head dimension: that
+    is what lets PyTorch pick its fused (flash) CPU kernel instead of the unfused math fallback.
     The output projection starts at zero, so the block starts as the identity.
     """
 
@@ -21,14 +23,16 @@ class SpatialSelfAttention(nn.Module):
             raise ValueError(f"attention: {channels} channels do not split into {num_heads} heads.")
         self.num_heads = num_heads
         self.norm = group_norm(channels, num_groups)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = nn.Linear(channels, 3 * channels)
+        self.proj = nn.Linear(channels, channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
-        qkv = self.qkv(self.norm(x))  # (B, 3C, H, W)
-        qkv = qkv.reshape(B, 3, self.num_heads, C // self.num_heads, H * W).permute(1, 0, 2, 4, 3)
-        q, k, v = qkv.unbind(0)  # each (B, heads, HW, C/heads)
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, C/heads), last dim contiguous
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
-        out = out.permute(0, 1, 3, 2).reshape(B, C, H, W)
-        return x + self.proj(out)
+        out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))  # (B, HW, C)
+        return x + out.transpose(1, 2).reshape(B, C, H, W)

@@ -48,11 +48,17 @@ class DiffusionModel:
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """(n, C, H, W) standard normal x_T from a seeded CPU generator."""
-        return torch.randn(n, *self.image_shape, generator=torch.Generator().manual_seed(seed))
+        noise = torch.randn(n, *self.image_shape, generator=torch.Generator().manual_seed(seed))
+        return noise.to(self.device)  # drawn on the CPU so a seed gives the same images on any device
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
 
     def conditioning(self, labels: torch.Tensor | None) -> Conditioning:
         if labels is None:
             return Conditioning()
+        labels = labels.to(self.device)
         if not self.num_classes:
             raise DifflabError("this model is unconditional; drop --label/--labels.")
         if bool(((labels < 0) | (labels >= self.num_classes)).any()):

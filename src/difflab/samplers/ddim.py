@@ -18,7 +18,15 @@ from __future__ import annotations
 import torch
 
 from difflab.diffusion.conditioning import Conditioning
-from difflab.samplers.common import Callback, DenoiserLike, StepInfo, batch_timestep, gaussian_like
+from difflab.samplers.common import (
+    Callback,
+    DenoiserLike,
+    StepInfo,
+    alpha_bar_pair,
+    batch_timestep,
+    gaussian_like,
+    transitions,
+)
 
 
 def ddim_step_std(
@@ -89,14 +97,13 @@ def ddim_sample(
     Returns:
         (B, C, H, W) the generated samples.
     """
-    schedule = denoiser.schedule
-    steps = [int(t) for t in timesteps]
+    moves = transitions(timesteps)
     x = x_T
-    for index, t in enumerate(steps):
-        t_prev = steps[index + 1] if index + 1 < len(steps) else -1
+    for index, (t, t_prev) in enumerate(moves):
         pred = denoiser(x, batch_timestep(t, x), cond)
-        alpha_bar_t = schedule.alpha_bar_at(batch_timestep(t, x), x)  # (B, 1, 1, 1)
-        alpha_bar_prev = schedule.alpha_bar_at(batch_timestep(t_prev, x), x)
+        alpha_bar_t, alpha_bar_prev = alpha_bar_pair(
+            denoiser.schedule, t, t_prev, x
+        )  # (B, 1, 1, 1) each
         stochastic = (eta > 0 or sigma_hat) and t_prev >= 0
         noise = gaussian_like(x, generator) if stochastic else None
         x = ddim_step(
@@ -110,7 +117,7 @@ def ddim_sample(
             noise=noise,
         )
         if callback is not None:
-            callback(StepInfo(index, len(steps), t, x, pred.x0))
+            callback(StepInfo(index, len(moves), t, x, pred.x0))
     return x
 
 
@@ -137,16 +144,13 @@ def ddim_invert(
     Returns:
         (B, C, H, W) x_T such that ``ddim_sample(denoiser, x_T, timesteps, eta=0)`` ~ x0.
     """
-    schedule = denoiser.schedule
-    ascending = [int(t) for t in timesteps.flip(0)]
+    moves = transitions(timesteps)[::-1]  # the sampler's moves, each run from t_prev up to t
     x = x0
-    for index, t_to in enumerate(ascending):
-        t_from = ascending[index - 1] if index > 0 else -1
+    for index, (t_to, t_from) in enumerate(moves):
         eps = denoiser(x, batch_timestep(max(t_from, 0), x), cond).eps
-        alpha_bar_from = schedule.alpha_bar_at(batch_timestep(t_from, x), x)
-        alpha_bar_to = schedule.alpha_bar_at(batch_timestep(t_to, x), x)
+        alpha_bar_to, alpha_bar_from = alpha_bar_pair(denoiser.schedule, t_to, t_from, x)
         x0_hat = (x - (1 - alpha_bar_from).sqrt() * eps) / alpha_bar_from.sqrt()
         x = alpha_bar_to.sqrt() * x0_hat + (1 - alpha_bar_to).sqrt() * eps
         if callback is not None:
-            callback(StepInfo(index, len(ascending), t_to, x, x0_hat))
+            callback(StepInfo(index, len(moves), t_to, x, x0_hat))
     return x

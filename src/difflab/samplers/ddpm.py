@@ -13,7 +13,15 @@ import torch
 
 from difflab.diffusion.conditioning import Conditioning
 from difflab.errors import DifflabError
-from difflab.samplers.common import Callback, DenoiserLike, StepInfo, batch_timestep, gaussian_like
+from difflab.samplers.common import (
+    Callback,
+    DenoiserLike,
+    StepInfo,
+    alpha_bar_pair,
+    batch_timestep,
+    gaussian_like,
+    transitions,
+)
 
 VARIANCES: tuple[str, ...] = ("posterior", "beta")
 
@@ -37,16 +45,15 @@ def ddpm_sample(
         raise DifflabError(
             f"unknown DDPM variance {variance!r}; choose one of {', '.join(VARIANCES)}."
         )
-    schedule = denoiser.schedule
     if timesteps is None:
-        timesteps = torch.arange(schedule.num_timesteps - 1, -1, -1)
-    steps = [int(t) for t in timesteps]
+        timesteps = torch.arange(denoiser.schedule.num_timesteps - 1, -1, -1)
+    moves = transitions(timesteps)
     x = x_T
-    for index, t in enumerate(steps):
-        t_prev = steps[index + 1] if index + 1 < len(steps) else -1
+    for index, (t, t_prev) in enumerate(moves):
         pred = denoiser(x, batch_timestep(t, x), cond)
-        alpha_bar_t = schedule.alpha_bar_at(batch_timestep(t, x), x)  # (B, 1, 1, 1)
-        alpha_bar_prev = schedule.alpha_bar_at(batch_timestep(t_prev, x), x)
+        alpha_bar_t, alpha_bar_prev = alpha_bar_pair(
+            denoiser.schedule, t, t_prev, x
+        )  # (B, 1, 1, 1) each
         beta_t = 1 - alpha_bar_t / alpha_bar_prev
         mean = (
             alpha_bar_prev.sqrt() * beta_t * pred.x0
@@ -62,5 +69,5 @@ def ddpm_sample(
         else:
             x = mean
         if callback is not None:
-            callback(StepInfo(index, len(steps), t, x, pred.x0))
+            callback(StepInfo(index, len(moves), t, x, pred.x0))
     return x

@@ -48,14 +48,21 @@ def save_checkpoint(
     return path
 
 
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON object."""
+    if len(head) < 9:
+        return False
+    header_len = struct.unpack("<Q", head[:8])[0]
+    return 2 <= header_len <= min(size - 8, MAX_HEADER_BYTES) and head[8:9] == b"{"
+
+
 def _refuse_foreign_format(path: Path, head: bytes) -> None:
     fix = "difflab reads only the safetensors checkpoints it writes; give a .safetensors file from `difflab train`."
     if head[:1] == b"\x80":
         raise DifflabError(f"{path} is a Python pickle, which difflab never unpickles; {fix}")
     if head[:2] == b"PK":
-        raise DifflabError(
-            f"{path} is a zip archive (a torch.save file), which difflab never unpickles; {fix}"
-        )
+        raise DifflabError(f"{path} is a zip archive (a torch.save file), which difflab never unpickles; {fix}")
+    raise DifflabError(f"{path} is not a safetensors file (or it is truncated); {fix}")
 
 
 def load_checkpoint(
@@ -69,12 +76,9 @@ def load_checkpoint(
         )
     size = path.stat().st_size
     with open(path, "rb") as handle:
-        head = handle.read(8)
-    _refuse_foreign_format(path, head)
-    if size < 8 or struct.unpack("<Q", head)[0] > min(size - 8, MAX_HEADER_BYTES):
-        raise DifflabError(
-            f"{path} is not a safetensors file (or it is truncated); re-export or re-download it."
-        )
+        head = handle.read(9)
+    if not _looks_like_safetensors(head, size):
+        _refuse_foreign_format(path, head)
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             raw_meta = (handle.metadata() or {}).get(METADATA_KEY)
