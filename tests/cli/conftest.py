@@ -7,6 +7,16 @@ from difflab.cli import main
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    """``difflab ARGV`` in-process: (exit code, stdout, stderr); argparse's exits included."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def train_tiny(out_dir: Path, *overrides: str) -> int:
     """``difflab train configs/digits_tiny.yaml`` shortened to a few steps."""
     return main(

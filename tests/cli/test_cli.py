@@ -9,21 +9,12 @@ import pytest
 from PIL import Image
 
 from difflab.cli import main
-from tests.cli.conftest import CONFIGS, train_tiny
-
-
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as stop:  # argparse's own errors
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+from tests.cli.conftest import CONFIGS, run_cli, train_tiny
 
 
 def test_sample_writes_a_grid_and_single_images(tiny_checkpoint, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    code, stdout, _ = run(
+    code, stdout, _ = run_cli(
         [
             "sample",
             str(tiny_checkpoint),
@@ -53,7 +44,7 @@ def test_sample_writes_a_grid_and_single_images(tiny_checkpoint, tmp_path, capsy
     ],
 )
 def test_sampler_options(tiny_checkpoint, tmp_path, capsys, args):
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             str(tiny_checkpoint),
@@ -72,7 +63,7 @@ def test_sampler_options(tiny_checkpoint, tmp_path, capsys, args):
 
 def test_labels_on_a_conditional_model(tiny_conditional_checkpoint, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             str(tiny_conditional_checkpoint),
@@ -89,7 +80,7 @@ def test_labels_on_a_conditional_model(tiny_conditional_checkpoint, tmp_path, ca
     )
     assert code == 0, err
     assert Image.open(out).size[0] == 10 * 10 + 2  # one column per class
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "sample",
             str(tiny_conditional_checkpoint),
@@ -108,7 +99,7 @@ def test_labels_on_a_conditional_model(tiny_conditional_checkpoint, tmp_path, ca
 
 
 def test_invert_interpolate_and_info(tiny_checkpoint, tmp_path, capsys):
-    code, stdout, err = run(
+    code, stdout, err = run_cli(
         [
             "invert",
             str(tiny_checkpoint),
@@ -125,7 +116,7 @@ def test_invert_interpolate_and_info(tiny_checkpoint, tmp_path, capsys):
     )
     assert code == 0, err
     assert "reconstruction MSE" in stdout
-    code, _, err = run(
+    code, _, err = run_cli(
         [
             "interpolate",
             str(tiny_checkpoint),
@@ -139,9 +130,9 @@ def test_invert_interpolate_and_info(tiny_checkpoint, tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
-    code, stdout, _ = run(["info", str(tiny_checkpoint)], capsys)
+    code, stdout, _ = run_cli(["info", str(tiny_checkpoint)], capsys)
     assert code == 0 and "kind: diffusion" in stdout and "step: 3" in stdout
-    code, stdout, _ = run(["info", "--presets"], capsys)
+    code, stdout, _ = run_cli(["info", "--presets"], capsys)
     assert code == 0 and "unet-mnist" in stdout
 
 
@@ -177,7 +168,7 @@ def test_bad_inputs_give_one_sentence_and_exit_2(
     for name, argv in bad_cases(tmp_path, tiny_checkpoint, tiny_conditional_checkpoint).items():
         if argv[0] == "sample" and "--out" not in argv:
             argv = [*argv, "--out", str(tmp_path / "never.png")]
-        code, _, err = run(argv, capsys)
+        code, _, err = run_cli(argv, capsys)
         assert code == 2, name
         lines = [line for line in err.strip().splitlines() if line]
         assert len(lines) == 1, (name, err)
@@ -216,7 +207,7 @@ def test_resume_through_the_cli(tmp_path, capsys):
         )
         == 0
     )
-    _, stdout, _ = run(["info", str(tmp_path / "model.safetensors")], capsys)
+    _, stdout, _ = run_cli(["info", str(tmp_path / "model.safetensors")], capsys)
     assert "step: 5" in stdout
 
 
@@ -224,7 +215,7 @@ def test_export_to_fp16_halves_the_size_and_still_samples(tiny_checkpoint, tmp_p
     from difflab.pipelines import load_diffusion_model
 
     out = tmp_path / "small.safetensors"
-    code, stdout, err = run(["export", str(tiny_checkpoint), str(out), "--fp16"], capsys)
+    code, _, err = run_cli(["export", str(tiny_checkpoint), str(out), "--fp16"], capsys)
     assert code == 0, err
     assert out.stat().st_size < 0.6 * tiny_checkpoint.stat().st_size
     full, half = load_diffusion_model(tiny_checkpoint), load_diffusion_model(out)

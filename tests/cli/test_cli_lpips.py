@@ -9,25 +9,18 @@ import shutil
 import pytest
 from PIL import Image
 
-from difflab.cli import main
-from tests.metrics.test_lpips import EXAMPLES
+from tests.cli.conftest import run_cli
+from tests.metrics.test_lpips import (
+    EXAMPLES,
+)
 from tests.metrics.test_lpips_bapps import write_2afc_set, write_jnd_set
 
 pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/testdata/lpips is absent")
 
 
-def run(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as stop:  # argparse's own errors
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_two_images_and_a_spatial_map(tmp_path, capsys):
     out_map = tmp_path / "map.png"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         [
             "lpips",
             str(EXAMPLES / "ex_ref.png"),
@@ -41,7 +34,7 @@ def test_two_images_and_a_spatial_map(tmp_path, capsys):
     assert "LPIPS alex-lin v0.1: 0.7219" in out
     with Image.open(out_map) as image:
         assert image.size == (64, 64) and image.mode == "L"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         ["lpips", str(EXAMPLES / "ex_ref.png"), str(EXAMPLES / "ex_p1.png"), "--net", "vgg"], capsys
     )
     assert code == 0 and "LPIPS vgg-lin v0.1: 0.4217" in out
@@ -55,7 +48,7 @@ def test_corresponding_files_in_two_folders(tmp_path, capsys):
         shutil.copy(EXAMPLES / "ex_ref.png", dir0 / name)
         shutil.copy(EXAMPLES / distorted, dir1 / name)
     out_csv = tmp_path / "dists.csv"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         ["lpips", "--dir0", str(dir0), "--dir1", str(dir1), "--out", str(out_csv)], capsys
     )
     assert code == 0 and "2 corresponding pairs" in out
@@ -67,7 +60,7 @@ def test_corresponding_files_in_two_folders(tmp_path, capsys):
 
 
 def test_all_pairs_of_a_folder(tmp_path, capsys):
-    code, out, _ = run(["lpips", "--all-pairs", str(EXAMPLES), "--batch-size", "2"], capsys)
+    code, out, _ = run_cli(["lpips", "--all-pairs", str(EXAMPLES), "--batch-size", "2"], capsys)
     assert code == 0 and "3 pairs" in out
     lines = [line.split("\t") for line in out.splitlines() if "\t" in line]
     distances = {frozenset(line[:2]): float(line[2]) for line in lines}
@@ -78,14 +71,14 @@ def test_all_pairs_of_a_folder(tmp_path, capsys):
 def test_lpips_eval_on_bapps_layout_folders(tmp_path, capsys):
     write_2afc_set(tmp_path / "2afc" / "val" / "blur")
     out_json = tmp_path / "scores.json"
-    code, out, _ = run(
+    code, out, _ = run_cli(
         ["lpips-eval", "--mode", "2afc", "--root", str(tmp_path / "2afc"), "--out", str(out_json)],
         capsys,
     )
     assert code == 0 and "val/blur" in out and "80.0" in out and "alex-lin 69.8" in out
     assert json.loads(out_json.read_text())["sets"][0]["score"] == pytest.approx(0.8)
     write_jnd_set(tmp_path / "jnd")
-    code, out, _ = run(["lpips-eval", "--mode", "jnd", "--root", str(tmp_path / "jnd")], capsys)
+    code, out, _ = run_cli(["lpips-eval", "--mode", "jnd", "--root", str(tmp_path / "jnd")], capsys)
     assert code == 0 and "100.0" in out
 
 
@@ -104,6 +97,7 @@ def test_lpips_eval_on_bapps_layout_folders(tmp_path, capsys):
         (["lpips", "--net", "squeeze", "{ref}", "{ref}"], "no pretrained squeeze weights"),
         (["lpips", "--batch-size", "0", "--all-pairs", "{examples}"], "at least 1"),
         (["lpips-eval", "--mode", "2afc", "--root", "{tmp}"], "holds no BAPPS 2afc folder"),
+        (["lpips", "--device", "tpu9", "{ref}", "{ref}"], "is not a torch device"),
     ],
 )
 def test_bad_input_is_one_sentence(args, message, tmp_path, capsys):
@@ -117,7 +111,7 @@ def test_bad_input_is_one_sentence(args, message, tmp_path, capsys):
         "examples": EXAMPLES,
         "tmp": tmp_path,
     }
-    code, _, err = run([a.format(**values) for a in args], capsys)
+    code, _, err = run_cli([a.format(**values) for a in args], capsys)
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

@@ -49,7 +49,9 @@ def test_attention_matches_a_plain_softmax_implementation():
     tokens = attention.norm(x).flatten(2).transpose(1, 2)  # (B, 15, 8)
     q, k, v = attention.qkv(tokens).chunk(3, dim=-1)
     heads = [
-        torch.softmax(q[..., h * 4 : (h + 1) * 4] @ k[..., h * 4 : (h + 1) * 4].transpose(1, 2) / 2, -1)
+        torch.softmax(
+            q[..., h * 4 : (h + 1) * 4] @ k[..., h * 4 : (h + 1) * 4].transpose(1, 2) / 2, -1
+        )
         @ v[..., h * 4 : (h + 1) * 4]
         for h in range(2)
     ]

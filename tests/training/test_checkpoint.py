@@ -122,7 +122,9 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 
     umask = os.umask(0o022)
     try:
-        path = save_checkpoint(tmp_path / "c.safetensors", {"x": torch.ones(1)}, {"kind": "diffusion"})
+        path = save_checkpoint(
+            tmp_path / "c.safetensors", {"x": torch.ones(1)}, {"kind": "diffusion"}
+        )
     finally:
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
@@ -131,7 +133,11 @@ def test_written_files_get_ordinary_permissions(tmp_path):
 def test_a_header_length_whose_low_byte_is_0x80_is_not_mistaken_for_a_pickle(tmp_path):
     """Header lengths are little-endian, so about 1 file in 32 starts with the pickle byte 0x80."""
     for pad in range(0, 300, 8):  # header lengths are padded to multiples of 8
-        path = save_checkpoint(tmp_path / "c.safetensors", {"x": torch.ones(1)}, {"kind": "diffusion", "pad": "p" * pad})
+        path = save_checkpoint(
+            tmp_path / "c.safetensors",
+            {"x": torch.ones(1)},
+            {"kind": "diffusion", "pad": "p" * pad},
+        )
         if path.read_bytes()[:1] == b"\x80":
             break
     else:

@@ -115,11 +115,18 @@ def test_resume_refuses_a_different_model_and_a_missing_run(tmp_path):
         train(tiny_config(tmp_path / "new", "train.steps=4"), resume=True, progress=False)
 
 
-def test_a_nan_loss_stops_with_the_step_number(tmp_path):
-    with pytest.raises(DifflabError, match="at step 1"):
+def test_a_nan_loss_stops_with_the_step_number_and_the_last_checkpoint(tmp_path):
+    # lr 1e30: step 1 computes a finite loss, then its update breaks the weights; step 2 is NaN
+    with pytest.raises(
+        DifflabError, match=r"at step 2 \(the last good checkpoint is .*last.safetensors\)"
+    ):
         train(
             tiny_config(
-                tmp_path, "train.steps=3", "train.lr=1e30", "train.grad_clip=0", "train.steps=5"
+                tmp_path,
+                "train.steps=5",
+                "train.checkpoint_every=1",
+                "train.lr=1e30",
+                "train.grad_clip=0",
             ),
             progress=False,
         )

@@ -12,10 +12,18 @@ INFERENCE_KEYS = ("kind", "arch", "model", "diffusion", "data", "experiment", "s
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("export", help="keep only the (EMA) model weights of a checkpoint, optionally in fp16")
-    parser.add_argument("checkpoint", help="a run's model.safetensors or checkpoints/last.safetensors")
+    parser = subparsers.add_parser(
+        "export", help="keep only the (EMA) model weights of a checkpoint, optionally in fp16"
+    )
+    parser.add_argument(
+        "checkpoint", help="a run's model.safetensors or checkpoints/last.safetensors"
+    )
     parser.add_argument("out", help="the .safetensors file to write")
-    parser.add_argument("--fp16", action="store_true", help="store floating-point weights as float16 (half the size)")
+    parser.add_argument(
+        "--fp16",
+        action="store_true",
+        help="store floating-point weights as float16 (half the size)",
+    )
     parser.set_defaults(handler=run)
 
 

@@ -141,7 +141,7 @@ def _has_alpha(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
 
 
-def _to_mode(img: Image.Image, mode: str) -> Image.Image:
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
     """``img`` as ``mode`` ("L" or "RGB"), transparency composited over white."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
         pixels = np.asarray(img, dtype=np.float64)
@@ -173,7 +173,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            img = resize_and_center_crop(_to_mode(img, "L" if channels == 1 else "RGB"), size)
+            img = resize_and_center_crop(convert_mode(img, "L" if channels == 1 else "RGB"), size)
             pixels = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise _unreadable(path, e) from None

@@ -32,7 +32,9 @@ class SpatialSelfAttention(nn.Module):
         B, C, H, W = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
         qkv = self.qkv(tokens).reshape(B, H * W, 3, self.num_heads, C // self.num_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, HW, C/heads), last dim contiguous
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(
+            0
+        )  # each (B, heads, HW, C/heads), last dim contiguous
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
         out = self.proj(out.transpose(1, 2).reshape(B, H * W, C))  # (B, HW, C)
         return x + out.transpose(1, 2).reshape(B, C, H, W)

@@ -49,7 +49,9 @@ class DiffusionModel:
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """(n, C, H, W) standard normal x_T from a seeded CPU generator."""
         noise = torch.randn(n, *self.image_shape, generator=torch.Generator().manual_seed(seed))
-        return noise.to(self.device)  # drawn on the CPU so a seed gives the same images on any device
+        return noise.to(
+            self.device
+        )  # drawn on the CPU so a seed gives the same images on any device
 
     @property
     def device(self) -> torch.device:

@@ -61,7 +61,9 @@ def _refuse_foreign_format(path: Path, head: bytes) -> None:
     if head[:1] == b"\x80":
         raise DifflabError(f"{path} is a Python pickle, which difflab never unpickles; {fix}")
     if head[:2] == b"PK":
-        raise DifflabError(f"{path} is a zip archive (a torch.save file), which difflab never unpickles; {fix}")
+        raise DifflabError(
+            f"{path} is a zip archive (a torch.save file), which difflab never unpickles; {fix}"
+        )
     raise DifflabError(f"{path} is not a safetensors file (or it is truncated); {fix}")
 
 

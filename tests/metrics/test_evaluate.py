@@ -1,0 +1,114 @@
+"""evaluate_samples / evaluate_model / reference statistics from Python."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from difflab.data import load_dataset
+from difflab.errors import DifflabError
+from difflab.metrics.evaluate import (
+    compare,
+    data_stats,
+    evaluate_model,
+    evaluate_samples,
+    parse_data,
+    quantize_images,
+    reference_stats,
+    stats_cache_dir,
+)
+from difflab.metrics.frechet import FeatureStats
+from tests.metrics.checkpoints import untrained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def mnist_reference() -> FeatureStats:
+    return data_stats("mnist:test", limit=200)
+
+
+def test_real_images_score_like_real_images(mnist_reference):
+    train = load_dataset("mnist", split="train", limit=200)
+    result = evaluate_samples(train.images, mnist_reference, labels=train.labels)
+    assert result["metric"] == "FD-MNIST" and result["n"] == 200
+    assert result["label_accuracy"] >= 0.97
+    assert result["precision"] > 0.6 and result["recall"] > 0.6 and result["pr_n"] == 200
+    noise = torch.rand(200, 1, 28, 28) * 2 - 1
+    worse = evaluate_samples(noise, mnist_reference)
+    assert worse["fd"] > 10 * result["fd"] and worse["precision"] < 0.1
+    assert worse["label_accuracy"] is None
+
+
+def test_a_shift_raises_fd_monotonically(mnist_reference):
+    images = load_dataset("mnist", split="test", limit=200).images
+    fds = [evaluate_samples(images + s, mnist_reference)["fd"] for s in (0.0, 0.3, 0.8)]
+    assert fds[0] < 1e-6 and fds[0] < fds[1] < fds[2]
+
+
+def test_samples_must_match_the_reference_size(mnist_reference):
+    with pytest.raises(DifflabError, match="8×8 but the reference"):
+        evaluate_samples(torch.zeros(4, 1, 8, 8), mnist_reference)
+    with pytest.raises(DifflabError, match="labels must have shape"):
+        evaluate_samples(torch.zeros(4, 1, 28, 28), mnist_reference, labels=torch.zeros(3))
+
+
+def test_quantize_matches_png_levels():
+    x = torch.tensor([-2.0, -1.0, 0.0, 0.3, 1.0, 5.0])
+    q = quantize_images(x)
+    assert q.min() == -1 and q.max() == 1
+    torch.testing.assert_close((q + 1) * 127.5, ((q + 1) * 127.5).round())
+
+
+def test_reference_stats_are_cached_atomically():
+    before = set(stats_cache_dir().glob("digits-test-mnist-cnn-*.npz"))
+    first = reference_stats("digits", limit=50)
+    added = set(stats_cache_dir().glob("digits-test-mnist-cnn-*.npz")) - before
+    assert len(added) == 1 and not list(stats_cache_dir().glob(".*.tmp"))
+    again = reference_stats("digits", limit=50)
+    assert set(stats_cache_dir().glob("digits-test-mnist-cnn-*.npz")) - before == added
+    assert (again.mean == first.mean).all() and again.source == "digits:test"
+
+
+def test_parse_data():
+    assert parse_data("mnist:train").split == "train"
+    assert parse_data("Fashion_MNIST").name == "fashion-mnist"
+    with pytest.raises(DifflabError, match="unknown split"):
+        parse_data("mnist:val")
+    with pytest.raises(DifflabError, match="neither a dataset"):
+        parse_data("no/such/folder")
+
+
+def test_compare_two_datasets():
+    result = compare("digits:train", "digits:test", limit=60)
+    assert result["metric"] == "FD-MNIST" and result["fd"] > 0
+    assert result["a"]["n"] == result["b"]["n"] == 60
+
+
+@pytest.fixture(scope="module")
+def conditional_mnist_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cond_mnist") / "model.safetensors"
+    return untrained_checkpoint(path, "mnist", 28, num_classes=10)
+
+
+def test_evaluate_model_judges_labels(conditional_mnist_checkpoint, mnist_reference):
+    seen = []
+    result = evaluate_model(
+        conditional_mnist_checkpoint,
+        n=12,
+        steps=2,
+        batch_size=5,
+        reference=mnist_reference,
+        callback=lambda done, total, images: seen.append((done, total, images.shape[0])),
+    )
+    assert seen == [(5, 12, 5), (10, 12, 5), (12, 12, 2)]
+    assert 0.0 <= result["label_accuracy"] <= 1.0  # an untrained model: labels are chance-level
+    assert result["metric"] == "FD-MNIST" and result["n"] == 12 and result["fd"] > 0
+    assert result["batch_size"] == 5 and result["sample_seconds"] > 0
+    again = evaluate_model(
+        conditional_mnist_checkpoint, n=12, steps=2, batch_size=5, reference=mnist_reference
+    )
+    assert again["fd"] == result["fd"]  # seeded per batch
+
+
+def test_evaluate_model_refuses_too_few_samples(conditional_mnist_checkpoint):
+    with pytest.raises(DifflabError, match="at least 2"):
+        evaluate_model(conditional_mnist_checkpoint, n=1)
