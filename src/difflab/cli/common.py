@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 import torch
 
 from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
-from difflab.samplers import SAMPLER_NAMES
+from difflab.pipelines import DiffusionModel, load_noisy_classifier
+from difflab.samplers import SAMPLER_NAMES, Guidance
+
+DEFAULT_CLASSIFIER_SCALE = 1.0
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: bool = True) -> None:
@@ -58,3 +62,48 @@ def parse_labels(text: str | None, n: int, num_classes: int) -> torch.Tensor | N
     if not values:
         raise DifflabError("--labels is empty; give e.g. --labels 0,1,2.")
     return torch.tensor(values).repeat(n // len(values) + 1)[:n]
+
+
+def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--classifier CKPT --classifier-scale S`` and ``--guidance-scale W``."""
+    parser.add_argument(
+        "--classifier",
+        default=None,
+        metavar="CKPT",
+        help="noisy classifier for classifier guidance (from `difflab train "
+        "configs/mnist_classifier.yaml`); needs --label or --labels",
+    )
+    parser.add_argument(
+        "--classifier-scale",
+        type=float,
+        default=None,
+        metavar="S",
+        help=f"classifier scale s >= 0 (default {DEFAULT_CLASSIFIER_SCALE:g} with --classifier)",
+    )
+    parser.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        metavar="W",
+        help="classifier-free guidance weight w >= 0 (0 unconditional, 1 conditional, >1 "
+        "guided); needs a class-conditional model trained with label dropout",
+    )
+
+
+def guidance_from_args(args: argparse.Namespace, model: DiffusionModel) -> Guidance | None:
+    """The :class:`Guidance` the arguments ask for (None for none); loads and checks the classifier."""
+    if args.classifier_scale is not None and args.classifier is None:
+        raise DifflabError("--classifier-scale needs --classifier CKPT (a noisy classifier).")
+    for flag, value in (
+        ("--classifier-scale", args.classifier_scale),
+        ("--guidance-scale", args.guidance_scale),
+    ):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise DifflabError(f"{flag} must be a finite number >= 0, got {value}.")
+    if args.classifier is None and args.guidance_scale is None:
+        return None
+    classifier = None
+    if args.classifier is not None:
+        classifier = load_noisy_classifier(args.classifier, model.device, model=model)
+    scale = DEFAULT_CLASSIFIER_SCALE if args.classifier_scale is None else args.classifier_scale
+    return Guidance(classifier, scale, args.guidance_scale)

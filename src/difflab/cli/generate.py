@@ -9,7 +9,12 @@ from pathlib import Path
 
 import torch
 
-from difflab.cli.common import add_sampling_arguments, parse_labels
+from difflab.cli.common import (
+    add_guidance_arguments,
+    add_sampling_arguments,
+    guidance_from_args,
+    parse_labels,
+)
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
 from difflab.pipelines import load_diffusion_model
@@ -23,6 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sample.add_argument("--n", type=int, default=64, help="number of images")
     sample.add_argument("--label", type=int, default=None, help="class label for every image")
     sample.add_argument("--labels", default=None, help="comma-separated labels (cycled), or 'all'")
+    add_guidance_arguments(sample)
     sample.add_argument("--out", default="outputs/samples.png", help="PNG grid to write")
     sample.add_argument("--out-dir", default=None, help="also write each image as its own PNG here")
     sample.set_defaults(handler=run_sample)
@@ -70,8 +76,12 @@ def run_sample(args: argparse.Namespace) -> int:
     model = load_diffusion_model(args.checkpoint)
     if args.label is not None and args.labels is not None:
         raise DifflabError("give either --label or --labels, not both.")
+    guidance = guidance_from_args(args, model)
+    classifier = guidance.classifier if guidance is not None else None
+    # the classes of a conditional model, else those of the guiding classifier
+    num_classes = model.num_classes or (classifier.config.num_classes if classifier else 0)
     labels = parse_labels(
-        str(args.label) if args.label is not None else args.labels, args.n, model.num_classes
+        str(args.label) if args.label is not None else args.labels, args.n, num_classes
     )
     start = time.perf_counter()
     images = model.sample(
@@ -84,9 +94,10 @@ def run_sample(args: argparse.Namespace) -> int:
         seed=args.seed,
         labels=labels,
         clip_x0=args.clip_x0,
+        guidance=guidance,
     )
     elapsed = time.perf_counter() - start
-    nrow = model.num_classes if args.labels == "all" else math.ceil(math.sqrt(args.n))
+    nrow = num_classes if args.labels == "all" else math.ceil(math.sqrt(args.n))
     save_grid(images, out, nrow=nrow)
     if args.out_dir:
         save_images(images, args.out_dir)
@@ -95,8 +106,10 @@ def run_sample(args: argparse.Namespace) -> int:
         if args.sampler == "ddpm" and args.steps is None
         else args.steps
     )
+    guided = f", {guidance.describe()}" if guidance is not None else ""
     print(
-        f"wrote {args.n} samples ({args.sampler}, {steps} steps, {elapsed:.1f} s) to {out.resolve()}"
+        f"wrote {args.n} samples ({args.sampler}, {steps} steps{guided}, {elapsed:.1f} s) to "
+        f"{out.resolve()}"
     )
     return 0
 

@@ -1,20 +1,38 @@
-"""``difflab info CHECKPOINT`` (or ``--presets``): what a checkpoint holds."""
+"""``difflab info CHECKPOINT`` (or ``--presets``): what a checkpoint holds, and its cost.
+
+The cost is GFLOPs of one forward pass on one image (``difflab.models.forward_gflops``:
+FlopCounterMode, a multiply-add = 2 FLOPs; the DiT paper's "Gflops" are half of these).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
+
+import torch
 
 from difflab.errors import DifflabError
-from difflab.models import PRESETS, build_model, model_config
+from difflab.models import (
+    ARCHITECTURES,
+    PRESETS,
+    build_model,
+    config_from_dict,
+    forward_gflops,
+    model_config,
+)
 from difflab.training.checkpoint import load_checkpoint
+
+FLOPS_NOTE = "GFLOPs: one forward pass on one image (FlopCounterMode, multiply-add = 2 FLOPs)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="describe a checkpoint, or list the model presets")
     parser.add_argument("checkpoint", nargs="?")
     parser.add_argument(
-        "--presets", action="store_true", help="list the model presets with parameter counts"
+        "--presets",
+        action="store_true",
+        help="list the model presets with parameter counts and GFLOPs per forward pass",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the checkpoint's metadata as JSON"
@@ -25,8 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.presets:
         for name in PRESETS:
-            net = build_model(*model_config(name))
-            print(f"{name:20s} {sum(p.numel() for p in net.parameters()) / 1e6:8.2f} M parameters")
+            arch, config = model_config(name)
+            print(
+                f"{name:20s} {_parameter_count(arch, config) / 1e6:8.2f} M parameters "
+                f"{forward_gflops(arch, config):10.3f} GFLOPs"
+            )
+        print(FLOPS_NOTE)
         return 0
     if not args.checkpoint:
         raise DifflabError("give a checkpoint path, or --presets.")
@@ -44,5 +66,15 @@ def run(args: argparse.Namespace) -> int:
     for section in ("data", "diffusion", "model"):
         if section in meta:
             print(f"{section}: {json.dumps(meta[section], sort_keys=True)}")
+    if meta.get("arch") in ARCHITECTURES and isinstance(meta.get("model"), dict):
+        config = config_from_dict(meta["arch"], meta["model"])
+        print(f"cost: {forward_gflops(meta['arch'], config):.3f} GFLOPs per forward pass per image")
     print(f"versions: {json.dumps(meta.get('versions', {}), sort_keys=True)}")
     return 0
+
+
+def _parameter_count(arch: str, config: Any) -> int:
+    """Parameters of a network, counted on the meta device (no memory, no initialisation cost)."""
+    with torch.device("meta"):
+        net = build_model(arch, config)
+    return sum(p.numel() for p in net.parameters())

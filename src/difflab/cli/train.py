@@ -1,15 +1,22 @@
-"""``difflab train CONFIG [key=value ...] [--resume]``."""
+"""``difflab train CONFIG [key=value ...] [--resume]``: a diffusion model or a noisy classifier."""
 
 from __future__ import annotations
 
 import argparse
 
 from difflab.config import load_config
+from difflab.errors import DifflabError
 from difflab.training import train
+from difflab.training.checkpoint import load_checkpoint
+from difflab.training.classifier_loop import train_classifier
+
+KINDS: tuple[str, ...] = ("diffusion", "classifier")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("train", help="train a model from a config file")
+    parser = subparsers.add_parser(
+        "train", help="train a model (kind: diffusion) or a noisy classifier (kind: classifier)"
+    )
     parser.add_argument("config", help="YAML experiment file, e.g. configs/mnist.yaml")
     parser.add_argument(
         "overrides",
@@ -28,6 +35,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    path = train(config, resume=args.resume, progress=not args.quiet)
-    print(f"trained model: {path}")
-    return 0
+    if config.kind == "diffusion":
+        path = train(config, resume=args.resume, progress=not args.quiet)
+        print(f"trained model: {path}")
+        return 0
+    if config.kind == "classifier":
+        path = train_classifier(config, resume=args.resume, progress=not args.quiet)
+        table = load_checkpoint(path)[1].get("accuracy_vs_t", [])
+        summary = ", ".join(f"t={row['t']}: {row['accuracy']:.3f}" for row in table)
+        print(f"trained noisy classifier: {path}")
+        if summary:
+            print(f"held-out accuracy by timestep: {summary}")
+        return 0
+    raise DifflabError(
+        f"config kind {config.kind!r} is not trainable; use one of {', '.join(KINDS)}."
+    )

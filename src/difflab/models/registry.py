@@ -10,9 +10,13 @@ from torch import nn
 
 from difflab.config import check_value
 from difflab.errors import DifflabError
+from difflab.models.dit import DiT, DiTConfig
 from difflab.models.unet import UNet, UNetConfig
 
-ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {"unet": (UNetConfig, UNet)}
+ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
+    "unet": (UNetConfig, UNet),
+    "dit": (DiTConfig, DiT),
+}
 
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # for tests: a few thousand parameters
@@ -52,6 +56,60 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             dropout=0.3,
         ),
     ),
+    # DiT for tests: a few tens of thousands of parameters, 49 tokens of 4x4 pixels at 28x28
+    "dit-tiny": (
+        "dit",
+        dict(
+            image_size=28,
+            in_channels=1,
+            out_channels=1,
+            patch_size=4,
+            hidden_size=32,
+            depth=2,
+            num_heads=2,
+        ),
+    ),
+    # DiTs sized for MNIST on a few CPU cores, two widths x patch 7 / 4 / 2 (16 / 49 / 196 tokens);
+    # head width 32 (S) and 64 (B); with data.pad_to_32=true use patch 8 / 4 / 2 instead of 7
+    **{
+        f"dit-mnist-{size}-{patch}": (
+            "dit",
+            dict(
+                image_size=28,
+                in_channels=1,
+                out_channels=1,
+                patch_size=patch,
+                hidden_size=hidden,
+                depth=depth,
+                num_heads=heads,
+            ),
+        )
+        for size, (hidden, depth, heads) in {"s": (128, 6, 4), "b": (256, 8, 4)}.items()
+        for patch in (7, 4, 2)
+    },
+    # the paper's grid (Peebles & Xie 2023, Table 1): DiT-{S,B,L,XL}/{2,4,8} on a 32x32x4 input,
+    # the LDM latent of a 256-pixel image; override image_size/in_channels for other inputs
+    **{
+        f"dit-{size}-{patch}": (
+            "dit",
+            dict(
+                image_size=32,
+                in_channels=4,
+                out_channels=4,
+                patch_size=patch,
+                hidden_size=hidden,
+                depth=depth,
+                num_heads=heads,
+            ),
+        )
+        for size, (hidden, depth, heads) in {
+            "s": (384, 12, 6),
+            "b": (768, 12, 12),
+            "l": (1024, 24, 16),
+            "xl": (1152, 28, 16),
+        }.items()
+        for patch in (2, 4, 8)
+    },
 }
 
 

@@ -8,6 +8,7 @@ whose extra last row is the reserved "no label" entry used by classifier-free gu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -56,6 +57,87 @@ class UNetConfig:
     scale_shift_norm: bool = True
 
 
+class EncoderSizes(Protocol):
+    """The fields of a config that size the U-Net's downsampling half (UNetConfig has them all)."""
+
+    image_size: int
+    in_channels: int
+    base_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    attention_resolutions: tuple[int, ...]
+    num_heads: int
+    head_channels: int
+    dropout: float
+    scale_shift_norm: bool
+
+
+def residual_block(c: EncoderSizes, in_ch: int, out_ch: int, emb_dim: int) -> ResBlock:
+    """A scale-shift residual block with the config's dropout."""
+    return ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.scale_shift_norm)
+
+
+def attention_heads(c: EncoderSizes, channels: int) -> int:
+    """Heads of an attention layer of ``channels`` width: ``channels / head_channels`` or ``num_heads``."""
+    return channels // c.head_channels if c.head_channels > 0 else c.num_heads
+
+
+def attention_at(c: EncoderSizes, channels: int, size: int) -> nn.Module:
+    """Self-attention if ``size`` (pixels) is one of the config's attention resolutions, else identity."""
+    if size not in c.attention_resolutions:
+        return nn.Identity()
+    return SpatialSelfAttention(channels, attention_heads(c, channels))
+
+
+class EncoderLayers(NamedTuple):
+    """The downsampling half of an ADM U-Net, shared by :class:`UNet` and the noisy classifier."""
+
+    conv_in: nn.Conv2d
+    down_blocks: nn.ModuleList  # each item: ModuleList([ResBlock, attention]) or Downsample
+    skip_channels: list[int]  # width of every activation the down path keeps (conv_in's first)
+    channels: int  # width at the bottom
+    size: int  # side (pixels) at the bottom
+
+
+def build_encoder(c: EncoderSizes, emb_dim: int) -> EncoderLayers:
+    """conv_in, then per level ``num_res_blocks`` x (ResBlock, attention) and a stride-2 Downsample."""
+    conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
+    down_blocks = nn.ModuleList()
+    skip_channels = [c.base_channels]
+    ch, size = c.base_channels, c.image_size
+    for level, mult in enumerate(c.channel_mult):
+        for _ in range(c.num_res_blocks):
+            out_ch = c.base_channels * mult
+            down_blocks.append(
+                nn.ModuleList(
+                    [residual_block(c, ch, out_ch, emb_dim), attention_at(c, out_ch, size)]
+                )
+            )
+            ch = out_ch
+            skip_channels.append(ch)
+        if level < len(c.channel_mult) - 1:
+            down_blocks.append(Downsample(ch))
+            skip_channels.append(ch)
+            size = (size + 1) // 2
+    return EncoderLayers(conv_in, down_blocks, skip_channels, ch, size)
+
+
+def run_encoder(
+    conv_in: nn.Module, down_blocks: nn.ModuleList, x: torch.Tensor, emb: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """x (B, C_in, H, W), emb (B, E) -> (bottom activation (B, C, h, w), every skip activation)."""
+    h = conv_in(x)  # (B, C0, H, W)
+    skips = [h]
+    for layer in down_blocks:
+        if isinstance(layer, Downsample):
+            h = layer(h)  # (B, C, ceil(H/2), ceil(W/2))
+        else:
+            res, attn = layer
+            h = attn(res(h, emb))
+        skips.append(h)
+    return h, skips
+
+
 class UNet(nn.Module):
     """``net(x_t, t, cond) -> (B, out_channels, H, W)``; x_t (B, in_channels, H, W), t (B,)."""
 
@@ -68,40 +150,13 @@ class UNet(nn.Module):
         self.time_embed = TimestepEmbedding(c.base_channels, emb_dim)
         # rows 0..num_classes-1 are classes, row num_classes is "no label"
         self.label_embed = nn.Embedding(c.num_classes + 1, emb_dim) if c.num_classes > 0 else None
-
-        def block(in_ch: int, out_ch: int) -> ResBlock:
-            return ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.scale_shift_norm)
-
-        def attention(ch: int, size: int) -> nn.Module:
-            if size not in c.attention_resolutions:
-                return nn.Identity()
-            heads = ch // c.head_channels if c.head_channels > 0 else c.num_heads
-            return SpatialSelfAttention(ch, heads)
-
-        self.conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
-        self.down_blocks = (
-            nn.ModuleList()
-        )  # each item: ModuleList([ResBlock, attention]) or Downsample
-        skip_channels = [c.base_channels]
-        ch, size = c.base_channels, c.image_size
-        for level, mult in enumerate(c.channel_mult):
-            for _ in range(c.num_res_blocks):
-                self.down_blocks.append(
-                    nn.ModuleList(
-                        [block(ch, c.base_channels * mult), attention(c.base_channels * mult, size)]
-                    )
-                )
-                ch = c.base_channels * mult
-                skip_channels.append(ch)
-            if level < len(c.channel_mult) - 1:
-                self.down_blocks.append(Downsample(ch))
-                skip_channels.append(ch)
-                size = (size + 1) // 2
-        self.mid_block1 = block(ch, ch)
-        self.mid_attention = SpatialSelfAttention(
-            ch, ch // c.head_channels if c.head_channels > 0 else c.num_heads
-        )
-        self.mid_block2 = block(ch, ch)
+        encoder = build_encoder(c, emb_dim)
+        self.conv_in = encoder.conv_in
+        self.down_blocks = encoder.down_blocks
+        skip_channels, ch, size = list(encoder.skip_channels), encoder.channels, encoder.size
+        self.mid_block1 = residual_block(c, ch, ch, emb_dim)
+        self.mid_attention = SpatialSelfAttention(ch, attention_heads(c, ch))
+        self.mid_block2 = residual_block(c, ch, ch, emb_dim)
         self.up_blocks = (
             nn.ModuleList()
         )  # each item: ModuleList([ResBlock, attention, Upsample | Identity])
@@ -113,7 +168,11 @@ class UNet(nn.Module):
                 )
                 self.up_blocks.append(
                     nn.ModuleList(
-                        [block(ch + skip_channels.pop(), out_ch), attention(out_ch, size), upsample]
+                        [
+                            residual_block(c, ch + skip_channels.pop(), out_ch, emb_dim),
+                            attention_at(c, out_ch, size),
+                            upsample,
+                        ]
                     )
                 )
                 ch = out_ch
@@ -142,15 +201,7 @@ class UNet(nn.Module):
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> torch.Tensor:
         emb = self.embed(t, cond if cond is not None else Conditioning())  # (B, E)
-        h = self.conv_in(x_t)  # (B, C0, H, W)
-        skips = [h]
-        for layer in self.down_blocks:
-            if isinstance(layer, Downsample):
-                h = layer(h)  # (B, C, ceil(H/2), ceil(W/2))
-            else:
-                res, attn = layer
-                h = attn(res(h, emb))
-            skips.append(h)
+        h, skips = run_encoder(self.conv_in, self.down_blocks, x_t, emb)  # (B, C, h, w)
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)
         for res, attn, upsample in self.up_blocks:
             h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))  # (B, C, H', W')

@@ -27,20 +27,11 @@ from difflab.diffusion import (
 from difflab.errors import DifflabError
 from difflab.models import build_model, model_config
 from difflab.samplers import ddim_sample
-from difflab.training.checkpoint import (
-    load_checkpoint,
-    load_weights_strict,
-    save_checkpoint,
-    split_prefix,
-    with_prefix,
-)
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
 from difflab.training.progress import JsonlLog, Progress
+from difflab.training.state import MODEL_FILE, STATE_FILE, restore_run_state, save_run_state
 from difflab.utils.images import save_grid
-
-STATE_FILE = "checkpoints/last.safetensors"
-MODEL_FILE = "model.safetensors"
 
 
 @dataclasses.dataclass
@@ -86,10 +77,12 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
             f"model.num_classes is {net_config.num_classes} but dataset {dataset.name!r} has no labels; set model.num_classes=0."
         )
     train = config.train
-    _check_train_config(train, net_config)
+    check_train_config(train, net_config)
     torch.manual_seed(train.seed)
     net = build_model(arch, net_config)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    optimizer = torch.optim.AdamW(
+        net.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True
+    )
     schedule = NoiseSchedule.from_name(
         config.diffusion.schedule,
         config.diffusion.num_timesteps,
@@ -109,7 +102,7 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
     )
 
 
-def _check_train_config(train: Any, net_config: Any) -> None:
+def check_train_config(train: Any, net_config: Any) -> None:
     positive = (
         "steps",
         "batch_size",
@@ -152,54 +145,11 @@ def model_meta(run: TrainingRun) -> dict[str, Any]:
 
 def save_training_state(run: TrainingRun, out_dir: Path) -> None:
     """Full state for ``resume`` (checkpoints/last.safetensors) and EMA weights (model.safetensors)."""
-    optimizer_state = run.optimizer.state_dict()
-    tensors = {
-        **with_prefix(run.net.state_dict(), "model"),
-        **with_prefix(run.ema.state_dict(), "ema"),
-    }
-    for index, state in optimizer_state["state"].items():
-        tensors.update(with_prefix(state, f"optim.{index}"))
-    tensors["rng.torch"] = torch.get_rng_state()
-    tensors["rng.train"] = run.generator.get_state()
-    meta = model_meta(run)
-    meta["state"] = {
-        **run.stream.state(),
-        "ema_updates": run.ema.num_updates,
-        "param_groups": optimizer_state["param_groups"],
-    }
-    save_checkpoint(out_dir / STATE_FILE, tensors, meta)
-    save_checkpoint(
-        out_dir / MODEL_FILE, with_prefix(run.ema.state_dict(), "model"), model_meta(run)
-    )
+    save_run_state(run, out_dir, model_meta(run), model_meta(run))
 
 
 def restore_training_state(run: TrainingRun, path: Path) -> None:
-    tensors, meta = load_checkpoint(path, kind="diffusion")
-    current = model_meta(run)
-    for section in ("arch", "model", "diffusion"):
-        if meta.get(section) != current[section]:
-            raise DifflabError(
-                f"{path} was trained with a different {section} config than the one given; resume with the same config or use a new train.out_dir."
-            )
-    load_weights_strict(run.net, split_prefix(tensors, "model"), path)
-    load_weights_strict(run.ema.module, split_prefix(tensors, "ema"), path)
-    state = meta["state"]
-    optim_state = {int(k.split(".")[0]): {} for k in split_prefix(tensors, "optim")}
-    for key, value in split_prefix(tensors, "optim").items():
-        index, name = key.split(".", 1)
-        optim_state[int(index)][name] = value
-    run.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    run.generator.set_state(tensors["rng.train"])
-    run.ema.num_updates = state["ema_updates"]
-    run.stream = BatchStream(
-        len(run.dataset),
-        run.config.train.batch_size,
-        run.config.train.seed,
-        state["epoch"],
-        state["position"],
-    )
-    run.step = meta["step"]
+    restore_run_state(run, path, "diffusion", model_meta(run))
 
 
 def learning_rate(train: Any, step: int) -> float:
@@ -268,7 +218,7 @@ def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     save_grid(images, path, nrow=int(math.sqrt(count)))
 
 
-def _trim_log(path: Path, step: int) -> None:
+def trim_log(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint a run resumes from."""
     import json
 
@@ -282,7 +232,7 @@ def _trim_log(path: Path, step: int) -> None:
 def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a diffusion model as ``config`` says; returns the path of the EMA model checkpoint."""
     out_dir = Path(config.train.out_dir)
-    _check_output_dir(out_dir)
+    check_output_dir(out_dir)
     run = build_run(config)
     log = JsonlLog(out_dir / "metrics.jsonl")
     if resume:
@@ -292,7 +242,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
                 f"nothing to resume: {state_path} does not exist; start without --resume."
             )
         restore_training_state(run, state_path)
-        _trim_log(log.path, run.step)
+        trim_log(log.path, run.step)
     elif (out_dir / STATE_FILE).exists():
         raise DifflabError(
             f"{out_dir} already holds a run; pass --resume to continue it or choose another train.out_dir."
@@ -317,7 +267,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
     return out_dir / MODEL_FILE
 
 
-def _check_output_dir(out_dir: Path) -> None:
+def check_output_dir(out_dir: Path) -> None:
     """Fail before training if the output folder cannot be written."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

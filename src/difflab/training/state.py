@@ -1,0 +1,94 @@
+"""Saving and restoring everything a training run needs to continue bit for bit.
+
+Shared by every training loop (diffusion models, noisy classifiers): a run is anything with the
+attributes of :class:`ResumableRun`. The state file holds the weights (``model.*``), the EMA
+weights (``ema.*``), the optimizer moments (``optim.<index>.*``) and both RNG states; its JSON
+records the data-stream position, the EMA update count and the optimizer's param groups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from difflab.errors import DifflabError
+from difflab.training.checkpoint import (
+    load_checkpoint,
+    load_weights_strict,
+    save_checkpoint,
+    split_prefix,
+    with_prefix,
+)
+from difflab.training.data_order import BatchStream
+from difflab.training.ema import EMA
+
+STATE_FILE = "checkpoints/last.safetensors"
+MODEL_FILE = "model.safetensors"
+MODEL_SECTIONS = ("arch", "model", "diffusion")  # what must match for a run to resume
+
+
+class ResumableRun(Protocol):
+    config: Any  # an ExperimentConfig
+    dataset: Any  # an ImageDataset
+    net: torch.nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    stream: BatchStream
+    generator: torch.Generator
+    step: int
+
+
+def save_run_state(
+    run: ResumableRun, out_dir: Path, meta: dict[str, Any], model_meta: dict[str, Any]
+) -> None:
+    """Write ``out_dir/checkpoints/last.safetensors`` (everything) and ``out_dir/model.safetensors`` (EMA)."""
+    optimizer_state = run.optimizer.state_dict()
+    tensors = {
+        **with_prefix(run.net.state_dict(), "model"),
+        **with_prefix(run.ema.state_dict(), "ema"),
+    }
+    for index, state in optimizer_state["state"].items():
+        tensors.update(with_prefix(state, f"optim.{index}"))
+    tensors["rng.torch"] = torch.get_rng_state()
+    tensors["rng.train"] = run.generator.get_state()
+    state_meta = {
+        **meta,
+        "state": {
+            **run.stream.state(),
+            "ema_updates": run.ema.num_updates,
+            "param_groups": optimizer_state["param_groups"],
+        },
+    }
+    save_checkpoint(out_dir / STATE_FILE, tensors, state_meta)
+    save_checkpoint(out_dir / MODEL_FILE, with_prefix(run.ema.state_dict(), "model"), model_meta)
+
+
+def restore_run_state(
+    run: ResumableRun, path: Path, kind: str, current_meta: dict[str, Any]
+) -> None:
+    """Put model, EMA, optimizer, data order, RNG states and step back as ``path`` recorded them."""
+    tensors, meta = load_checkpoint(path, kind=kind)
+    for section in MODEL_SECTIONS:
+        if meta.get(section) != current_meta.get(section):
+            raise DifflabError(
+                f"{path} was trained with a different {section} config than the one given; "
+                "resume with the same config or use a new train.out_dir."
+            )
+    load_weights_strict(run.net, split_prefix(tensors, "model"), path)
+    load_weights_strict(run.ema.module, split_prefix(tensors, "ema"), path)
+    state = meta["state"]
+    optim_state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in split_prefix(tensors, "optim").items():
+        index, name = key.split(".", 1)
+        optim_state.setdefault(int(index), {})[name] = value
+    run.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    run.generator.set_state(tensors["rng.train"])
+    run.ema.num_updates = state["ema_updates"]
+    train = run.config.train
+    run.stream = BatchStream(
+        len(run.dataset), train.batch_size, train.seed, state["epoch"], state["position"]
+    )
+    run.step = meta["step"]

@@ -1,0 +1,222 @@
+"""``difflab train`` of a noisy classifier and ``difflab sample`` with guidance, end to end."""
+
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from difflab.cli import main
+from difflab.training.checkpoint import load_checkpoint
+from tests.cli.conftest import CONFIGS, run_cli, train_tiny
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
+
+
+def train_classifier_cli(out_dir: Path, *overrides: str) -> None:
+    """``difflab train configs/mnist_classifier.yaml`` for 2 steps on 64 images."""
+    argv = [
+        "train",
+        "--quiet",
+        str(CONFIGS / "mnist_classifier.yaml"),
+        f"train.out_dir={out_dir}",
+        "train.steps=2",
+        "train.batch_size=8",
+        "data.limit=64",
+        *overrides,
+    ]
+    assert main(argv) == 0
+
+
+@pytest.fixture(scope="session")
+def digits_classifier(tmp_path_factory) -> Path:
+    """A 2-step classifier for the 8×8 digits models of conftest (T = 100, like digits_tiny)."""
+    out = tmp_path_factory.mktemp("clf_digits")
+    train_classifier_cli(
+        out, "data.name=digits", "model.preset=classifier-tiny", "diffusion.num_timesteps=100"
+    )
+    return out / "model.safetensors"
+
+
+def test_train_the_mnist_classifier_config_for_two_steps(tmp_path, capsys):
+    code, out, err = run_cli(
+        [
+            "train",
+            "--quiet",
+            str(CONFIGS / "mnist_classifier.yaml"),
+            f"train.out_dir={tmp_path}",
+            "train.steps=2",
+            "train.batch_size=8",
+            "data.limit=64",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    assert "trained noisy classifier" in out and "t=0:" in out and "t=999:" in out
+    meta = load_checkpoint(tmp_path / "model.safetensors", kind="classifier")[1]
+    assert meta["model"]["image_size"] == 28 and meta["diffusion"]["num_timesteps"] == 1000
+    assert (tmp_path / "accuracy_vs_t.json").exists()
+
+
+def sample(checkpoint: Path, out: Path, *args: str) -> list[str]:
+    return ["sample", str(checkpoint), "--steps", "2", "--n", "4", "--out", str(out), *args]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--label", "3"],
+        ["--labels", "0,1,2,3", "--classifier-scale", "10"],
+        ["--labels", "1", "--sampler", "ddpm", "--classifier-scale", "2"],
+        ["--label", "5", "--eta", "1", "--clip-x0"],
+    ],
+)
+def test_classifier_guidance_of_an_unconditional_model(
+    tiny_checkpoint, digits_classifier, tmp_path, capsys, args
+):
+    out = tmp_path / "guided.png"
+    code, stdout, err = run_cli(
+        sample(tiny_checkpoint, out, "--classifier", str(digits_classifier), *args), capsys
+    )
+    assert code == 0, err
+    assert out.exists() and "classifier scale" in stdout
+
+
+def test_labels_all_grid_with_a_classifier(tiny_checkpoint, digits_classifier, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    argv = ["sample", str(tiny_checkpoint), "--steps", "2", "--n", "20", "--labels", "all"]
+    code, _, err = run_cli(
+        [*argv, "--classifier", str(digits_classifier), "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    assert Image.open(out).size[0] == 10 * 10 + 2  # one column per class, as without guidance
+
+
+def test_classifier_free_guidance_and_stacking(
+    tiny_conditional_checkpoint, digits_classifier, tmp_path, capsys
+):
+    out = tmp_path / "cfg.png"
+    code, stdout, err = run_cli(
+        sample(tiny_conditional_checkpoint, out, "--labels", "all", "--guidance-scale", "3"),
+        capsys,
+    )
+    assert code == 0 and "guidance scale 3" in stdout, err
+    both = sample(
+        tiny_conditional_checkpoint,
+        out,
+        "--label",
+        "7",
+        "--guidance-scale",
+        "2",
+        "--classifier",
+        str(digits_classifier),
+        "--classifier-scale",
+        "1.5",
+        "--sampler",
+        "ddpm",
+    )
+    code, stdout, err = run_cli(both, capsys)
+    assert code == 0 and "classifier scale 1.5, guidance scale 2" in stdout, err
+
+
+@pytest.fixture(scope="session")
+def mnist_classifier(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clf_mnist")
+    train_classifier_cli(out, "model.preset=classifier-tiny")
+    return out / "model.safetensors"
+
+
+@pytest.fixture(scope="session")
+def conditional_without_dropout(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run_cond_no_dropout")
+    assert train_tiny(out, "model.num_classes=10", "train.steps=1") == 0
+    return out / "model.safetensors"
+
+
+def test_bad_guidance_input_is_one_sentence_and_writes_nothing(
+    tiny_checkpoint,
+    tiny_conditional_checkpoint,
+    conditional_without_dropout,
+    digits_classifier,
+    mnist_classifier,
+    tmp_path,
+    capsys,
+):
+    never = tmp_path / "never.png"
+    clf = str(digits_classifier)
+    cases = {
+        "CFG on a model trained without label dropout": (
+            sample(conditional_without_dropout, never, "--label", "1", "--guidance-scale", "2"),
+            "had train.label_dropout = 0",
+        ),
+        "a diffusion checkpoint as classifier": (
+            sample(tiny_checkpoint, never, "--label", "1", "--classifier", str(tiny_checkpoint)),
+            "holds a 'diffusion' checkpoint, not a noisy classifier",
+        ),
+        "the clean feature CNN as classifier": (
+            sample(
+                tiny_checkpoint,
+                never,
+                "--label",
+                "1",
+                "--classifier",
+                str(WEIGHTS / "mnist_cnn.safetensors"),
+            ),
+            "holds a 'feature-cnn' checkpoint",
+        ),
+        "a classifier of another image size": (
+            sample(tiny_checkpoint, never, "--label", "1", "--classifier", str(mnist_classifier)),
+            "was trained on 1×28×28 images but the model makes 1×8×8 ones",
+        ),
+        "no labels for the classifier": (
+            sample(tiny_checkpoint, never, "--classifier", clf),
+            "needs target labels",
+        ),
+        "a label out of range": (
+            sample(tiny_checkpoint, never, "--label", "12", "--classifier", clf),
+            "0..9 for the classifier",
+        ),
+        "CFG on an unconditional model": (
+            sample(tiny_checkpoint, never, "--label", "1", "--guidance-scale", "2"),
+            "class-conditional model",
+        ),
+        "CFG without labels": (
+            sample(tiny_conditional_checkpoint, never, "--guidance-scale", "2"),
+            "needs target labels",
+        ),
+        "a scale without a classifier": (
+            sample(tiny_checkpoint, never, "--label", "1", "--classifier-scale", "2"),
+            "--classifier-scale needs --classifier",
+        ),
+        "a negative classifier scale": (
+            sample(
+                tiny_checkpoint,
+                never,
+                "--label",
+                "1",
+                "--classifier",
+                clf,
+                "--classifier-scale",
+                "-1",
+            ),
+            "--classifier-scale must be a finite number >= 0",
+        ),
+        "a non-finite guidance scale": (
+            sample(tiny_conditional_checkpoint, never, "--label", "1", "--guidance-scale", "nan"),
+            "--guidance-scale must be a finite number >= 0",
+        ),
+    }
+    for name, (argv, message) in cases.items():
+        code, _, err = run_cli(argv, capsys)
+        lines = [line for line in err.strip().splitlines() if line]
+        assert code == 2, (name, err)
+        assert len(lines) == 1 and lines[0].endswith("."), (name, err)
+        assert message in lines[0], (name, err)
+    assert not never.exists()
+
+
+def test_train_refuses_an_unknown_kind(tmp_path, capsys):
+    code, _, err = run_cli(
+        ["train", str(CONFIGS / "digits_tiny.yaml"), "kind=vqvae", f"train.out_dir={tmp_path}"],
+        capsys,
+    )
+    assert code == 2 and "config kind 'vqvae' is not trainable" in err

@@ -1,0 +1,342 @@
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflab.cli import main
+from difflab.config import load_config
+from difflab.diffusion import NULL_LABEL, Conditioning
+from difflab.errors import DifflabError
+from difflab.models import (
+    PRESETS,
+    DiT,
+    DiTConfig,
+    build_model,
+    count_flops,
+    forward_flops,
+    forward_gflops,
+    model_config,
+)
+from difflab.models.dit import (
+    fused_attention,
+    patchify,
+    sincos_position_embedding,
+    unpatchify,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+FLASH_KERNEL = "aten::_scaled_dot_product_flash_attention_for_cpu"
+
+
+def tiny(**overrides) -> DiT:
+    return build_model(*model_config("dit-tiny", **overrides))
+
+
+def perturb_zero_inits(net: DiT, std: float = 0.1) -> DiT:
+    """Give the zero-initialised adaLN regressors and final layer random weights."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            if not parameter.any():
+                parameter.normal_(std=std)
+    return net
+
+
+def test_a_block_is_the_identity_at_initialisation():
+    """adaLN-Zero: the gates start at zero, so each block returns its input exactly."""
+    net = tiny()
+    x = torch.randn(3, 49, 32)  # (B, T, D)
+    c = torch.randn(3, 32)  # (B, D)
+    for block in net.blocks:
+        assert torch.equal(block(x, c), x)
+    torch.nn.init.normal_(net.blocks[0].modulation.linear.weight)
+    assert not torch.allclose(net.blocks[0](x, c), x)
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_the_model_outputs_zero_at_initialisation(learn_sigma):
+    net = tiny(num_classes=10, learn_sigma=learn_sigma)
+    x = torch.randn(2, 1, 28, 28)
+    out = net(x, torch.tensor([3, 700]), Conditioning(labels=torch.tensor([1, NULL_LABEL])))
+    assert out.shape == (2, 1, 28, 28) and torch.count_nonzero(out) == 0
+
+
+@pytest.mark.parametrize("patch_size", [1, 2, 4, 8])
+def test_patchify_and_unpatchify_round_trip(patch_size):
+    x = torch.randn(2, 3, 8, 8)
+    tokens = patchify(x, patch_size)
+    assert tokens.shape == (2, (8 // patch_size) ** 2, patch_size**2 * 3)
+    assert torch.equal(unpatchify(tokens, patch_size, 8 // patch_size), x)
+
+
+def test_the_patch_embedding_is_a_linear_map_of_patchified_tokens():
+    """The conv patch embedding and unpatchify agree on which pixels form a token."""
+    net = tiny(image_size=8, in_channels=3, out_channels=3)
+    x = torch.randn(2, 3, 8, 8)
+    conv_tokens = net.patch_embed(x).flatten(2).transpose(1, 2)  # (B, T, D)
+    weight = net.patch_embed.weight.permute(0, 2, 3, 1).reshape(32, -1)  # (D, p*p*C)
+    linear_tokens = patchify(x, 4) @ weight.T + net.patch_embed.bias
+    assert torch.allclose(conv_tokens, linear_tokens, atol=1e-5)
+
+
+def test_position_embeddings_are_fixed_2d_sin_cos():
+    net = tiny()
+    assert net.pos_embed.shape == (1, 49, 32)
+    assert "pos_embed" not in net.state_dict()  # derived from the config, never stored
+    assert all(name != "pos_embed" for name, _ in net.named_parameters())
+    table = sincos_position_embedding(7, 32).reshape(7, 7, 32)  # (row, column, D)
+    assert torch.equal(table[:, :, :16], table[:, :1, :16].expand(7, 7, 16))  # rows: first half
+    assert torch.equal(table[:, :, 16:], table[:1, :, 16:].expand(7, 7, 16))  # columns: second
+    assert torch.equal(table[0, 0], torch.tensor([0.0] * 8 + [1.0] * 8 + [0.0] * 8 + [1.0] * 8))
+    assert torch.unique(table.reshape(49, 32), dim=0).shape[0] == 49
+
+
+def test_the_class_embedding_reserves_the_null_row_for_dropped_labels():
+    net = tiny(num_classes=10)
+    assert net.label_embed.num_embeddings == 11  # 10 classes + "no label"
+    t = torch.tensor([5, 5, 5])
+    labels = Conditioning(labels=torch.tensor([2, 7, 9]))
+    dropped = labels.drop(torch.tensor([False, True, True]))  # CFG label dropout
+    time_part = net.time_embed(t)
+    null_row = net.label_embed.weight[10]
+    assert torch.equal(net.embed(t, dropped)[1:], time_part[1:] + null_row)
+    assert torch.equal(net.embed(t, dropped)[0], time_part[0] + net.label_embed.weight[2])
+    assert torch.equal(net.embed(t, Conditioning()), time_part + null_row)  # no labels = null
+    assert torch.equal(net.embed(t, labels.dropped()), time_part + null_row)
+
+
+@pytest.mark.parametrize("label", [10, -2, 100])
+def test_unknown_labels_are_rejected(label):
+    net = tiny(num_classes=10)
+    with pytest.raises(DifflabError, match=r"0\.\.9"):
+        net(
+            torch.randn(1, 1, 28, 28), torch.tensor([1]), Conditioning(labels=torch.tensor([label]))
+        )
+
+
+def test_an_unconditional_dit_ignores_labels():
+    net = perturb_zero_inits(tiny())
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([4, 9])
+    assert torch.equal(net(x, t, Conditioning(labels=torch.tensor([3, 42]))), net(x, t))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(image_size=8, in_channels=1, out_channels=1, patch_size=4),
+        dict(image_size=28, in_channels=1, out_channels=1, patch_size=7),
+        dict(image_size=28, in_channels=1, out_channels=1, patch_size=2),
+        dict(image_size=32, in_channels=4, out_channels=4, patch_size=8, num_heads=4),
+        dict(image_size=16, in_channels=3, out_channels=3, patch_size=4, learn_sigma=True),
+        dict(image_size=12, in_channels=2, out_channels=2, patch_size=3, mlp_ratio=2.0),
+    ],
+)
+def test_output_shapes_for_several_configs(overrides):
+    net = perturb_zero_inits(tiny(**overrides))
+    size, channels = overrides["image_size"], overrides["in_channels"]
+    out = net(torch.randn(3, channels, size, size), torch.tensor([0, 500, 999]))
+    assert out.shape == (3, channels, size, size) and out.dtype == torch.float32
+    assert torch.isfinite(out).all() and out.abs().sum() > 0
+
+
+def test_learned_variance_is_a_second_output_half():
+    net = perturb_zero_inits(tiny(learn_sigma=True))
+    assert net.final_layer.linear.out_features == 4 * 4 * 2  # p * p * 2 * out_channels
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 20])
+    prediction, variance = net.predict_with_variance(x, t)
+    assert prediction.shape == variance.shape == (2, 1, 28, 28)
+    assert torch.equal(net(x, t), prediction)
+    with pytest.raises(DifflabError, match="learn_sigma"):
+        tiny().predict_with_variance(x, t)
+
+
+def test_image_sizes_not_divisible_by_the_patch_size_are_refused_by_name():
+    with pytest.raises(
+        DifflabError, match=r"image_size 28 is not divisible by model\.patch_size 8"
+    ):
+        tiny(image_size=28, patch_size=8)
+    # a 28x28 preset trained with data.pad_to_32=true must switch from patch 7
+    with pytest.raises(DifflabError, match="pad_to_32"):
+        build_model(*model_config("dit-mnist-s-7", image_size=32))
+    build_model(*model_config("dit-mnist-s-4", image_size=32))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(hidden_size=36, num_heads=8), "num_heads 8"),
+        (dict(hidden_size=34, num_heads=1), "divisible by 4"),
+        (dict(depth=0), "depth must be at least 1"),
+        (dict(prediction="score"), "'score' is unknown"),
+        (dict(dropout=1.0), r"\[0, 1\)"),
+    ],
+)
+def test_inconsistent_configs_are_refused_by_name(overrides, message):
+    with pytest.raises(DifflabError, match=message):
+        tiny(**overrides)
+
+
+def test_inputs_of_another_size_are_refused():
+    with pytest.raises(DifflabError, match=r"\(B, 1, 28, 28\)"):
+        tiny()(torch.randn(1, 1, 32, 32), torch.tensor([1]))
+
+
+def test_attention_matches_a_plain_softmax_implementation():
+    torch.manual_seed(0)
+    qkv = torch.randn(2, 5, 3, 2, 4)  # (B, T, 3, heads, D/heads)
+    q, k, v = qkv.unbind(2)  # each (B, T, heads, D/heads)
+    weights = torch.softmax(torch.einsum("bthd,bshd->bhts", q, k) / 2, dim=-1)
+    expected = torch.einsum("bhts,bshd->bthd", weights, v)
+    assert torch.allclose(fused_attention(qkv), expected, atol=1e-6)
+    bf16 = fused_attention(qkv.bfloat16())
+    assert bf16.dtype == torch.bfloat16 and torch.allclose(bf16.float(), expected, atol=0.05)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_the_fused_cpu_attention_kernel_runs_once_per_block(bf16):
+    net = perturb_zero_inits(tiny(depth=3))
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([1, 2])
+    with (
+        torch.profiler.profile() as profile,
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16),
+    ):
+        net(x, t).sum().backward()
+    calls = {event.key: event.count for event in profile.key_averages()}
+    assert calls.get(FLASH_KERNEL) == 3  # one fused call per block: no loop over heads
+    assert calls.get(FLASH_KERNEL + "_backward") == 3
+    assert "aten::softmax" not in calls and "aten::_softmax" not in calls  # not the math path
+
+
+def test_bf16_autocast_stays_close_to_float32():
+    net = perturb_zero_inits(tiny(num_classes=3), std=0.05).eval()
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([100, 900])
+    cond = Conditioning(labels=torch.tensor([0, 2]))
+    reference = net(x, t, cond)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = net(x, t, cond)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+# ----------------------------------------------------------------------------- FLOPs
+
+
+def closed_form_flops(c: DiTConfig) -> int:
+    """2 FLOPs per multiply-add of every matmul, convolution and attention product of a DiT."""
+    D, T, p = c.hidden_size, c.num_tokens, c.patch_size
+    mlp = int(D * c.mlp_ratio)
+    per_token_block = 3 * D * D + D * D + 2 * D * mlp  # qkv, proj, MLP
+    attention = 2 * T * T * D  # q k^T and (weights) v
+    per_block = T * per_token_block + attention + D * 6 * D  # + adaLN regression
+    embeddings = T * p * p * c.in_channels * D + 256 * D + D * D  # patches, timestep MLP
+    final = D * 2 * D + T * D * p * p * c.out_channels
+    return 2 * (c.depth * per_block + embeddings + final)
+
+
+def test_forward_flops_match_the_closed_form_count_including_attention():
+    arch, config = model_config("dit-tiny", num_classes=10)
+    assert forward_flops(arch, config) == closed_form_flops(config)
+    # measured on real CPU tensors (the fused attention kernel) as on the meta device
+    net = build_model(arch, config).eval()
+    x, t = torch.randn(1, 1, 28, 28), torch.tensor([7])
+    with torch.no_grad():
+        assert count_flops(lambda: net(x, t)) == closed_form_flops(config)
+    assert forward_flops(arch, config, batch_size=4) == 4 * closed_form_flops(config)
+
+
+def test_gflops_are_positive_and_grow_with_width_and_with_smaller_patches():
+    def gflops(**overrides) -> float:
+        return forward_gflops(*model_config("dit-tiny", **overrides))
+
+    assert 0 < gflops(hidden_size=32) < gflops(hidden_size=64) < gflops(hidden_size=128)
+    assert 0 < gflops(patch_size=7) < gflops(patch_size=4) < gflops(patch_size=2)
+    assert forward_gflops(*model_config("unet-tiny")) > 0
+
+
+# the paper's Gflops count a multiply-add once: Table 1 (p = 4) and Table 4 (p = 2)
+PAPER_GFLOPS = {
+    "dit-s-4": 1.41,
+    "dit-b-4": 5.56,
+    "dit-l-4": 19.70,
+    "dit-xl-4": 29.05,
+    "dit-s-2": 6.06,
+    "dit-b-2": 23.01,
+    "dit-l-2": 80.71,
+    "dit-xl-2": 118.64,
+}
+
+
+def test_the_paper_presets_have_the_paper_gflops():
+    for name, paper in PAPER_GFLOPS.items():
+        ours = forward_gflops(*model_config(name)) / 2  # multiply-add = 1, as the paper
+        assert ours == pytest.approx(paper, rel=0.01), name
+
+
+def test_presets_cover_the_paper_grid_and_tiny_cpu_sizes():
+    names = [name for name, (arch, _) in PRESETS.items() if arch == "dit"]
+    for size in ("s", "b", "l", "xl"):
+        for patch in (2, 4, 8):
+            assert f"dit-{size}-{patch}" in names
+    assert "dit-tiny" in names and "dit-mnist-b-4" in names
+    for name in names:
+        arch, config = model_config(name)
+        assert isinstance(config, DiTConfig) and name == name.lower()
+        with torch.device("meta"):
+            build_model(arch, config)  # every preset is consistent
+    with torch.device("meta"):
+        xl = build_model(*model_config("dit-xl-2", num_classes=1000, learn_sigma=True))
+    assert sum(p.numel() for p in xl.parameters()) == pytest.approx(675e6, rel=0.005)
+    with pytest.raises(DifflabError, match="hiden_size"):
+        model_config("dit-tiny", hiden_size=4)
+
+
+# ----------------------------------------------------------------------------- config and CLI
+
+
+def test_the_mnist_config_loads_and_builds_a_class_conditional_dit():
+    config = load_config(CONFIGS / "dit_mnist.yaml")
+    assert config.train.label_dropout == pytest.approx(0.1)
+    values = dict(config.model)
+    arch, net_config = model_config(values.pop("preset"), **values)
+    assert arch == "dit" and net_config.num_classes == 10
+    assert net_config.image_size % net_config.patch_size == 0
+    padded = dataclasses.replace(net_config, image_size=32)  # data.pad_to_32=true
+    with torch.device("meta"):
+        build_model(arch, padded)
+
+
+def test_a_dit_trains_samples_and_reports_its_gflops_through_the_cli(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--quiet",
+            str(CONFIGS / "digits_tiny.yaml"),
+            "model.preset=dit-tiny",
+            "model.num_classes=10",
+            "train.label_dropout=0.1",
+            "train.bf16=true",
+            "train.steps=2",
+            "train.sample_steps=2",
+            f"train.out_dir={out}",
+        ]
+    )
+    assert code == 0
+    grid = tmp_path / "g.png"
+    code = main(
+        [
+            "sample",
+            str(out / "model.safetensors"),
+            *("--steps", "2", "--n", "4", "--label", "3", "--out", str(grid)),
+        ]
+    )
+    assert code == 0 and grid.stat().st_size > 0
+    capsys.readouterr()
+    assert main(["info", str(out / "model.safetensors")]) == 0
+    stdout = capsys.readouterr().out
+    assert "arch: dit" in stdout and "GFLOPs per forward pass" in stdout
+    assert main(["info", "--presets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    xl = next(line for line in lines if line.startswith("dit-xl-2 "))
+    assert "673.66 M parameters" in xl and "237.233 GFLOPs" in xl
