@@ -580,7 +580,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Warm-up then {s['repeats']} (training, {s['train_steps_per_repeat']} steps each) / "
         f"{s['sampling_repeats']} (sampling) interleaved repeats; cells are **median** "
         "(mean ± std). Ratio = difflab speed ÷ diffusers speed; "
-        f"goal ≥ {GOAL}× (✅).",
+        f"goal ≥ {GOAL}× (✅ marks a row that meets it).",
         "",
         markdown_table(
             ["metric", "difflab", "diffusers", "ratio"], results_rows(report["results"])
