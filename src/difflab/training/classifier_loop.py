@@ -40,6 +40,8 @@ from difflab.models.classifier import (
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
 from difflab.training.loop import (
+    build_optimizer,
+    build_schedule,
     check_output_dir,
     check_train_config,
     learning_rate,
@@ -121,20 +123,13 @@ def build_classifier_run(config: ExperimentConfig) -> ClassifierRun:
         )
     torch.manual_seed(train.seed)
     net = NoisyClassifier(net_config)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    schedule = NoiseSchedule.from_name(
-        config.diffusion.schedule,
-        config.diffusion.num_timesteps,
-        config.diffusion.beta_start,
-        config.diffusion.beta_end,
-    )
     return ClassifierRun(
         config=config,
         dataset=dataset,
         net=net,
-        schedule=schedule,
+        schedule=build_schedule(config.diffusion),
         ema=EMA(net, train.ema_decay),
-        optimizer=optimizer,
+        optimizer=build_optimizer(net, train),
         stream=BatchStream(len(dataset), train.batch_size, train.seed),
         generator=torch.Generator().manual_seed(train.seed + 1),
     )

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from difflab.config import ExperimentConfig, config_to_dict
+from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig, config_to_dict
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import (
     Conditioning,
@@ -80,25 +80,30 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
     check_train_config(train, net_config)
     torch.manual_seed(train.seed)
     net = build_model(arch, net_config)
-    optimizer = torch.optim.AdamW(
-        net.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True
-    )
-    schedule = NoiseSchedule.from_name(
-        config.diffusion.schedule,
-        config.diffusion.num_timesteps,
-        config.diffusion.beta_start,
-        config.diffusion.beta_end,
-    )
     return TrainingRun(
         config=config,
         dataset=dataset,
         arch=arch,
         net=net,
-        schedule=schedule,
+        schedule=build_schedule(config.diffusion),
         ema=EMA(net, train.ema_decay),
-        optimizer=optimizer,
+        optimizer=build_optimizer(net, train),
         stream=BatchStream(len(dataset), train.batch_size, train.seed),
         generator=torch.Generator().manual_seed(train.seed + 1),
+    )
+
+
+def build_schedule(diffusion: DiffusionConfig) -> NoiseSchedule:
+    """The noise schedule a ``diffusion`` config section describes."""
+    return NoiseSchedule.from_name(
+        diffusion.schedule, diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end
+    )
+
+
+def build_optimizer(net: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (fused kernel) with the config's learning rate and weight decay."""
+    return torch.optim.AdamW(
+        net.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True
     )
 
 
