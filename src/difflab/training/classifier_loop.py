@@ -48,7 +48,12 @@ from difflab.training.loop import (
     trim_log,
 )
 from difflab.training.progress import JsonlLog, Progress
-from difflab.training.state import MODEL_FILE, STATE_FILE, restore_run_state, save_run_state
+from difflab.training.state import (
+    MODEL_FILE,
+    restore_run_state,
+    resume_path,
+    save_run_state,
+)
 from difflab.utils.atomic import atomic_path
 
 ACCURACY_FILE = "accuracy_vs_t.json"
@@ -300,21 +305,12 @@ def train_classifier(
     """
     out_dir = Path(config.train.out_dir)
     check_output_dir(out_dir)
+    state_path = resume_path(out_dir, resume)
     run = build_classifier_run(config)
     log = JsonlLog(out_dir / "metrics.jsonl")
-    if resume:
-        state_path = out_dir / STATE_FILE
-        if not state_path.exists():
-            raise DifflabError(
-                f"nothing to resume: {state_path} does not exist; start without --resume."
-            )
+    if state_path is not None:
         restore_classifier_state(run, state_path)
         trim_log(log.path, run.step)
-    elif (out_dir / STATE_FILE).exists():
-        raise DifflabError(
-            f"{out_dir} already holds a run; pass --resume to continue it or choose another "
-            "train.out_dir."
-        )
     train_cfg = config.train
     bar = Progress(train_cfg.steps, run.step, enabled=progress)
     images_seen = 0

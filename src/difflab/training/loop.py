@@ -30,7 +30,13 @@ from difflab.samplers import ddim_sample
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
 from difflab.training.progress import JsonlLog, Progress
-from difflab.training.state import MODEL_FILE, STATE_FILE, restore_run_state, save_run_state
+from difflab.training.state import (
+    MODEL_FILE,
+    STATE_FILE,
+    restore_run_state,
+    resume_path,
+    save_run_state,
+)
 from difflab.utils.images import save_grid
 
 
@@ -238,20 +244,12 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
     """Train a diffusion model as ``config`` says; returns the path of the EMA model checkpoint."""
     out_dir = Path(config.train.out_dir)
     check_output_dir(out_dir)
+    state_path = resume_path(out_dir, resume)
     run = build_run(config)
     log = JsonlLog(out_dir / "metrics.jsonl")
-    if resume:
-        state_path = out_dir / STATE_FILE
-        if not state_path.exists():
-            raise DifflabError(
-                f"nothing to resume: {state_path} does not exist; start without --resume."
-            )
+    if state_path is not None:
         restore_training_state(run, state_path)
         trim_log(log.path, run.step)
-    elif (out_dir / STATE_FILE).exists():
-        raise DifflabError(
-            f"{out_dir} already holds a run; pass --resume to continue it or choose another train.out_dir."
-        )
     train_cfg = config.train
     bar = Progress(train_cfg.steps, run.step, enabled=progress)
     images_seen = 0

@@ -92,3 +92,17 @@ def restore_run_state(
         len(run.dataset), train.batch_size, train.seed, state["epoch"], state["position"]
     )
     run.step = meta["step"]
+
+
+def resume_path(out_dir: Path, resume: bool) -> Path | None:
+    """The state file to continue from, or ``None`` for a fresh run; refuses to mix the two."""
+    state_path = out_dir / STATE_FILE
+    if resume and not state_path.exists():
+        raise DifflabError(
+            f"nothing to resume: {state_path} does not exist; start without --resume."
+        )
+    if not resume and state_path.exists():
+        raise DifflabError(
+            f"{out_dir} already holds a run; pass --resume to continue it or choose another train.out_dir."
+        )
+    return state_path if resume else None
