@@ -222,3 +222,19 @@ def test_export_to_fp16_halves_the_size_and_still_samples(tiny_checkpoint, tmp_p
     assert half.meta["weights_dtype"] == "float16"
     a, b = full.sample(2, steps=3), half.sample(2, steps=3)
     assert (a - b).abs().max().item() < 0.05  # fp16 rounding of the weights only
+
+
+def test_export_of_a_training_state_keeps_the_description_and_drops_the_resume_state(
+    tiny_checkpoint, tmp_path, capsys
+):
+    from difflab.training.checkpoint import load_checkpoint
+
+    state_file = tiny_checkpoint.parent / "checkpoints" / "last.safetensors"
+    out = tmp_path / "exported.safetensors"
+    code, _, err = run_cli(["export", str(state_file), str(out)], capsys)
+    assert code == 0, err
+    tensors, meta = load_checkpoint(out)
+    _, source_meta = load_checkpoint(state_file)
+    assert "state" in source_meta and "state" not in meta
+    assert meta["experiment"] == source_meta["experiment"] and meta["step"] == source_meta["step"]
+    assert all(key.startswith("model.") for key in tensors)

@@ -8,7 +8,7 @@ from pathlib import Path
 from difflab.errors import DifflabError
 from difflab.training.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 
-INFERENCE_KEYS = ("kind", "arch", "model", "diffusion", "data", "experiment", "step")
+TRAINING_ONLY_KEYS = ("state", "versions")  # resume bookkeeping; versions are re-stamped on save
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,7 +35,7 @@ def export_weights(source: Path, out: Path, fp16: bool) -> Path:
         raise DifflabError(f"{source} holds no model weights to export.")
     if fp16:
         weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
-    kept = {key: meta[key] for key in INFERENCE_KEYS if key in meta}
+    kept = {key: value for key, value in meta.items() if key not in TRAINING_ONLY_KEYS}
     kept["weights_dtype"] = "float16" if fp16 else "float32"
     return save_checkpoint(out, with_prefix(weights, "model"), kept)
 
