@@ -19,8 +19,8 @@ torchvision ImageNet convolution layers (keys ``AlexNet_0/Conv_{0..4}/{kernel,bi
   atomically. Later loads read only the cache.
 
 Other weights (SqueezeNet 1.1, LPIPS v0.0 linear layers, a torchvision state dict) are read from
-files the user names: ``.safetensors``, or ``.pth``/``.pt`` through ``torch.load(...,
-weights_only=True)`` (never a full unpickle).
+files the user names: ``.safetensors``, or ``.pth``/``.pt`` read by torch's weights-only loader
+(``weights_only=True``: tensors and plain containers, never a full unpickle).
 
 Names follow torchvision: ``features.{index}.weight`` / ``.bias`` for the backbone, so a
 torchvision ``alexnet()``/``vgg16()``/``squeezenet1_1()`` state dict loads as is; the LPIPS linear
