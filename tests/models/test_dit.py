@@ -19,11 +19,11 @@ from difflab.models import (
     model_config,
 )
 from difflab.models.dit import (
-    fused_attention,
     patchify,
     sincos_position_embedding,
     unpatchify,
 )
+from difflab.nn import fused_attention
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FLASH_KERNEL = "aten::_scaled_dot_product_flash_attention_for_cpu"

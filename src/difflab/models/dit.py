@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from difflab.diffusion.conditioning import NULL_LABEL, Conditioning
@@ -41,6 +40,7 @@ from difflab.diffusion.denoiser import PREDICTION_TYPES
 from difflab.errors import DifflabError
 from difflab.nn import TimestepEmbedding
 from difflab.nn.adaln import AdaLNModulation, gated_residual, layer_norm, modulate
+from difflab.nn.attention import fused_attention
 
 TIMESTEP_FEATURES = 256
 """Width of the sinusoidal timestep features fed to the timestep MLP (the paper's 256)."""
@@ -173,27 +173,6 @@ def sincos_position_embedding(grid_size: int, dim: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- blocks
-
-
-def fused_attention(qkv: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of packed queries, keys and values through ``scaled_dot_product_attention``.
-
-    q, k and v are (B, heads, T, D/heads) views of ``qkv`` whose head dimension is contiguous, the
-    layout PyTorch's fused CPU kernel (``_scaled_dot_product_flash_attention_for_cpu``) takes.
-    On the CPU that kernel's forward is as fast in float32 as in bf16, and its bf16 backward is
-    several times slower (PyTorch 2.13 on this project's CPU, batch 32, 4 heads: 2.3x for 49
-    tokens of head width 64, 10x for 16 tokens of width 32), so there a bf16 input (bf16
-    autocast) is attended in float32 and the result cast back.
-
-    Shapes: qkv (B, T, 3, heads, D/heads) -> (B, T, heads, D/heads), in the dtype of ``qkv``.
-    """
-    if qkv.device.type == "cpu" and qkv.dtype != torch.float32:
-        q, k, v = qkv.float().permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D/heads)
-        with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, D/heads)
-        return out.transpose(1, 2).to(qkv.dtype)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D/heads)
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
 
 class DiTBlock(nn.Module):
