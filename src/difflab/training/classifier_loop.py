@@ -42,16 +42,14 @@ from difflab.training.ema import EMA
 from difflab.training.loop import (
     build_optimizer,
     build_schedule,
-    check_output_dir,
     check_train_config,
     learning_rate,
-    trim_log,
 )
-from difflab.training.progress import JsonlLog, Progress
+from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
+    open_run,
     restore_run_state,
-    resume_path,
     save_run_state,
 )
 from difflab.utils.atomic import atomic_path
@@ -304,13 +302,7 @@ def train_classifier(
     ``train.out_dir/accuracy_vs_t.json``.
     """
     out_dir = Path(config.train.out_dir)
-    check_output_dir(out_dir)
-    state_path = resume_path(out_dir, resume)
-    run = build_classifier_run(config)
-    log = JsonlLog(out_dir / "metrics.jsonl")
-    if state_path is not None:
-        restore_classifier_state(run, state_path)
-        trim_log(log.path, run.step)
+    run, log = open_run(config, resume, build_classifier_run, restore_classifier_state)
     train_cfg = config.train
     bar = Progress(train_cfg.steps, run.step, enabled=progress)
     images_seen = 0

@@ -29,12 +29,12 @@ from difflab.models import build_model, model_config
 from difflab.samplers import ddim_sample
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
-from difflab.training.progress import JsonlLog, Progress
+from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
     STATE_FILE,
+    open_run,
     restore_run_state,
-    resume_path,
     save_run_state,
 )
 from difflab.utils.images import save_grid
@@ -229,27 +229,10 @@ def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     save_grid(images, path, nrow=int(math.sqrt(count)))
 
 
-def trim_log(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint a run resumes from."""
-    import json
-
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
 def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a diffusion model as ``config`` says; returns the path of the EMA model checkpoint."""
     out_dir = Path(config.train.out_dir)
-    check_output_dir(out_dir)
-    state_path = resume_path(out_dir, resume)
-    run = build_run(config)
-    log = JsonlLog(out_dir / "metrics.jsonl")
-    if state_path is not None:
-        restore_training_state(run, state_path)
-        trim_log(log.path, run.step)
+    run, log = open_run(config, resume, build_run, restore_training_state)
     train_cfg = config.train
     bar = Progress(train_cfg.steps, run.step, enabled=progress)
     images_seen = 0
@@ -268,16 +251,3 @@ def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = Tr
             save_training_state(run, out_dir)
     bar.close()
     return out_dir / MODEL_FILE
-
-
-def check_output_dir(out_dir: Path) -> None:
-    """Fail before training if the output folder cannot be written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
-    except OSError as error:
-        raise DifflabError(
-            f"cannot write to the output folder {out_dir} ({error.strerror}); choose a writable train.out_dir."
-        ) from None

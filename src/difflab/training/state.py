@@ -8,8 +8,10 @@ records the data-stream position, the EMA update count and the optimizer's param
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 
@@ -23,6 +25,7 @@ from difflab.training.checkpoint import (
 )
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
+from difflab.training.progress import JsonlLog
 
 STATE_FILE = "checkpoints/last.safetensors"
 MODEL_FILE = "model.safetensors"
@@ -106,3 +109,51 @@ def resume_path(out_dir: Path, resume: bool) -> Path | None:
             f"{out_dir} already holds a run; pass --resume to continue it or choose another train.out_dir."
         )
     return state_path if resume else None
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail before training if the output folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write_test"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise DifflabError(
+            f"cannot write to the output folder {out_dir} ({error.strerror}); choose a writable train.out_dir."
+        ) from None
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint a run resumes from."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+RunT = TypeVar("RunT", bound=ResumableRun)
+
+
+def open_run(
+    config: Any,
+    resume: bool,
+    build: Callable[[Any], RunT],
+    restore: Callable[[RunT, Path], None],
+) -> tuple[RunT, JsonlLog]:
+    """Check ``train.out_dir``, build the run, and restore its state when resuming.
+
+    Every training loop starts this way: the folder is checked for writing and for a run it would
+    overwrite before any data is loaded; on resume, metric lines written after the checkpoint are
+    dropped so the log continues exactly where the state does.
+    """
+    out_dir = Path(config.train.out_dir)
+    check_output_dir(out_dir)
+    state_path = resume_path(out_dir, resume)
+    run = build(config)
+    log = JsonlLog(out_dir / "metrics.jsonl")
+    if state_path is not None:
+        restore(run, state_path)
+        trim_log(log.path, run.step)
+    return run, log
