@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from difflab.config import ExperimentConfig, config_to_dict
+from difflab.config import ExperimentConfig
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import NoiseSchedule
 from difflab.errors import DifflabError
@@ -50,6 +50,7 @@ from difflab.training.state import (
     MODEL_FILE,
     open_run,
     restore_run_state,
+    run_meta,
     save_run_state,
 )
 from difflab.utils.atomic import atomic_path
@@ -247,20 +248,7 @@ def accuracy_by_timestep(
 
 def classifier_meta(run: ClassifierRun) -> dict[str, Any]:
     """The JSON that describes the classifier of a run (stored in every checkpoint it writes)."""
-    return {
-        "kind": CLASSIFIER_KIND,
-        "arch": CLASSIFIER_ARCH,
-        "model": config_to_dict(run.net.config),
-        "diffusion": config_to_dict(run.config.diffusion),
-        "data": {
-            "name": run.dataset.name,
-            "image_size": run.dataset.image_size,
-            "channels": run.dataset.channels,
-            "class_names": list(run.dataset.class_names),
-        },
-        "experiment": config_to_dict(run.config),
-        "step": run.step,
-    }
+    return run_meta(run, CLASSIFIER_KIND, CLASSIFIER_ARCH)
 
 
 def save_classifier_state(

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig, config_to_dict
+from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig
 from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import (
     Conditioning,
@@ -35,6 +35,7 @@ from difflab.training.state import (
     STATE_FILE,
     open_run,
     restore_run_state,
+    run_meta,
     save_run_state,
 )
 from difflab.utils.images import save_grid
@@ -138,20 +139,7 @@ def check_train_config(train: Any, net_config: Any) -> None:
 
 def model_meta(run: TrainingRun) -> dict[str, Any]:
     """The JSON that describes the model of a run (stored in every checkpoint it writes)."""
-    return {
-        "kind": "diffusion",
-        "arch": run.arch,
-        "model": config_to_dict(run.net.config),
-        "diffusion": config_to_dict(run.config.diffusion),
-        "data": {
-            "name": run.dataset.name,
-            "image_size": run.dataset.image_size,
-            "channels": run.dataset.channels,
-            "class_names": list(run.dataset.class_names),
-        },
-        "experiment": config_to_dict(run.config),
-        "step": run.step,
-    }
+    return run_meta(run, "diffusion", run.arch)
 
 
 def save_training_state(run: TrainingRun, out_dir: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import torch
 
+from difflab.config import config_to_dict
 from difflab.errors import DifflabError
 from difflab.training.checkpoint import (
     load_checkpoint,
@@ -157,3 +158,21 @@ def open_run(
         restore(run, state_path)
         trim_log(log.path, run.step)
     return run, log
+
+
+def run_meta(run: ResumableRun, kind: str, arch: str) -> dict[str, Any]:
+    """The JSON that describes a run's model (stored in every checkpoint it writes)."""
+    return {
+        "kind": kind,
+        "arch": arch,
+        "model": config_to_dict(run.net.config),
+        "diffusion": config_to_dict(run.config.diffusion),
+        "data": {
+            "name": run.dataset.name,
+            "image_size": run.dataset.image_size,
+            "channels": run.dataset.channels,
+            "class_names": list(run.dataset.class_names),
+        },
+        "experiment": config_to_dict(run.config),
+        "step": run.step,
+    }
