@@ -56,6 +56,9 @@ class TrainConfig:
     ema_decay: float = 0.999
     label_dropout: float = 0.0
     bf16: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    skip_nonfinite: int = 0
     seed: int = 0
     log_every: int = 50
     sample_every: int = 1000

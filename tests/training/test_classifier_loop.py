@@ -16,7 +16,7 @@ from difflab.training.classifier_loop import (
     evaluation_timesteps,
     train_classifier,
 )
-from difflab.training.loop import STATE_FILE
+from difflab.training.state import STATE_FILE
 
 
 def tiny_config(out_dir, *extra):

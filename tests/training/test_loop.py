@@ -9,7 +9,7 @@ from difflab.pipelines import load_diffusion_model
 from difflab.training import train
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.data_order import BatchStream
-from difflab.training.loop import STATE_FILE
+from difflab.training.state import STATE_FILE
 
 
 def tiny_config(out_dir, *extra):

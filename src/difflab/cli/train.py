@@ -1,4 +1,8 @@
-"""``difflab train CONFIG [key=value ...] [--resume]``: a diffusion model or a noisy classifier."""
+"""``difflab train CONFIG [key=value ...] [--resume] [--device D]``: a diffusion model or a noisy classifier.
+
+Under ``torchrun --nproc_per_node N -m difflab train ...`` the processes train one model together
+(see :mod:`difflab.training.distributed`); only rank 0 prints.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from difflab.errors import DifflabError
 from difflab.training import train
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.classifier_loop import train_classifier
+from difflab.training.distributed import process_group
+from difflab.utils.device import DEVICE_CHOICES, select_device
 
 KINDS: tuple[str, ...] = ("diffusion", "classifier")
 
@@ -30,23 +36,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue the run in train.out_dir exactly where it stopped",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto (a CUDA GPU when there is one), cpu or cuda",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    if config.kind == "diffusion":
-        path = train(config, resume=args.resume, progress=not args.quiet)
-        print(f"trained model: {path}")
-        return 0
-    if config.kind == "classifier":
-        path = train_classifier(config, resume=args.resume, progress=not args.quiet)
-        table = load_checkpoint(path)[1].get("accuracy_vs_t", [])
-        summary = ", ".join(f"t={row['t']}: {row['accuracy']:.3f}" for row in table)
+    if config.kind not in KINDS:
+        raise DifflabError(
+            f"config kind {config.kind!r} is not trainable; use one of {', '.join(KINDS)}."
+        )
+    with process_group(select_device(args.device).type) as group:
+        device = select_device(args.device, group.local_rank)
+        options = dict(resume=args.resume, progress=not args.quiet, device=device, group=group)
+        if config.kind == "diffusion":
+            path = train(config, **options)
+            if group.is_main:
+                print(f"trained model: {path}")
+            return 0
+        path = train_classifier(config, **options)
+    table = load_checkpoint(path)[1].get("accuracy_vs_t", [])
+    summary = ", ".join(f"t={row['t']}: {row['accuracy']:.3f}" for row in table)
+    if group.is_main:
         print(f"trained noisy classifier: {path}")
         if summary:
             print(f"held-out accuracy by timestep: {summary}")
-        return 0
-    raise DifflabError(
-        f"config kind {config.kind!r} is not trainable; use one of {', '.join(KINDS)}."
-    )
+    return 0

@@ -9,7 +9,7 @@ from difflab.diffusion.denoiser import (
     Prediction,
     prediction_to_eps_x0,
 )
-from difflab.diffusion.loss import denoising_loss, prediction_target
+from difflab.diffusion.loss import denoising_loss, draw_noise, prediction_target
 from difflab.diffusion.schedule import SCHEDULE_NAMES, NoiseSchedule
 from difflab.diffusion.spacing import SPACING_NAMES, timestep_sequence
 
@@ -25,6 +25,7 @@ __all__ = [
     "NoiseSchedule",
     "Prediction",
     "denoising_loss",
+    "draw_noise",
     "prediction_target",
     "prediction_to_eps_x0",
     "timestep_sequence",

@@ -26,6 +26,22 @@ def prediction_target(
     )
 
 
+def draw_noise(
+    schedule: NoiseSchedule,
+    shape: tuple[int, ...],
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t ~ U{0..T-1}`` (B,) int64 and ``eps ~ N(0, I)`` of ``shape`` (B, C, H, W), in that order.
+
+    Drawn on ``device`` from ``generator``; training draws them on the CPU for a whole global batch
+    so that every process (and any device) sees the same numbers.
+    """
+    t = torch.randint(0, schedule.num_timesteps, (shape[0],), generator=generator, device=device)
+    eps = torch.randn(shape, generator=generator, device=device)
+    return t, eps
+
+
 def denoising_loss(
     net: Network,
     schedule: NoiseSchedule,
@@ -33,6 +49,7 @@ def denoising_loss(
     cond: Conditioning | None = None,
     *,
     generator: torch.Generator | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Mean squared error between the network output and its target at a random t per sample.
 
@@ -41,12 +58,13 @@ def denoising_loss(
 
     Args:
         x0: (B, C, H, W) clean data in [-1, 1].
-        generator: draws t and eps, so that a run is reproducible.
+        generator: draws t and eps (see :func:`draw_noise`), so that a run is reproducible.
+        noise: ``(t (B,), eps (B, C, H, W))`` drawn beforehand, instead of from ``generator``.
     """
-    batch = x0.shape[0]
-    t = torch.randint(0, schedule.num_timesteps, (batch,), generator=generator, device=x0.device)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    x_t = schedule.q_sample(x0, t, eps)
+    if noise is None:
+        noise = draw_noise(schedule, tuple(x0.shape), generator, x0.device)
+    t, eps = (value.to(x0.device) for value in noise)
+    x_t = schedule.q_sample(x0, t, eps.to(x0.dtype))
     output = net(x_t, t, cond if cond is not None else Conditioning())
     target = prediction_target(net.prediction, x0, eps, schedule.alpha_bar_at(t, x0))
     return F.mse_loss(output.float(), target.float())

@@ -5,7 +5,8 @@ sees ``x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps`` (the forward pr
 ``diffusion`` section, which must be the one of the model it will guide) and minimises the
 cross-entropy ``-log p_φ(y | x_t)``. The optimisation is that of :mod:`difflab.training.loop`:
 AdamW with linear warm-up, gradient accumulation and clipping, optional bf16 autocast, EMA
-weights, JSONL metrics and atomic checkpoints from which ``resume=True`` continues bit for bit.
+weights, JSONL metrics and atomic checkpoints from which ``resume=True`` continues bit for bit,
+and data-parallel training under torchrun.
 
 A ``kind: classifier`` config uses the sections as a diffusion config does, except that
 ``model.preset`` names a classifier preset (:data:`~difflab.models.classifier.CLASSIFIER_PRESETS`),
@@ -17,10 +18,8 @@ At the end the EMA classifier's accuracy on held-out images (the test split, at 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 from difflab.config import ExperimentConfig
 from difflab.data import ImageDataset, load_dataset
-from difflab.diffusion import NoiseSchedule
+from difflab.diffusion import NoiseSchedule, draw_noise
 from difflab.errors import DifflabError
 from difflab.models.classifier import (
     CLASSIFIER_ARCH,
@@ -38,17 +37,14 @@ from difflab.models.classifier import (
     classifier_config,
 )
 from difflab.training.data_order import BatchStream
+from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
-from difflab.training.loop import (
-    build_optimizer,
-    build_schedule,
-    check_train_config,
-    learning_rate,
-)
+from difflab.training.engine import main_only, note_skipped, open_run, optimizer_update
+from difflab.training.loop import build_optimizer, build_schedule, check_train_config
 from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
-    open_run,
+    ResumableRun,
     restore_run_state,
     run_meta,
     save_run_state,
@@ -63,18 +59,8 @@ EVAL_SEED = 0
 
 
 @dataclasses.dataclass
-class ClassifierRun:
-    """Everything a classifier training run holds in memory."""
-
-    config: ExperimentConfig
-    dataset: ImageDataset
-    net: NoisyClassifier
-    schedule: NoiseSchedule
-    ema: EMA
-    optimizer: torch.optim.Optimizer
-    stream: BatchStream
-    generator: torch.Generator
-    step: int = 0
+class ClassifierRun(ResumableRun):
+    """Everything a classifier training run holds in memory (``net`` is a NoisyClassifier)."""
 
 
 def _load_split(config: ExperimentConfig, split: str, limit: int | None) -> ImageDataset:
@@ -146,57 +132,48 @@ def noisy_classification_loss(
     labels: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
+    noise: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Cross-entropy of the classifier on ``x_t ~ q(x_t | x_0)`` at a random t per image.
 
     Args:
         x0: (B, C, H, W) clean images in [-1, 1].
         labels: (B,) int64 classes.
-        generator: draws t and eps, so that a run is reproducible.
+        generator: draws t and eps (see :func:`~difflab.diffusion.draw_noise`), so that a run
+            is reproducible.
+        noise: ``(t (B,), eps (B, C, H, W))`` drawn beforehand, instead of from ``generator``.
 
     Returns:
         (mean cross-entropy, a scalar tensor; number of correctly classified images).
     """
-    batch = x0.shape[0]
-    t = torch.randint(0, schedule.num_timesteps, (batch,), generator=generator, device=x0.device)
-    eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    logits = net(schedule.q_sample(x0, t, eps), t)  # (B, K)
+    if noise is None:
+        noise = draw_noise(schedule, tuple(x0.shape), generator, x0.device)
+    t, eps = (value.to(x0.device) for value in noise)
+    logits = net(schedule.q_sample(x0, t, eps.to(x0.dtype)), t)  # (B, K)
     correct = int((logits.argmax(1) == labels).sum())
     return F.cross_entropy(logits.float(), labels), correct
 
 
-def train_classifier_step(run: ClassifierRun) -> tuple[float, float]:
-    """One optimizer update over ``grad_accum`` micro-batches; (mean loss, training accuracy)."""
-    train = run.config.train
-    for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(train, run.step)
-    run.optimizer.zero_grad(set_to_none=True)
-    total, correct = 0.0, 0
-    for _ in range(train.grad_accum):
-        index = run.stream.next()
-        x0, labels = run.dataset.images[index], run.dataset.labels[index]  # (B, C, H, W), (B,)
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if train.bf16 else contextlib.nullcontext()
+def train_classifier_step(run: ClassifierRun) -> tuple[float, float] | None:
+    """One optimizer update; (mean loss, training accuracy) over all ranks, ``None`` if skipped."""
+    correct = 0
+
+    def micro_loss(index: torch.Tensor, part: slice) -> torch.Tensor:
+        nonlocal correct
+        x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
+        labels = run.dataset.labels[index[part]].to(run.device)  # (B / world,)
+        t, eps = draw_noise(run.schedule, (len(index), *x0.shape[1:]), run.generator)
+        loss, right = noisy_classification_loss(
+            run.forward_module(), run.schedule, x0, labels, noise=(t[part], eps[part])
         )
-        with autocast:
-            loss, right = noisy_classification_loss(
-                run.net, run.schedule, x0, labels, generator=run.generator
-            )
-        (loss / train.grad_accum).backward()
-        total += loss.item()
         correct += right
-    mean_loss = total / train.grad_accum
-    if not math.isfinite(mean_loss):
-        raise DifflabError(
-            f"the loss became {mean_loss} at step {run.step + 1}; lower train.lr or enable "
-            "train.grad_clip, then rerun with --resume."
-        )
-    if train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.net.parameters(), train.grad_clip)
-    run.optimizer.step()
-    run.ema.update(run.net)
-    run.step += 1
-    return mean_loss, correct / (train.batch_size * train.grad_accum)
+        return loss
+
+    loss = optimizer_update(run, micro_loss)
+    if loss is None:
+        return None
+    train = run.config.train
+    return loss, run.group.all_sum(correct) / (train.batch_size * train.grad_accum)
 
 
 def evaluation_timesteps(num_timesteps: int, count: int = EVAL_TIMESTEPS) -> list[int]:
@@ -226,13 +203,15 @@ def accuracy_by_timestep(
     was_training = net.training
     net.eval()
     generator = torch.Generator().manual_seed(seed)
+    device = next(net.parameters(), images).device  # a parameter-free net runs where the images are
     rows = []
     for t in timesteps:
         correct = 0
         for start in range(0, len(images), batch_size):
-            x0, y = images[start : start + batch_size], labels[start : start + batch_size]
-            t_batch = torch.full((len(x0),), t, dtype=torch.long)
-            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+            x0 = images[start : start + batch_size].to(device)  # (b, C, H, W)
+            y = labels[start : start + batch_size].to(device)  # (b,)
+            t_batch = torch.full((len(x0),), t, dtype=torch.long, device=device)
+            eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(device)
             logits = net(schedule.q_sample(x0, t_batch, eps), t_batch)  # (b, K)
             correct += int((logits.argmax(1) == y).sum())
         rows.append(
@@ -282,24 +261,36 @@ def held_out_accuracy(run: ClassifierRun) -> list[dict[str, float]]:
 
 
 def train_classifier(
-    config: ExperimentConfig, *, resume: bool = False, progress: bool = True
+    config: ExperimentConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: torch.device | None = None,
+    group: Distributed = SINGLE,
 ) -> Path:
     """Train a noisy classifier as ``config`` says; returns the path of the EMA checkpoint.
 
     The checkpoint (``kind: classifier``) carries ``accuracy_vs_t``, also written to
-    ``train.out_dir/accuracy_vs_t.json``.
+    ``train.out_dir/accuracy_vs_t.json``. ``device`` and ``group`` as for
+    :func:`~difflab.training.loop.train`.
     """
     out_dir = Path(config.train.out_dir)
-    run, log = open_run(config, resume, build_classifier_run, restore_classifier_state)
+    run, log = open_run(
+        config, resume, build_classifier_run, restore_classifier_state, device=device, group=group
+    )
     train_cfg = config.train
-    bar = Progress(train_cfg.steps, run.step, enabled=progress)
+    bar = Progress(train_cfg.steps, run.step, enabled=progress and group.is_main)
     images_seen = 0
     run.net.train()
     while run.step < train_cfg.steps:
-        loss, accuracy = train_classifier_step(run)
+        result = train_classifier_step(run)
         images_seen += train_cfg.batch_size * train_cfg.grad_accum
+        if result is None:
+            note_skipped(run, bar, log)
+            continue
+        loss, accuracy = result
         last = run.step == train_cfg.steps
-        if run.step % train_cfg.log_every == 0 or last:
+        if log is not None and (run.step % train_cfg.log_every == 0 or last):
             speed = bar.update(run.step, loss, images_seen)
             log.write(
                 {
@@ -311,11 +302,16 @@ def train_classifier(
                 }
             )
         if last:
-            table = held_out_accuracy(run)
-            with atomic_path(out_dir / ACCURACY_FILE) as tmp:
-                tmp.write_text(json.dumps({"step": run.step, "accuracy_vs_t": table}, indent=2))
-            save_classifier_state(run, out_dir, {"accuracy_vs_t": table})
+            main_only(run, lambda: finish_classifier(run, out_dir))
         elif run.step % train_cfg.checkpoint_every == 0:
-            save_classifier_state(run, out_dir)
+            main_only(run, lambda: save_classifier_state(run, out_dir))
     bar.close()
     return out_dir / MODEL_FILE
+
+
+def finish_classifier(run: ClassifierRun, out_dir: Path) -> None:
+    """The held-out accuracy table, written to its JSON file and into the final checkpoint."""
+    table = held_out_accuracy(run)
+    with atomic_path(out_dir / ACCURACY_FILE) as tmp:
+        tmp.write_text(json.dumps({"step": run.step, "accuracy_vs_t": table}, indent=2))
+    save_classifier_state(run, out_dir, {"accuracy_vs_t": table})

@@ -2,12 +2,12 @@
 
 AdamW with linear warm-up, EMA weights, gradient clipping and accumulation, optional bf16
 autocast, periodic PNG grids and JSONL metrics, and atomic checkpoints from which ``resume=True``
-continues bit for bit (model, EMA, optimizer, step, data order and RNG state).
+continues bit for bit (model, EMA, optimizer, step, data order and RNG state). Under torchrun
+the same loop trains data-parallel (:mod:`difflab.training.distributed`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 from pathlib import Path
@@ -16,24 +16,26 @@ from typing import Any
 import torch
 
 from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig
-from difflab.data import ImageDataset, load_dataset
+from difflab.data import load_dataset
 from difflab.diffusion import (
     Conditioning,
     Denoiser,
     NoiseSchedule,
     denoising_loss,
+    draw_noise,
     timestep_sequence,
 )
 from difflab.errors import DifflabError
 from difflab.models import build_model, model_config
 from difflab.samplers import ddim_sample
 from difflab.training.data_order import BatchStream
+from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
+from difflab.training.engine import main_only, note_skipped, open_run, optimizer_update
 from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
-    STATE_FILE,
-    open_run,
+    ResumableRun,
     restore_run_state,
     run_meta,
     save_run_state,
@@ -42,19 +44,10 @@ from difflab.utils.images import save_grid
 
 
 @dataclasses.dataclass
-class TrainingRun:
-    """Everything a run holds in memory."""
+class TrainingRun(ResumableRun):
+    """Everything a diffusion training run holds in memory; ``arch`` names the backbone."""
 
-    config: ExperimentConfig
-    dataset: ImageDataset
-    arch: str
-    net: torch.nn.Module
-    schedule: NoiseSchedule
-    ema: EMA
-    optimizer: torch.optim.Optimizer
-    stream: BatchStream
-    generator: torch.Generator
-    step: int = 0
+    arch: str = "unet"
 
 
 def build_run(config: ExperimentConfig) -> TrainingRun:
@@ -135,6 +128,8 @@ def check_train_config(train: Any, net_config: Any) -> None:
         )
     if not 0 <= train.ema_decay < 1:
         raise DifflabError(f"train.ema_decay must lie in [0, 1), got {train.ema_decay}.")
+    if train.skip_nonfinite < 0:
+        raise DifflabError(f"train.skip_nonfinite must be 0 or more, got {train.skip_nonfinite}.")
 
 
 def model_meta(run: TrainingRun) -> dict[str, Any]:
@@ -151,53 +146,22 @@ def restore_training_state(run: TrainingRun, path: Path) -> None:
     restore_run_state(run, path, "diffusion", model_meta(run))
 
 
-def learning_rate(train: Any, step: int) -> float:
-    """Linear warm-up to ``train.lr`` over ``warmup_steps``, then constant."""
-    if train.warmup_steps and step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    return train.lr
+def diffusion_loss(run: TrainingRun, index: torch.Tensor, part: slice) -> torch.Tensor:
+    """The denoising loss of this rank's ``part`` of the global micro-batch ``index`` (B,)."""
+    x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
+    cond = Conditioning()
+    if getattr(run.net.config, "num_classes", 0):
+        drop = torch.rand(index.shape, generator=run.generator) < run.config.train.label_dropout
+        labels = run.dataset.labels[index]  # (B,)
+        cond = Conditioning(labels=labels[part]).drop(drop[part]).to(run.device)
+    shape = (len(index), *run.dataset.images.shape[1:])
+    t, eps = draw_noise(run.schedule, shape, run.generator)  # (B,), (B, C, H, W)
+    return denoising_loss(run.forward_module(), run.schedule, x0, cond, noise=(t[part], eps[part]))
 
 
-def train_step(run: TrainingRun) -> float:
-    """One optimizer update over ``grad_accum`` micro-batches; returns the mean loss."""
-    train = run.config.train
-    for group in run.optimizer.param_groups:
-        group["lr"] = learning_rate(train, run.step)
-    run.optimizer.zero_grad(set_to_none=True)
-    total = 0.0
-    for _ in range(train.grad_accum):
-        index = run.stream.next()
-        x0 = run.dataset.images[index]  # (B, C, H, W)
-        cond = Conditioning()
-        if getattr(run.net.config, "num_classes", 0):
-            labels = run.dataset.labels[index]  # (B,)
-            drop = torch.rand(labels.shape, generator=run.generator) < train.label_dropout
-            cond = Conditioning(labels=labels).drop(drop)
-        autocast = (
-            torch.autocast("cpu", dtype=torch.bfloat16) if train.bf16 else contextlib.nullcontext()
-        )
-        with autocast:
-            loss = denoising_loss(run.net, run.schedule, x0, cond, generator=run.generator)
-        (loss / train.grad_accum).backward()
-        total += loss.item()
-    mean_loss = total / train.grad_accum
-    if not math.isfinite(mean_loss):
-        last = Path(train.out_dir) / STATE_FILE
-        where = (
-            f"the last good checkpoint is {last}"
-            if last.exists()
-            else "no checkpoint was written yet"
-        )
-        raise DifflabError(
-            f"the loss became {mean_loss} at step {run.step + 1} ({where}); lower train.lr or "
-            "enable train.grad_clip, then rerun with --resume."
-        )
-    if train.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(run.net.parameters(), train.grad_clip)
-    run.optimizer.step()
-    run.ema.update(run.net)
-    run.step += 1
-    return mean_loss
+def train_step(run: TrainingRun) -> float | None:
+    """One optimizer update; the mean loss, or ``None`` for a skipped non-finite batch."""
+    return optimizer_update(run, lambda index, part: diffusion_loss(run, index, part))
 
 
 @torch.no_grad()
@@ -205,11 +169,11 @@ def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     """DDIM samples of the EMA model with a fixed seed, so grids of successive steps compare."""
     size, channels = run.dataset.image_size, run.dataset.channels
     generator = torch.Generator().manual_seed(1234)
-    x_T = torch.randn(count, channels, size, size, generator=generator)
+    x_T = torch.randn(count, channels, size, size, generator=generator).to(run.device)
     cond = Conditioning()
     num_classes = getattr(run.net.config, "num_classes", 0)
     if num_classes:
-        cond = Conditioning(labels=torch.arange(count) % num_classes)
+        cond = Conditioning(labels=torch.arange(count, device=run.device) % num_classes)
     timesteps = timestep_sequence(
         run.schedule.num_timesteps, min(run.config.train.sample_steps, run.schedule.num_timesteps)
     )
@@ -217,25 +181,41 @@ def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     save_grid(images, path, nrow=int(math.sqrt(count)))
 
 
-def train(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train a diffusion model as ``config`` says; returns the path of the EMA model checkpoint."""
+def train(
+    config: ExperimentConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: torch.device | None = None,
+    group: Distributed = SINGLE,
+) -> Path:
+    """Train a diffusion model as ``config`` says; returns the path of the EMA model checkpoint.
+
+    ``device`` defaults to the CPU; ``group`` is the torchrun process group (one process by default).
+    """
     out_dir = Path(config.train.out_dir)
-    run, log = open_run(config, resume, build_run, restore_training_state)
+    run, log = open_run(
+        config, resume, build_run, restore_training_state, device=device, group=group
+    )
     train_cfg = config.train
-    bar = Progress(train_cfg.steps, run.step, enabled=progress)
+    bar = Progress(train_cfg.steps, run.step, enabled=progress and group.is_main)
     images_seen = 0
     run.net.train()
     while run.step < train_cfg.steps:
         loss = train_step(run)
         images_seen += train_cfg.batch_size * train_cfg.grad_accum
-        if run.step % train_cfg.log_every == 0 or run.step == train_cfg.steps:
+        if loss is None:
+            note_skipped(run, bar, log)
+            continue
+        if log is not None and (run.step % train_cfg.log_every == 0 or run.step == train_cfg.steps):
             speed = bar.update(run.step, loss, images_seen)
             log.write(
                 {"step": run.step, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"], **speed}
             )
         if run.step % train_cfg.sample_every == 0 or run.step == train_cfg.steps:
-            sample_grid(run, out_dir / "samples" / f"step_{run.step:07d}.png")
+            grid = out_dir / "samples" / f"step_{run.step:07d}.png"
+            main_only(run, lambda grid=grid: sample_grid(run, grid))
         if run.step % train_cfg.checkpoint_every == 0 or run.step == train_cfg.steps:
-            save_training_state(run, out_dir)
+            main_only(run, lambda: save_training_state(run, out_dir))
     bar.close()
     return out_dir / MODEL_FILE

@@ -44,6 +44,12 @@ class Progress:
             self.stream.flush()
         return {"images_per_s": rate, "elapsed_s": elapsed}
 
+    def note(self, text: str) -> None:
+        """A line of its own (a warning between progress lines)."""
+        if self.enabled:
+            self.stream.write(("\n" if self.interactive else "") + text + "\n")
+            self.stream.flush()
+
     def close(self) -> None:
         if self.enabled and self.interactive:
             self.stream.write("\n")

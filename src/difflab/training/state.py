@@ -1,17 +1,17 @@
 """Saving and restoring everything a training run needs to continue bit for bit.
 
-Shared by every training loop (diffusion models, noisy classifiers): a run is anything with the
-attributes of :class:`ResumableRun`. The state file holds the weights (``model.*``), the EMA
+Shared by every training loop (diffusion models, noisy classifiers): each loop's run is a
+:class:`ResumableRun` with a few fields of its own. The state file holds the weights (``model.*``), the EMA
 weights (``ema.*``), the optimizer moments (``optim.<index>.*``) and both RNG states; its JSON
 records the data-stream position, the EMA update count and the optimizer's param groups.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 import torch
 
@@ -25,23 +25,40 @@ from difflab.training.checkpoint import (
     with_prefix,
 )
 from difflab.training.data_order import BatchStream
+from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
-from difflab.training.progress import JsonlLog
 
 STATE_FILE = "checkpoints/last.safetensors"
 MODEL_FILE = "model.safetensors"
 MODEL_SECTIONS = ("arch", "model", "diffusion")  # what must match for a run to resume
 
 
-class ResumableRun(Protocol):
+@dataclasses.dataclass
+class ResumableRun:
+    """Everything a training run holds in memory; ``step`` counts optimizer updates.
+
+    ``net`` holds the weights; forward passes go through ``model``, which is ``net`` itself, ``net``
+    wrapped for data-parallel training, or ``net`` compiled (:func:`~difflab.training.engine.open_run`
+    sets it). ``skipped`` counts the batches dropped for a non-finite loss (``train.skip_nonfinite``).
+    """
+
     config: Any  # an ExperimentConfig
     dataset: Any  # an ImageDataset
     net: torch.nn.Module
+    schedule: Any  # a NoiseSchedule
     ema: EMA
     optimizer: torch.optim.Optimizer
     stream: BatchStream
     generator: torch.Generator
-    step: int
+    step: int = 0
+    skipped: int = 0
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    group: Distributed = SINGLE
+    model: torch.nn.Module | None = None
+
+    def forward_module(self) -> torch.nn.Module:
+        """What forward passes go through (``model`` once set, else ``net``)."""
+        return self.net if self.model is None else self.model
 
 
 def save_run_state(
@@ -62,6 +79,7 @@ def save_run_state(
         "state": {
             **run.stream.state(),
             "ema_updates": run.ema.num_updates,
+            "skipped": run.skipped,
             "param_groups": optimizer_state["param_groups"],
         },
     }
@@ -91,6 +109,7 @@ def restore_run_state(
     torch.set_rng_state(tensors["rng.torch"])
     run.generator.set_state(tensors["rng.train"])
     run.ema.num_updates = state["ema_updates"]
+    run.skipped = state.get("skipped", 0)
     train = run.config.train
     run.stream = BatchStream(
         len(run.dataset), train.batch_size, train.seed, state["epoch"], state["position"]
@@ -132,32 +151,6 @@ def trim_log(path: Path, step: int) -> None:
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-
-
-RunT = TypeVar("RunT", bound=ResumableRun)
-
-
-def open_run(
-    config: Any,
-    resume: bool,
-    build: Callable[[Any], RunT],
-    restore: Callable[[RunT, Path], None],
-) -> tuple[RunT, JsonlLog]:
-    """Check ``train.out_dir``, build the run, and restore its state when resuming.
-
-    Every training loop starts this way: the folder is checked for writing and for a run it would
-    overwrite before any data is loaded; on resume, metric lines written after the checkpoint are
-    dropped so the log continues exactly where the state does.
-    """
-    out_dir = Path(config.train.out_dir)
-    check_output_dir(out_dir)
-    state_path = resume_path(out_dir, resume)
-    run = build(config)
-    log = JsonlLog(out_dir / "metrics.jsonl")
-    if state_path is not None:
-        restore(run, state_path)
-        trim_log(log.path, run.step)
-    return run, log
 
 
 def run_meta(run: ResumableRun, kind: str, arch: str) -> dict[str, Any]:
