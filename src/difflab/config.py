@@ -184,7 +184,10 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
                 f"config file {path} is not valid YAML{line}; fix the syntax and retry."
             ) from None
         if loaded is None:
-            loaded = {}
+            raise DifflabError(
+                f"config file {path} is empty; give a YAML file with sections such as those of "
+                "configs/mnist.yaml."
+            )
         if not isinstance(loaded, dict):
             raise DifflabError(
                 f"config file {path} must hold a mapping of sections (data, model, diffusion, train)."

@@ -26,6 +26,7 @@ from difflab.data.transforms import (
 from difflab.errors import DifflabError
 
 DATASET_NAMES: tuple[str, ...] = ("mnist", "fashion-mnist", "digits", "folder")
+MAX_IMAGE_SIZE = 2048  # pixels a side: a whole split is held in memory as float32
 
 
 @dataclass
@@ -95,6 +96,11 @@ def _check_options(
         raise DifflabError(f"split must be 'train' or 'test', got {split!r}.")
     if image_size is not None and not _is_positive_int(image_size):
         raise DifflabError(f"image_size must be a positive number of pixels, got {image_size!r}.")
+    if image_size is not None and image_size > MAX_IMAGE_SIZE:
+        raise DifflabError(
+            f"image_size {image_size} is larger than difflab's limit of {MAX_IMAGE_SIZE} pixels "
+            "(every image of a split is held in memory); choose a smaller image_size."
+        )
     if channels is not None and (isinstance(channels, bool) or channels not in (1, 3)):
         raise DifflabError(f"channels must be 1 (gray) or 3 (RGB), got {channels!r}.")
     if limit is not None and not _is_positive_int(limit):

@@ -27,6 +27,7 @@ from difflab.models.classifier import (
     NoisyClassifier,
     classifier_config_from_dict,
 )
+from difflab.models.registry import ARCHITECTURES
 from difflab.samplers import (
     SAMPLER_NAMES,
     Guidance,
@@ -260,6 +261,11 @@ def load_diffusion_model(path: str | Path, device: str | torch.device = "cpu") -
             raise DifflabError(
                 f"{path} lacks the {key!r} entry of a diffusion checkpoint; re-export it with difflab."
             )
+    if meta["arch"] not in ARCHITECTURES:
+        raise DifflabError(
+            f"{path} holds a model of unknown architecture {meta['arch']!r}; difflab builds "
+            f"{', '.join(ARCHITECTURES)}: check that the file was written by this version of difflab."
+        )
     net = build_model(meta["arch"], config_from_dict(meta["arch"], meta["model"]))
     weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
     load_weights_strict(net, weights, path)

@@ -72,6 +72,11 @@ def load_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint: (tensors, meta). ``kind`` (e.g. "diffusion") is checked when given."""
     path = Path(path)
+    if path.is_dir():
+        raise DifflabError(
+            f"checkpoint {path} is a folder, not a file; give the .safetensors file inside it "
+            "(e.g. model.safetensors)."
+        )
     if not path.is_file():
         raise DifflabError(
             f"checkpoint {path} does not exist; check the path (trained models are in runs/*/ and weights/)."

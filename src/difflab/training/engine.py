@@ -32,6 +32,7 @@ from difflab.training.state import (
     STATE_FILE,
     ResumableRun,
     check_output_dir,
+    remove_empty_folders,
     resume_path,
     trim_log,
 )
@@ -68,20 +69,29 @@ def open_run(
     group.shard(train.batch_size)  # a global batch that does not split is refused before any work
     out_dir = Path(config.train.out_dir)
 
-    def check_folder() -> Path | None:
-        check_output_dir(out_dir)
-        return resume_path(out_dir, resume)
+    def check_folder() -> tuple[Path | None, Path | None]:
+        created = check_output_dir(out_dir)
+        try:
+            return resume_path(out_dir, resume), created
+        except DifflabError:
+            if created is not None:
+                remove_empty_folders(created)
+            raise
 
-    state_path = on_main(group, check_folder)
-    run = build(config)
-    run.device, run.group = device, group
-    run.net.to(device)
-    run.ema.module.to(device)
-    if train.channels_last:
-        run.net.to(memory_format=torch.channels_last)
-        run.ema.module.to(memory_format=torch.channels_last)
-    if state_path is not None:
-        restore(run, state_path)
+    state_path, created = on_main(group, check_folder)
+    try:
+        run = build(config)
+        run.device, run.group = device, group
+        for module in (run.net, run.ema.module):  # before restoring: optimizer state follows
+            module.to(device)
+            if train.channels_last:
+                module.to(memory_format=torch.channels_last)
+        if state_path is not None:
+            restore(run, state_path)
+    except BaseException:  # bad data or a bad state file: leave no empty run folder behind
+        if created is not None and group.is_main:
+            remove_empty_folders(created)
+        raise
     steps = group.gather(run.step)
     if len(set(steps)) > 1:
         raise DifflabError(

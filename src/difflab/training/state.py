@@ -8,8 +8,10 @@ records the data-stream position, the EMA update count and the optimizer's param
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +133,13 @@ def resume_path(out_dir: Path, resume: bool) -> Path | None:
     return state_path if resume else None
 
 
-def check_output_dir(out_dir: Path) -> None:
-    """Fail before training if the output folder cannot be written."""
+def check_output_dir(out_dir: Path) -> Path | None:
+    """Fail before training if the output folder cannot be written.
+
+    Returns the outermost folder this call created (``None`` when ``out_dir`` existed), so that a
+    run that fails before writing anything can take it away again (:func:`remove_empty_folders`).
+    """
+    created = next((p for p in reversed([out_dir, *out_dir.parents]) if not p.exists()), None)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         probe = out_dir / ".write_test"
@@ -142,6 +149,14 @@ def check_output_dir(out_dir: Path) -> None:
         raise DifflabError(
             f"cannot write to the output folder {out_dir} ({error.strerror}); choose a writable train.out_dir."
         ) from None
+    return created
+
+
+def remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it, as far as they hold no file."""
+    for folder, _, _ in sorted(os.walk(top, topdown=False), key=lambda e: -len(e[0])):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def trim_log(path: Path, step: int) -> None:

@@ -1,0 +1,336 @@
+"""A corpus of malformed inputs through the CLI: each one gets one clear sentence and leaves nothing.
+
+For every case: exit status != 0, exactly one line on stderr that ends with a full stop and holds
+no traceback, and the output folder exactly as it was (no grid, no run folder, no partial file).
+A pickle that would create a folder when unpickled proves that no file is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import pickle
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+import torch
+from PIL import Image
+
+from difflab.training.checkpoint import METADATA_KEY, load_checkpoint
+from tests.cli.conftest import CONFIGS, run_cli
+
+TINY = str(CONFIGS / "digits_tiny.yaml")
+
+
+class Tripwire:
+    """Unpickling this creates the folder ``marker``: the proof that something was unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@dataclass
+class Inputs:
+    """The malformed files, made once; ``out`` is an empty folder for each case's outputs."""
+
+    root: Path
+    checkpoint: Path
+    marker: Path
+    out: Path = Path()
+
+    def file(self, name: str) -> str:
+        return str(self.root / name)
+
+    def sample(self, checkpoint: str, *args: str) -> list[str]:
+        out = str(self.out / "grid.png")
+        return ["sample", checkpoint, "--steps", "2", "--n", "2", "--out", out, *args]
+
+    def train(self, *overrides: str, config: str = TINY) -> list[str]:
+        run_dir = f"train.out_dir={self.out / 'run'}"
+        return ["train", "--quiet", config, run_dir, "train.steps=2", *overrides]
+
+    def train_folder(self, folder: str) -> list[str]:
+        return self.train(
+            "data.name=folder", f"data.data_dir={self.file(folder)}", "data.image_size=8"
+        )
+
+    def train_mnist(self, folder: str) -> list[str]:
+        return self.train("data.name=mnist", f"data.data_dir={self.file(folder)}")
+
+    def resume(self, state: str) -> list[str]:
+        """``train --resume`` on a run folder whose state file is ``state``."""
+        run = self.out / "run" / "checkpoints"
+        run.mkdir(parents=True)
+        (run / "last.safetensors").write_bytes((self.root / state).read_bytes())
+        return [*self.train(), "--resume"]
+
+
+def write_safetensors(path: Path, tensors: dict, meta: dict | str | None) -> None:
+    metadata = (
+        None
+        if meta is None
+        else {METADATA_KEY: meta if isinstance(meta, str) else json.dumps(meta)}
+    )
+    path.write_bytes(safetensors.torch.save(tensors, metadata=metadata))
+
+
+def png_bytes(size: tuple[int, int] = (8, 8), mode: str = "L") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new(mode, size, 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes() -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+        buffer, format="JPEG"
+    )
+    return buffer.getvalue()
+
+
+def with_dimensions(png: bytes, width: int, height: int) -> bytes:
+    """The PNG with its IHDR chunk claiming ``width`` × ``height`` (CRC recomputed)."""
+    ihdr = bytearray(png[12:29])  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", width, height)
+    return png[:12] + bytes(ihdr) + struct.pack(">I", zlib.crc32(ihdr)) + png[33:]
+
+
+def idx_bytes(magic: int, dims: tuple[int, ...], data: bytes) -> bytes:
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + data
+
+
+def make_idx_folder(folder: Path, *, images: bytes | None = None, labels: bytes | None = None):
+    """An MNIST-layout folder of 4 images per split; ``images``/``labels`` replace the train files."""
+    folder.mkdir()
+    pixels = bytes(4 * 28 * 28)
+    for prefix in ("train", "t10k"):
+        good_images = idx_bytes(0x803, (4, 28, 28), pixels)
+        good_labels = idx_bytes(0x801, (4,), bytes([0, 1, 2, 3]))
+        is_train = prefix == "train"
+        (folder / f"{prefix}-images-idx3-ubyte").write_bytes(
+            images if is_train and images is not None else good_images
+        )
+        (folder / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            labels if is_train and labels is not None else good_labels
+        )
+
+
+def image_folder(root: Path, name: str, files: dict[str, bytes]) -> None:
+    folder = root / name
+    folder.mkdir()
+    for file_name, data in files.items():
+        (folder / file_name).write_bytes(data)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_checkpoint) -> Inputs:
+    root = tmp_path_factory.mktemp("bad_inputs")
+    made = Inputs(root, tiny_checkpoint, root / "UNPICKLED")
+    good = tiny_checkpoint.read_bytes()
+    tensors, meta = load_checkpoint(tiny_checkpoint)
+    key = sorted(tensors)[0]
+
+    (root / "zero.safetensors").write_bytes(b"")
+    (root / "truncated.safetensors").write_bytes(good[: len(good) // 2])
+    (root / "garbage.safetensors").write_bytes(struct.pack("<Q", 20) + b"{not json at all!!!}")
+    (root / "tripwire.pkl").write_bytes(pickle.dumps(Tripwire(made.marker)))
+    (root / "tripwire.pt").write_bytes(pickle.dumps(Tripwire(made.marker)))
+    torch.save({"w": torch.ones(2)}, root / "zip.pt")
+    write_safetensors(root / "no_meta.safetensors", tensors, None)
+    write_safetensors(root / "bad_meta.safetensors", tensors, "{broken")
+    write_safetensors(
+        root / "missing.safetensors", {k: v for k, v in tensors.items() if k != key}, meta
+    )
+    write_safetensors(root / "extra.safetensors", {**tensors, "model.extra": torch.ones(3)}, meta)
+    write_safetensors(root / "shape.safetensors", {**tensors, key: torch.ones(7, 7)}, meta)
+    write_safetensors(root / "classifier_kind.safetensors", tensors, {**meta, "kind": "classifier"})
+    write_safetensors(
+        root / "no_arch.safetensors", tensors, {k: v for k, v in meta.items() if k != "arch"}
+    )
+    write_safetensors(root / "odd_arch.safetensors", tensors, {**meta, "arch": "gan"})
+    (root / "a_folder.safetensors").mkdir()
+
+    configs = {
+        "empty.yaml": b"",
+        "binary.yaml": bytes(range(128, 256)),
+        "syntax.yaml": b"train: {steps: 3\n",
+        "list.yaml": b"- a\n- b\n",
+        "section.yaml": b"trainer:\n  steps: 3\n",
+    }
+    for name, data in configs.items():
+        (root / name).write_bytes(data)
+
+    png = png_bytes()
+    image_folder(root, "png_corrupt", {"a.png": png, "b.png": os.urandom(64)})
+    # every file damaged, so that the training split (not only the test split) holds one
+    short_png, short_jpeg = png_bytes((64, 64))[:60], jpeg_bytes()[:200]
+    image_folder(root, "png_truncated", {"a.png": short_png, "b.png": short_png})
+    image_folder(root, "jpeg_truncated", {"a.jpg": short_jpeg, "b.jpg": short_jpeg})
+    image_folder(root, "png_zero", {"a.png": png, "b.png": b""})
+    image_folder(root, "png_enormous", {"a.png": png, "b.png": with_dimensions(png, 10**5, 10**5)})
+    image_folder(root, "text_as_jpeg", {"a.png": png, "notes.jpg": b"just some text\n" * 10})
+    image_folder(root, "no_images", {"readme.txt": b"no images here\n"})
+
+    make_idx_folder(root / "idx_truncated", images=idx_bytes(0x803, (4, 28, 28), bytes(100)))
+    make_idx_folder(root / "idx_zero", images=b"")
+    make_idx_folder(root / "idx_magic", images=idx_bytes(0x901, (4, 28, 28), bytes(4 * 784)))
+    make_idx_folder(root / "idx_gzip", images=gzip.compress(bytes(5000))[:30])
+    make_idx_folder(root / "idx_counts", labels=idx_bytes(0x801, (3,), bytes([0, 1, 2])))
+    return made
+
+
+CASES: dict[str, Callable[[Inputs], list[str]]] = {
+    # checkpoints
+    "zero-byte checkpoint": lambda i: i.sample(i.file("zero.safetensors")),
+    "truncated checkpoint": lambda i: i.sample(i.file("truncated.safetensors")),
+    "checkpoint header not JSON": lambda i: ["info", i.file("garbage.safetensors")],
+    "pickle (.pkl) as checkpoint": lambda i: i.sample(i.file("tripwire.pkl")),
+    "pickle (.pt) to info": lambda i: ["info", i.file("tripwire.pt")],
+    "torch.save zip as checkpoint": lambda i: i.sample(i.file("zip.pt")),
+    "pickle to export": lambda i: ["export", i.file("tripwire.pkl"), str(i.out / "w.safetensors")],
+    "safetensors without difflab metadata": lambda i: i.sample(i.file("no_meta.safetensors")),
+    "damaged metadata JSON": lambda i: i.sample(i.file("bad_meta.safetensors")),
+    "missing tensor": lambda i: i.sample(i.file("missing.safetensors")),
+    "extra tensor": lambda i: i.sample(i.file("extra.safetensors")),
+    "tensor of the wrong shape": lambda i: i.sample(i.file("shape.safetensors")),
+    "checkpoint of another kind": lambda i: i.sample(i.file("classifier_kind.safetensors")),
+    "diffusion model as --classifier": lambda i: i.sample(
+        str(i.checkpoint), "--classifier", str(i.checkpoint), "--label", "1"
+    ),
+    "checkpoint without arch": lambda i: i.sample(i.file("no_arch.safetensors")),
+    "checkpoint of an unknown arch": lambda i: i.sample(i.file("odd_arch.safetensors")),
+    "folder as checkpoint": lambda i: i.sample(i.file("a_folder.safetensors")),
+    "resume from a truncated state": lambda i: i.resume("truncated.safetensors"),
+    "resume from a pickle state": lambda i: i.resume("tripwire.pkl"),
+    # configs
+    "empty config file": lambda i: i.train(config=i.file("empty.yaml")),
+    "binary config file": lambda i: i.train(config=i.file("binary.yaml")),
+    "YAML syntax error": lambda i: i.train(config=i.file("syntax.yaml")),
+    "config is a list": lambda i: i.train(config=i.file("list.yaml")),
+    "unknown config section": lambda i: i.train(config=i.file("section.yaml")),
+    "mistyped config key": lambda i: i.train("train.stepz=3"),
+    "wrong value type": lambda i: i.train("train.lr=fast"),
+    "unknown kind": lambda i: i.train("kind=gan"),
+    "unknown preset": lambda i: i.train("model.preset=unet-huge"),
+    "unknown model field": lambda i: i.train("model.wings=2"),
+    "zero steps": lambda i: i.train("train.steps=0"),
+    "negative skip_nonfinite": lambda i: i.train("train.skip_nonfinite=-1"),
+    "2 channels": lambda i: i.train("data.channels=2"),
+    "4 channels": lambda i: i.train("data.channels=4"),
+    "enormous image_size": lambda i: i.train("data.image_size=100000"),
+    "unknown dataset": lambda i: i.train("data.name=cifar"),
+    # image folders
+    "corrupt PNG": lambda i: i.train_folder("png_corrupt"),
+    "truncated PNG": lambda i: i.train_folder("png_truncated"),
+    "truncated JPEG": lambda i: i.train_folder("jpeg_truncated"),
+    "zero-byte PNG": lambda i: i.train_folder("png_zero"),
+    "PNG of enormous dimensions": lambda i: i.train_folder("png_enormous"),
+    "text file named .jpg": lambda i: i.train_folder("text_as_jpeg"),
+    "folder without images": lambda i: i.train_folder("no_images"),
+    "missing folder": lambda i: i.train_folder("does_not_exist"),
+    # IDX files
+    "truncated IDX": lambda i: i.train_mnist("idx_truncated"),
+    "zero-byte IDX": lambda i: i.train_mnist("idx_zero"),
+    "IDX of the wrong magic": lambda i: i.train_mnist("idx_magic"),
+    "corrupt gzip IDX": lambda i: i.train_mnist("idx_gzip"),
+    "IDX images and labels disagree": lambda i: i.train_mnist("idx_counts"),
+    # devices
+    "cuda asked for without a GPU": lambda i: [*i.train(), "--device", "cuda"],
+}
+
+
+# what each sentence must say (the file or key at fault, or the reason)
+EXPECTED: dict[str, str] = {
+    "zero-byte checkpoint": "zero.safetensors is not a safetensors file",
+    "truncated checkpoint": "truncated.safetensors is a damaged safetensors file",
+    "checkpoint header not JSON": "garbage.safetensors is a damaged safetensors file",
+    "pickle (.pkl) as checkpoint": "tripwire.pkl is a Python pickle, which difflab never unpickles",
+    "pickle (.pt) to info": "tripwire.pt is a Python pickle",
+    "torch.save zip as checkpoint": "zip.pt is a zip archive",
+    "pickle to export": "tripwire.pkl is a Python pickle",
+    "safetensors without difflab metadata": "no_meta.safetensors has no difflab metadata",
+    "damaged metadata JSON": "bad_meta.safetensors has damaged difflab metadata",
+    "missing tensor": "1 missing",
+    "extra tensor": "1 unexpected (e.g. 'extra')",
+    "tensor of the wrong shape": "has shape (7, 7)",
+    "checkpoint of another kind": "holds a 'classifier' checkpoint",
+    "diffusion model as --classifier": "holds a 'diffusion' checkpoint, not a noisy classifier",
+    "checkpoint without arch": "lacks the 'arch' entry",
+    "checkpoint of an unknown arch": "odd_arch.safetensors holds a model of unknown architecture 'gan'",
+    "folder as checkpoint": "a_folder.safetensors is a folder",
+    "resume from a truncated state": "last.safetensors is a damaged safetensors file",
+    "resume from a pickle state": "last.safetensors is a Python pickle",
+    "empty config file": "empty.yaml is empty",
+    "binary config file": "binary.yaml is not valid YAML",
+    "YAML syntax error": "syntax.yaml is not valid YAML at line 2",
+    "config is a list": "list.yaml must hold a mapping",
+    "unknown config section": "unknown config key 'trainer' (did you mean 'train'?)",
+    "mistyped config key": "unknown config key 'train.stepz' (did you mean 'steps'?)",
+    "wrong value type": "train.lr must be a number",
+    "unknown kind": "config kind 'gan' is not trainable",
+    "unknown preset": "unknown model preset 'unet-huge'",
+    "unknown model field": "unknown key 'wings'",
+    "zero steps": "train.steps must be at least 1",
+    "negative skip_nonfinite": "train.skip_nonfinite must be 0 or more",
+    "2 channels": "channels must be 1 (gray) or 3 (RGB), got 2",
+    "4 channels": "channels must be 1 (gray) or 3 (RGB), got 4",
+    "enormous image_size": "image_size 100000 is larger than",
+    "unknown dataset": "unknown dataset 'cifar'",
+    "corrupt PNG": "b.png cannot be read as an image",
+    "truncated PNG": ".png cannot be read as an image (image file is truncated)",
+    "truncated JPEG": ".jpg cannot be read as an image",
+    "zero-byte PNG": "b.png is an empty (0-byte) file",
+    "PNG of enormous dimensions": "could be decompression bomb",
+    "text file named .jpg": "notes.jpg cannot be read as an image",
+    "folder without images": "no_images holds no image files",
+    "missing folder": "does_not_exist does not exist",
+    "truncated IDX": "train-images-idx3-ubyte is truncated",
+    "zero-byte IDX": "train-images-idx3-ubyte is empty (0 bytes)",
+    "IDX of the wrong magic": "has magic number 0x00000901",
+    "corrupt gzip IDX": "is a corrupt or truncated gzip file",
+    "IDX images and labels disagree": "holds 4 images but",
+    "cuda asked for without a GPU": "--device cuda was asked for",
+}
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path below ``folder`` with its bytes (``None`` for a folder)."""
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the cuda case needs a machine without a GPU")
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_gives_one_sentence_and_leaves_nothing(name, inputs, tmp_path, capsys):
+    inputs.out = tmp_path / "out"
+    inputs.out.mkdir()
+    argv = CASES[name](inputs)
+    before = snapshot(inputs.out)
+    code, _, err = run_cli(argv, capsys)
+    assert code != 0, name
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].endswith("."), err
+    assert EXPECTED[name] in lines[0]
+    assert snapshot(inputs.out) == before
+    assert not inputs.marker.exists()  # nothing was unpickled
+
+
+def test_the_corpus_is_large_and_every_case_has_its_sentence():
+    assert len(CASES) >= 30 and EXPECTED.keys() == CASES.keys()
