@@ -1,3 +1,4 @@
+import errno
 import json
 import pickle
 import struct
@@ -29,10 +30,10 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypat
     before = path.read_bytes()
 
     def broken_fsync(fd):
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("os.fsync", broken_fsync)
-    with pytest.raises(OSError):
+    with pytest.raises(DifflabError, match=r"could not write .*c.safetensors \(No space left"):
         save_checkpoint(path, {"x": torch.zeros(2)}, {"kind": "diffusion", "step": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]

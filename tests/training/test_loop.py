@@ -152,3 +152,52 @@ def test_batch_stream_covers_each_epoch_once_and_resumes():
     upcoming = stream.next()
     resumed = BatchStream(10, 4, seed=3, **state)
     assert torch.equal(resumed.next(), upcoming)
+
+
+def poison_one_image_of_step_2(monkeypatch, batch_size=16):
+    """Make the first image that step 2 draws NaN, so step 2 (and only it) has a NaN loss."""
+    import difflab.training.loop as loop
+
+    real_build = loop.build_run
+
+    def build(config):
+        run = real_build(config)
+        stream = BatchStream(len(run.dataset), batch_size, config.train.seed)
+        stream.next()
+        run.dataset.images = run.dataset.images.clone()  # never a shared tensor
+        run.dataset.images[stream.next()[0]] = float("nan")
+        return run
+
+    monkeypatch.setattr(loop, "build_run", build)
+
+
+def test_skip_nonfinite_skips_a_bad_batch_and_logs_it(tmp_path, monkeypatch):
+    poison_one_image_of_step_2(monkeypatch)
+    train(tiny_config(tmp_path, "train.steps=4", "train.skip_nonfinite=1"), progress=False)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[1] == {"step": 2, "skipped_nonfinite": 1}
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    tensors, meta = load_checkpoint(tmp_path / STATE_FILE)
+    assert meta["step"] == 4 and meta["state"]["skipped"] == 1
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("model."))
+
+
+def test_without_skip_nonfinite_the_same_batch_stops_the_run(tmp_path, monkeypatch):
+    poison_one_image_of_step_2(monkeypatch)
+    with pytest.raises(DifflabError, match=r"the loss became nan at step 2 \(no checkpoint"):
+        train(tiny_config(tmp_path, "train.steps=4"), progress=False)
+
+
+def test_skip_nonfinite_gives_up_after_its_budget(tmp_path):
+    with pytest.raises(DifflabError, match=r"at step 2, after skipping 2 such batches \(the last"):
+        train(
+            tiny_config(
+                tmp_path,
+                "train.steps=5",
+                "train.checkpoint_every=1",
+                "train.lr=1e30",
+                "train.grad_clip=0",
+                "train.skip_nonfinite=2",
+            ),
+            progress=False,
+        )

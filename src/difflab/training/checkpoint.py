@@ -43,8 +43,15 @@ def save_checkpoint(
         metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)},
     )
     path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(payload)
+    except OSError as error:  # a full disk, a folder turned read-only: the old file is intact
+        raise DifflabError(
+            f"could not write {path} ({error.strerror or error}); any earlier version of it is "
+            "intact: free some space or fix the folder's permissions, then rerun (with --resume "
+            "for a training run)."
+        ) from None
     return path
 
 

@@ -36,6 +36,7 @@ from difflab.training.state import (
     resume_path,
     trim_log,
 )
+from difflab.utils.atomic import remove_temporaries
 from difflab.utils.device import autocast
 
 RunT = TypeVar("RunT", bound=ResumableRun)
@@ -72,11 +73,13 @@ def open_run(
     def check_folder() -> tuple[Path | None, Path | None]:
         created = check_output_dir(out_dir)
         try:
-            return resume_path(out_dir, resume), created
+            state = resume_path(out_dir, resume)
         except DifflabError:
             if created is not None:
                 remove_empty_folders(created)
             raise
+        remove_temporaries(out_dir)  # what a killed run was writing; its files before are whole
+        return state, created
 
     state_path, created = on_main(group, check_folder)
     try:
@@ -105,8 +108,7 @@ def open_run(
     log = None
     if group.is_main:
         log = JsonlLog(out_dir / "metrics.jsonl")
-        if state_path is not None:
-            trim_log(log.path, run.step)
+        trim_log(log.path, run.step)  # lines a killed run wrote after its last checkpoint
     return run, log
 
 
