@@ -1,6 +1,11 @@
-"""Test doubles shared across the suite: analytic denoisers and tiny configs."""
+"""Test doubles shared across the suite: analytic denoisers, tiny configs, a torchrun launcher."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -38,3 +43,14 @@ class RandomLinearNet(torch.nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         mixed = torch.einsum("oc,bchw->bohw", self.weight, x_t)
         return torch.tanh(mixed + t.float()[:, None, None, None] / 1000)
+
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node NPROC -m difflab ARGS``, one thread a process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += [f"--nproc_per_node={nproc}", "-m", "difflab", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)

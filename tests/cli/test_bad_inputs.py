@@ -250,6 +250,7 @@ CASES: dict[str, Callable[[Inputs], list[str]]] = {
     "IDX images and labels disagree": lambda i: i.train_mnist("idx_counts"),
     # devices
     "cuda asked for without a GPU": lambda i: [*i.train(), "--device", "cuda"],
+    "sample on cuda without a GPU": lambda i: i.sample(str(i.checkpoint), "--device", "cuda"),
 }
 
 
@@ -304,6 +305,7 @@ EXPECTED: dict[str, str] = {
     "corrupt gzip IDX": "is a corrupt or truncated gzip file",
     "IDX images and labels disagree": "holds 4 images but",
     "cuda asked for without a GPU": "--device cuda was asked for",
+    "sample on cuda without a GPU": "--device cuda was asked for",
 }
 
 

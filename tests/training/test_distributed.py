@@ -5,9 +5,6 @@ same noise, averaged gradients), up to the order of float additions in the gradi
 """
 
 import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -23,8 +20,8 @@ from difflab.training.checkpoint import load_checkpoint
 from difflab.training.distributed import SINGLE, Distributed, check_same_config, current
 from difflab.training.state import STATE_FILE
 from tests.cli.conftest import CONFIGS
+from tests.helpers import torchrun
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 # class-conditional with label dropout and 2 accumulation micro-steps: every slicing path and no_sync
 OVERRIDES = [
     "train.batch_size=16",
@@ -35,14 +32,6 @@ OVERRIDES = [
     "model.num_classes=10",
     "train.label_dropout=0.2",
 ]
-
-
-def torchrun(nproc: int, *args: str) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node NPROC -m difflab ARGS`` with one thread a process."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    command += [f"--nproc_per_node={nproc}", "-m", "difflab", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
 
 
 TINY = CONFIGS / "digits_tiny.yaml"

@@ -11,6 +11,7 @@ from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
 from difflab.pipelines import DiffusionModel, load_noisy_classifier
 from difflab.samplers import SAMPLER_NAMES, Guidance
+from difflab.utils.device import DEVICE_CHOICES
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
 
@@ -41,6 +42,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
         "--spacing", choices=SPACING_NAMES, default="uniform", help="timestep sub-sequence"
     )
     parser.add_argument("--seed", type=int, default=0)
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device auto|cpu|cuda`` (auto: a CUDA GPU when there is one)."""
+    parser.add_argument(
+        "--device",
+        choices=DEVICE_CHOICES,
+        default="auto",
+        help="auto (a CUDA GPU when there is one), cpu or cuda",
+    )
 
 
 def parse_labels(text: str | None, n: int, num_classes: int) -> torch.Tensor | None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 
+from difflab.cli.common import add_device_argument
 from difflab.config import load_config
 from difflab.errors import DifflabError
 from difflab.training import train
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.classifier_loop import train_classifier
 from difflab.training.distributed import process_group
-from difflab.utils.device import DEVICE_CHOICES, select_device
+from difflab.utils.device import select_device
 
 KINDS: tuple[str, ...] = ("diffusion", "classifier")
 
@@ -36,12 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="continue the run in train.out_dir exactly where it stopped",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.add_argument(
-        "--device",
-        choices=DEVICE_CHOICES,
-        default="auto",
-        help="auto (a CUDA GPU when there is one), cpu or cuda",
-    )
+    add_device_argument(parser)
     parser.set_defaults(handler=run)
 
 

@@ -64,6 +64,12 @@ class Distributed:
         size = batch // self.world_size
         return slice(self.rank * size, (self.rank + 1) * size)
 
+    def portion(self, count: int) -> slice:
+        """This rank's contiguous share of ``count`` items; the first ``count % world`` get one more."""
+        base, extra = divmod(count, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return slice(start, start + base + (self.rank < extra))
+
     def all_mean(self, value: float) -> float:
         """The mean of ``value`` over all ranks (the value itself in a single process)."""
         return self.all_sum(value) / self.world_size
