@@ -60,6 +60,7 @@ class NoiseSchedule:
     betas: torch.Tensor
     alpha_bar: torch.Tensor = field(init=False)
     _alpha_bar_from_clean: torch.Tensor = field(init=False, repr=False)  # (T+1,), index 0 <-> t=-1
+    _tables: dict[torch.device, torch.Tensor] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.betas.ndim != 1 or len(self.betas) < 1:
@@ -72,6 +73,7 @@ class NoiseSchedule:
         object.__setattr__(
             self, "_alpha_bar_from_clean", torch.cat([alpha_bar.new_ones(1), alpha_bar])
         )
+        object.__setattr__(self, "_tables", {})
 
     @classmethod
     def from_name(
@@ -107,8 +109,16 @@ class NoiseSchedule:
         ``t = -1`` means "before the first step", i.e. clean data: ``alpha_bar = 1``.
         """
         index = torch.as_tensor(t).long().reshape(-1) + 1  # (B,) or (1,)
-        values = self._alpha_bar_from_clean[index].to(device=like.device)  # (B,)
+        values = self._table_on(index.device)[index].to(device=like.device)  # (B,)
         return values.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+
+    def _table_on(self, device: torch.device) -> torch.Tensor:
+        """``alpha_bar`` from t = -1 on ``device`` (copied there once), where the indices live."""
+        if device.type == "cpu":
+            return self._alpha_bar_from_clean
+        if device not in self._tables:
+            self._tables[device] = self._alpha_bar_from_clean.to(device)
+        return self._tables[device]
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """Forward process (DDIM eq. 1 / DDPM eq. 4): ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps``.

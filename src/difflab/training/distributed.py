@@ -205,6 +205,7 @@ def data_parallel(
 
 def no_sync(model: torch.nn.Module) -> contextlib.AbstractContextManager[Any]:
     """Skip the gradient all-reduce of this backward (an accumulation micro-step)."""
+    model = getattr(model, "_orig_mod", model)  # what torch.compile wrapped
     if isinstance(model, DistributedDataParallel):
         return model.no_sync()
     return contextlib.nullcontext()
