@@ -52,14 +52,14 @@ def run(args: argparse.Namespace) -> int:
         options = dict(resume=args.resume, progress=not args.quiet, device=device, group=group)
         if config.kind == "diffusion":
             path = train(config, **options)
-            if group.is_main:
-                print(f"trained model: {path}")
-            return 0
-        path = train_classifier(config, **options)
-    table = load_checkpoint(path)[1].get("accuracy_vs_t", [])
-    summary = ", ".join(f"t={row['t']}: {row['accuracy']:.3f}" for row in table)
-    if group.is_main:
-        print(f"trained noisy classifier: {path}")
-        if summary:
-            print(f"held-out accuracy by timestep: {summary}")
+            report = [f"trained model: {path}"]
+        else:
+            path = train_classifier(config, **options)
+            report = [f"trained noisy classifier: {path}"]
+            table = load_checkpoint(path)[1].get("accuracy_vs_t", []) if group.is_main else []
+            if table:
+                summary = ", ".join(f"t={row['t']}: {row['accuracy']:.3f}" for row in table)
+                report.append(f"held-out accuracy by timestep: {summary}")
+    if group.is_main:  # the other processes of a torchrun group stay silent
+        print("\n".join(report))
     return 0
