@@ -37,18 +37,19 @@ from difflab.models.classifier import (
     classifier_config,
 )
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed
+from difflab.training.distributed import SINGLE, Distributed, on_main
 from difflab.training.ema import EMA
-from difflab.training.engine import main_only, note_skipped, open_run, optimizer_update
 from difflab.training.loop import build_optimizer, build_schedule, check_train_config
 from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
+    open_run,
     restore_run_state,
     run_meta,
     save_run_state,
 )
+from difflab.training.update import note_skipped, optimizer_update
 from difflab.utils.atomic import atomic_path
 
 ACCURACY_FILE = "accuracy_vs_t.json"
@@ -156,24 +157,19 @@ def noisy_classification_loss(
 
 def train_classifier_step(run: ClassifierRun) -> tuple[float, float] | None:
     """One optimizer update; (mean loss, training accuracy) over all ranks, ``None`` if skipped."""
-    correct = 0
 
-    def micro_loss(index: torch.Tensor, part: slice) -> torch.Tensor:
-        nonlocal correct
+    def micro_batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        part = run.group.shard(len(index))
         x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
         labels = run.dataset.labels[index[part]].to(run.device)  # (B / world,)
         t, eps = draw_noise(run.schedule, (len(index), *x0.shape[1:]), run.generator)
         loss, right = noisy_classification_loss(
             run.forward_module(), run.schedule, x0, labels, noise=(t[part], eps[part])
         )
-        correct += right
-        return loss
+        return loss, {"accuracy": right / len(x0)}
 
-    loss = optimizer_update(run, micro_loss)
-    if loss is None:
-        return None
-    train = run.config.train
-    return loss, run.group.all_sum(correct) / (train.batch_size * train.grad_accum)
+    logged = optimizer_update(run, micro_batch_loss)
+    return None if logged is None else (logged["loss"], logged["accuracy"])
 
 
 def evaluation_timesteps(num_timesteps: int, count: int = EVAL_TIMESTEPS) -> list[int]:
@@ -302,9 +298,9 @@ def train_classifier(
                 }
             )
         if last:
-            main_only(run, lambda: finish_classifier(run, out_dir))
+            on_main(group, lambda: finish_classifier(run, out_dir))
         elif run.step % train_cfg.checkpoint_every == 0:
-            main_only(run, lambda: save_classifier_state(run, out_dir))
+            on_main(group, lambda: save_classifier_state(run, out_dir))
     bar.close()
     return out_dir / MODEL_FILE
 

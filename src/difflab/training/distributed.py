@@ -6,7 +6,7 @@ reads them and joins the processes in one group (gloo on the CPU, nccl on CUDA).
 torchrun did not start gets :data:`SINGLE`, and every helper here then does nothing: a
 single-process run is exactly what it was before distributed training existed.
 
-How the work is split (see :mod:`difflab.training.engine`): every rank draws the same global
+How the work is split (see :mod:`difflab.training.update`): every rank draws the same global
 mini-batch of ``train.batch_size`` indices, and the noise for all of it, from generators seeded
 alike, and trains on its contiguous slice of ``batch_size / world_size`` images; DDP averages the
 gradients, so N processes with global batch B take the steps one process with batch B takes.
@@ -72,15 +72,15 @@ class Distributed:
 
     def all_mean(self, value: float) -> float:
         """The mean of ``value`` over all ranks (the value itself in a single process)."""
-        return self.all_sum(value) / self.world_size
+        return self.all_mean_many([value])[0]
 
-    def all_sum(self, value: float) -> float:
-        """The sum of ``value`` over all ranks."""
+    def all_mean_many(self, values: list[float]) -> list[float]:
+        """The mean over all ranks of each of ``values``, in one all-reduce."""
         if not self.active:
-            return value
-        total = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=_collective_device())
         dist.all_reduce(total)
-        return float(total.item())
+        return (total / self.world_size).tolist()
 
     def gather(self, value: T) -> list[T]:
         """Every rank's ``value`` (any picklable object the ranks made themselves), in rank order."""

@@ -29,17 +29,18 @@ from difflab.errors import DifflabError
 from difflab.models import build_model, model_config
 from difflab.samplers import ddim_sample
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed
+from difflab.training.distributed import SINGLE, Distributed, on_main
 from difflab.training.ema import EMA
-from difflab.training.engine import main_only, note_skipped, open_run, optimizer_update
 from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
+    open_run,
     restore_run_state,
     run_meta,
     save_run_state,
 )
+from difflab.training.update import note_skipped, optimizer_update
 from difflab.utils.images import save_grid
 
 
@@ -146,8 +147,9 @@ def restore_training_state(run: TrainingRun, path: Path) -> None:
     restore_run_state(run, path, "diffusion", model_meta(run))
 
 
-def diffusion_loss(run: TrainingRun, index: torch.Tensor, part: slice) -> torch.Tensor:
-    """The denoising loss of this rank's ``part`` of the global micro-batch ``index`` (B,)."""
+def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """The denoising loss of this rank's part of the global micro-batch ``index`` (B,)."""
+    part = run.group.shard(len(index))
     x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
     cond = Conditioning()
     if getattr(run.net.config, "num_classes", 0):
@@ -156,12 +158,14 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor, part: slice) -> torch.
         cond = Conditioning(labels=labels[part]).drop(drop[part]).to(run.device)
     shape = (len(index), *run.dataset.images.shape[1:])
     t, eps = draw_noise(run.schedule, shape, run.generator)  # (B,), (B, C, H, W)
-    return denoising_loss(run.forward_module(), run.schedule, x0, cond, noise=(t[part], eps[part]))
+    noise = (t[part], eps[part])
+    return denoising_loss(run.forward_module(), run.schedule, x0, cond, noise=noise), {}
 
 
 def train_step(run: TrainingRun) -> float | None:
     """One optimizer update; the mean loss, or ``None`` for a skipped non-finite batch."""
-    return optimizer_update(run, lambda index, part: diffusion_loss(run, index, part))
+    logged = optimizer_update(run, lambda index: diffusion_loss(run, index))
+    return None if logged is None else logged["loss"]
 
 
 @torch.no_grad()
@@ -214,8 +218,8 @@ def train(
             )
         if run.step % train_cfg.sample_every == 0 or run.step == train_cfg.steps:
             grid = out_dir / "samples" / f"step_{run.step:07d}.png"
-            main_only(run, lambda grid=grid: sample_grid(run, grid))
+            on_main(group, lambda grid=grid: sample_grid(run, grid))
         if run.step % train_cfg.checkpoint_every == 0 or run.step == train_cfg.steps:
-            main_only(run, lambda: save_training_state(run, out_dir))
+            on_main(group, lambda: save_training_state(run, out_dir))
     bar.close()
     return out_dir / MODEL_FILE

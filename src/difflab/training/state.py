@@ -12,8 +12,9 @@ import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -27,8 +28,17 @@ from difflab.training.checkpoint import (
     with_prefix,
 )
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed
+from difflab.training.distributed import (
+    SINGLE,
+    Distributed,
+    check_same_config,
+    data_parallel,
+    on_main,
+    rank_seed,
+)
 from difflab.training.ema import EMA
+from difflab.training.progress import JsonlLog
+from difflab.utils.atomic import remove_temporaries
 
 STATE_FILE = "checkpoints/last.safetensors"
 MODEL_FILE = "model.safetensors"
@@ -40,7 +50,7 @@ class ResumableRun:
     """Everything a training run holds in memory; ``step`` counts optimizer updates.
 
     ``net`` holds the weights; forward passes go through ``model``, which is ``net`` itself, ``net``
-    wrapped for data-parallel training, or ``net`` compiled (:func:`~difflab.training.engine.open_run`
+    wrapped for data-parallel training, or ``net`` compiled (:func:`open_run`
     sets it). ``skipped`` counts the batches dropped for a non-finite loss (``train.skip_nonfinite``).
     """
 
@@ -166,6 +176,73 @@ def trim_log(path: Path, step: int) -> None:
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+RunT = TypeVar("RunT", bound=ResumableRun)
+
+
+def open_run(
+    config: Any,
+    resume: bool,
+    build: Callable[[Any], RunT],
+    restore: Callable[[RunT, Path], None],
+    *,
+    device: torch.device | None = None,
+    group: Distributed = SINGLE,
+) -> tuple[RunT, JsonlLog | None]:
+    """Check ``train.out_dir``, build the run, restore it when resuming, and ready it to train.
+
+    Every rank must be given the same config (checked first). Rank 0 checks the folder for writing
+    and for a run it would overwrite before any data is loaded; on resume every rank reads the same
+    state file, and metric lines written after that checkpoint are dropped so the log continues
+    where the state does. Returns the run and, on rank 0, its metrics log (``None`` elsewhere).
+    """
+    device = device or torch.device("cpu")
+    check_same_config(group, config_to_dict(config))
+    train = config.train
+    group.shard(train.batch_size)  # a global batch that does not split is refused before any work
+    out_dir = Path(config.train.out_dir)
+
+    def check_folder() -> tuple[Path | None, Path | None]:
+        created = check_output_dir(out_dir)
+        try:
+            state = resume_path(out_dir, resume)
+        except DifflabError:
+            if created is not None:
+                remove_empty_folders(created)
+            raise
+        remove_temporaries(out_dir)  # what a killed run was writing; its files before are whole
+        return state, created
+
+    state_path, created = on_main(group, check_folder)
+    try:
+        run = build(config)
+        run.device, run.group = device, group
+        for module in (run.net, run.ema.module):  # before restoring: optimizer state follows
+            module.to(device)
+            if train.channels_last:
+                module.to(memory_format=torch.channels_last)
+        if state_path is not None:
+            restore(run, state_path)
+    except BaseException:  # bad data or a bad state file: leave no empty run folder behind
+        if created is not None and group.is_main:
+            remove_empty_folders(created)
+        raise
+    steps = group.gather(run.step)
+    if len(set(steps)) > 1:
+        raise DifflabError(
+            f"the ranks resumed from different steps ({steps}); train.out_dir must be one folder "
+            "that every machine sees (a shared file system)."
+        )
+    if group.rank:  # rank 0 keeps the resumed RNG stream; the others draw their own dropout masks
+        torch.manual_seed(rank_seed(train.seed, group.rank, run.step))
+    model = data_parallel(run.net, group, device)
+    run.model = torch.compile(model) if train.compile else model
+    log = None
+    if group.is_main:
+        log = JsonlLog(out_dir / "metrics.jsonl")
+        trim_log(log.path, run.step)  # lines a killed run wrote after its last checkpoint
+    return run, log
 
 
 def run_meta(run: ResumableRun, kind: str, arch: str) -> dict[str, Any]:
