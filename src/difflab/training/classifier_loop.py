@@ -59,9 +59,11 @@ EVAL_BATCH = 500
 EVAL_SEED = 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class ClassifierRun(ResumableRun):
     """Everything a classifier training run holds in memory (``net`` is a NoisyClassifier)."""
+
+    schedule: NoiseSchedule
 
 
 def _load_split(config: ExperimentConfig, split: str, limit: int | None) -> ImageDataset:

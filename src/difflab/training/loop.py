@@ -44,11 +44,12 @@ from difflab.training.update import note_skipped, optimizer_update
 from difflab.utils.images import save_grid
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class TrainingRun(ResumableRun):
     """Everything a diffusion training run holds in memory; ``arch`` names the backbone."""
 
-    arch: str = "unet"
+    arch: str
+    schedule: NoiseSchedule
 
 
 def build_run(config: ExperimentConfig) -> TrainingRun:

@@ -45,7 +45,7 @@ MODEL_FILE = "model.safetensors"
 MODEL_SECTIONS = ("arch", "model", "diffusion")  # what must match for a run to resume
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class ResumableRun:
     """Everything a training run holds in memory; ``step`` counts optimizer updates.
 
@@ -57,7 +57,6 @@ class ResumableRun:
     config: Any  # an ExperimentConfig
     dataset: Any  # an ImageDataset
     net: torch.nn.Module
-    schedule: Any  # a NoiseSchedule
     ema: EMA
     optimizer: torch.optim.Optimizer
     stream: BatchStream
