@@ -88,7 +88,7 @@ def test_labels_all_grid_with_a_classifier(tiny_checkpoint, digits_classifier, t
         [*argv, "--classifier", str(digits_classifier), "--out", str(out)], capsys
     )
     assert code == 0, err
-    assert Image.open(out).size[0] == 10 * 10 + 2  # one column per class, as without guidance
+    assert Image.open(out).size == (2 * 10 + 2, 10 * 10 + 2)  # one row per class, as unguided
 
 
 def test_classifier_free_guidance_and_stacking(

@@ -27,7 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_sampling_arguments(sample)
     sample.add_argument("--n", type=int, default=64, help="number of images")
     sample.add_argument("--label", type=int, default=None, help="class label for every image")
-    sample.add_argument("--labels", default=None, help="comma-separated labels (cycled), or 'all'")
+    sample.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated labels (cycled), or 'all' (one row per class)",
+    )
     add_guidance_arguments(sample)
     sample.add_argument("--out", default="outputs/samples.png", help="PNG grid to write")
     sample.add_argument("--out-dir", default=None, help="also write each image as its own PNG here")
@@ -83,9 +87,10 @@ def run_sample(args: argparse.Namespace) -> int:
     labels = parse_labels(
         str(args.label) if args.label is not None else args.labels, args.n, num_classes
     )
+    count = args.n if labels is None else len(labels)  # --labels all fills whole rows
     start = time.perf_counter()
     images = model.sample(
-        args.n,
+        count,
         sampler=args.sampler,
         steps=args.steps,
         eta=args.eta,
@@ -97,7 +102,7 @@ def run_sample(args: argparse.Namespace) -> int:
         guidance=guidance,
     )
     elapsed = time.perf_counter() - start
-    nrow = num_classes if args.labels == "all" else math.ceil(math.sqrt(args.n))
+    nrow = math.ceil(args.n / num_classes) if args.labels == "all" else math.ceil(math.sqrt(count))
     save_grid(images, out, nrow=nrow)
     if args.out_dir:
         save_images(images, args.out_dir)
@@ -108,7 +113,7 @@ def run_sample(args: argparse.Namespace) -> int:
     )
     guided = f", {guidance.describe()}" if guidance is not None else ""
     print(
-        f"wrote {args.n} samples ({args.sampler}, {steps} steps{guided}, {elapsed:.1f} s) to "
+        f"wrote {count} samples ({args.sampler}, {steps} steps{guided}, {elapsed:.1f} s) to "
         f"{out.resolve()}"
     )
     return 0
