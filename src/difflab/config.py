@@ -69,9 +69,14 @@ class TrainConfig:
 
 @dataclass
 class ExperimentConfig:
-    """One experiment. ``model`` holds ``preset`` plus any field of that architecture's config."""
+    """One experiment. ``model`` holds ``preset`` plus any field of that architecture's config.
+
+    ``autoencoder`` is the checkpoint of a trained autoencoder whose codes or latents the model
+    works on (the VQ-VAE of a ``kind: vqvae_prior`` run).
+    """
 
     kind: str = "diffusion"
+    autoencoder: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "unet-mnist"})
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from difflab.cli import main
+from difflab.cli.common import parse_labels
 from tests.cli.conftest import CONFIGS, run_cli, train_tiny
 
 
@@ -79,7 +80,7 @@ def test_labels_on_a_conditional_model(tiny_conditional_checkpoint, tmp_path, ca
         capsys,
     )
     assert code == 0, err
-    assert Image.open(out).size[0] == 10 * 10 + 2  # one column per class
+    assert Image.open(out).size == (2 * 10 + 2, 10 * 10 + 2)  # one row of 2 per class
     code, _, err = run_cli(
         [
             "sample",
@@ -238,3 +239,9 @@ def test_export_of_a_training_state_keeps_the_description_and_drops_the_resume_s
     assert "state" in source_meta and "state" not in meta
     assert meta["experiment"] == source_meta["experiment"] and meta["step"] == source_meta["step"]
     assert all(key.startswith("model.") for key in tensors)
+
+
+def test_labels_all_gives_one_row_per_class():
+    labels = parse_labels("all", 20, 10)
+    assert labels.tolist() == [c for c in range(10) for _ in range(2)]
+    assert len(parse_labels("all", 25, 10)) == 30  # whole rows: 3 images of each class

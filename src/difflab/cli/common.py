@@ -55,7 +55,12 @@ def add_device_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_labels(text: str | None, n: int, num_classes: int) -> torch.Tensor | None:
-    """``"3"`` -> n copies of 3; ``"0,1,2"`` -> cycled to n; ``"all"`` -> each class in turn."""
+    """``"3"`` -> n copies of 3; ``"0,1,2"`` -> cycled to n; ``"all"`` -> one row per class.
+
+    ``"all"`` gives ``ceil(n / num_classes)`` images of class 0, then as many of class 1, and so
+    on (so possibly a few more than ``n``): laid out ``ceil(n / num_classes)`` to a row, each row
+    of the grid is one class.
+    """
     if text is None:
         return None
     if text == "all":
@@ -63,7 +68,8 @@ def parse_labels(text: str | None, n: int, num_classes: int) -> torch.Tensor | N
             raise DifflabError(
                 "--labels all needs a class-conditional model; this one is unconditional."
             )
-        return torch.arange(n) % num_classes
+        per_class = math.ceil(n / num_classes)
+        return torch.arange(num_classes).repeat_interleave(per_class)  # (num_classes * per_class,)
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:

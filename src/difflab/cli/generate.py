@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from difflab.autoencoders import PRIOR_KIND
 from difflab.cli.common import (
     add_device_argument,
     add_guidance_arguments,
@@ -19,6 +20,8 @@ from difflab.cli.common import (
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
 from difflab.pipelines import load_diffusion_model
+from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
+from difflab.training.checkpoint import load_checkpoint
 from difflab.training.distributed import Distributed, process_group, rank_seed
 from difflab.utils.device import select_device
 from difflab.utils.images import save_grid, save_images
@@ -38,8 +41,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "abbreviation of its own options)",
     )
     sample.add_argument("--label", type=int, default=None, help="class label for every image")
-    sample.add_argument("--labels", default=None, help="comma-separated labels (cycled), or 'all'")
+    sample.add_argument(
+        "--labels",
+        default=None,
+        help="comma-separated labels (cycled), or 'all' (one row per class)",
+    )
     add_guidance_arguments(sample)
+    sample.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="VQ-VAE prior checkpoints: softmax temperature of the code sampling",
+    )
+    sample.add_argument(
+        "--autoencoder",
+        default=None,
+        metavar="CKPT",
+        help="VQ-VAE prior checkpoints: the VQ-VAE to decode with (default: the one recorded)",
+    )
     sample.add_argument("--out", default="outputs/samples.png", help="PNG grid to write")
     sample.add_argument("--out-dir", default=None, help="also write each image as its own PNG here")
     add_device_argument(sample)
@@ -84,27 +103,46 @@ def _check_png(path: str) -> Path:
     return out
 
 
+def _label_text(args: argparse.Namespace) -> str | None:
+    if args.label is not None and args.labels is not None:
+        raise DifflabError("give either --label or --labels, not both.")
+    return str(args.label) if args.label is not None else args.labels
+
+
+def _grid_columns(args: argparse.Namespace, count: int, num_classes: int) -> int:
+    """One row per class for ``--labels all``, else a square-ish grid."""
+    if args.labels == "all":
+        return math.ceil(args.n / num_classes)
+    return math.ceil(math.sqrt(count))
+
+
+def _write_samples(args: argparse.Namespace, images: torch.Tensor, out: Path, nrow: int) -> None:
+    save_grid(images, out, nrow=nrow)
+    if args.out_dir:
+        save_images(images, args.out_dir)
+
+
 def run_sample(args: argparse.Namespace) -> int:
     """Sample; under torchrun every rank draws its share of ``--n`` and rank 0 writes them all."""
     _check_count("n", args.n)
     out = _check_png(args.out)
+    if load_checkpoint(args.checkpoint)[1].get("kind") == PRIOR_KIND:
+        return _sample_vqvae_prior(args, out)
     with process_group(select_device(args.device).type) as group:
         return sample_shard(args, out, group)
 
 
 def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int:
     model = load_diffusion_model(args.checkpoint, select_device(args.device, group.local_rank))
-    if args.label is not None and args.labels is not None:
-        raise DifflabError("give either --label or --labels, not both.")
+    label_text = _label_text(args)
     guidance = guidance_from_args(args, model)
     classifier = guidance.classifier if guidance is not None else None
     # the classes of a conditional model, else those of the guiding classifier
     num_classes = model.num_classes or (classifier.config.num_classes if classifier else 0)
-    labels = parse_labels(
-        str(args.label) if args.label is not None else args.labels, args.n, num_classes
-    )
-    part = group.portion(args.n)
-    count = part.stop - part.start  # 0 on the last ranks when --n is smaller than the group
+    labels = parse_labels(label_text, args.n, num_classes)
+    total = args.n if labels is None else len(labels)  # --labels all fills whole rows
+    part = group.portion(total)
+    count = part.stop - part.start  # 0 on the last ranks when there are fewer images than ranks
     start = time.perf_counter()
     images = model.sample(
         max(count, 1),
@@ -118,14 +156,11 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
         clip_x0=args.clip_x0,
         guidance=guidance,
     )
-    images = torch.cat(group.gather(images[:count].cpu()))  # (n, C, H, W), rank 0's first
+    images = torch.cat(group.gather(images[:count].cpu()))  # (total, C, H, W), rank 0's first
     elapsed = time.perf_counter() - start
     if not group.is_main:
         return 0
-    nrow = num_classes if args.labels == "all" else math.ceil(math.sqrt(args.n))
-    save_grid(images, out, nrow=nrow)
-    if args.out_dir:
-        save_images(images, args.out_dir)
+    _write_samples(args, images, out, _grid_columns(args, total, num_classes))
     steps = (
         model.schedule.num_timesteps
         if args.sampler == "ddpm" and args.steps is None
@@ -134,8 +169,37 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
     guided = f", {guidance.describe()}" if guidance is not None else ""
     processes = f" on {group.world_size} processes" if group.active else ""
     print(
-        f"wrote {args.n} samples ({args.sampler}, {steps} steps{guided}, {elapsed:.1f} s"
+        f"wrote {total} samples ({args.sampler}, {steps} steps{guided}, {elapsed:.1f} s"
         f"{processes}) to {out.resolve()}"
+    )
+    return 0
+
+
+def _sample_vqvae_prior(args: argparse.Namespace, out: Path) -> int:
+    """``difflab sample`` of a VQ-VAE prior checkpoint: codes from the prior, decoded by the VQ-VAE."""
+    diffusion_only = {
+        "--classifier": args.classifier,
+        "--classifier-scale": args.classifier_scale,
+        "--guidance-scale": args.guidance_scale,
+    }
+    given = [flag for flag, value in diffusion_only.items() if value is not None]
+    if given:
+        raise DifflabError(
+            f"{given[0]} applies to diffusion models; {args.checkpoint} is a VQ-VAE prior."
+        )
+    prior, autoencoder = load_code_prior(args.checkpoint, args.autoencoder)
+    num_classes = prior.config.num_classes
+    labels = parse_labels(_label_text(args), args.n, num_classes)
+    count = args.n if labels is None else len(labels)
+    start = time.perf_counter()
+    images = sample_vqvae(
+        prior, autoencoder, count, labels, temperature=args.temperature, seed=args.seed
+    )
+    elapsed = time.perf_counter() - start
+    _write_samples(args, images, out, _grid_columns(args, count, num_classes))
+    print(
+        f"wrote {count} samples (VQ-VAE prior, temperature {args.temperature:g}, "
+        f"{elapsed:.1f} s) to {out.resolve()}"
     )
     return 0
 

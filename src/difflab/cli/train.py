@@ -15,14 +15,17 @@ from difflab.training import train
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.classifier_loop import train_classifier
 from difflab.training.distributed import process_group
+from difflab.training.vqvae_loop import train_prior, train_vqvae
 from difflab.utils.device import select_device
 
-KINDS: tuple[str, ...] = ("diffusion", "classifier")
+KINDS: tuple[str, ...] = ("diffusion", "classifier", "vqvae", "vqvae_prior")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "train", help="train a model (kind: diffusion) or a noisy classifier (kind: classifier)"
+        "train",
+        help="train a diffusion model, a noisy classifier, a VQ-VAE or a VQ-VAE prior (the "
+        "config's kind)",
     )
     parser.add_argument("config", help="YAML experiment file, e.g. configs/mnist.yaml")
     parser.add_argument(
@@ -50,16 +53,47 @@ def run(args: argparse.Namespace) -> int:
     with process_group(select_device(args.device).type) as group:
         device = select_device(args.device, group.local_rank)
         options = dict(resume=args.resume, progress=not args.quiet, device=device, group=group)
+        report: list[str] = []
         if config.kind == "diffusion":
             path = train(config, **options)
             report = [f"trained model: {path}"]
-        else:
+        elif config.kind == "classifier":
             path = train_classifier(config, **options)
             report = [f"trained noisy classifier: {path}"]
             table = load_checkpoint(path)[1].get("accuracy_vs_t", []) if group.is_main else []
             if table:
                 summary = ", ".join(f"t={row['t']}: {row['accuracy']:.3f}" for row in table)
                 report.append(f"held-out accuracy by timestep: {summary}")
+        else:
+            if group.active or device.type != "cpu":
+                raise DifflabError(
+                    f"a {config.kind} config trains in one process on the CPU; run it without "
+                    "torchrun and with --device cpu."
+                )
+            report = train_autoencoder_kind(config, args)
     if group.is_main:  # the other processes of a torchrun group stay silent
         print("\n".join(report))
     return 0
+
+
+def train_autoencoder_kind(config, args: argparse.Namespace) -> list[str]:
+    if config.kind == "vqvae":
+        path = train_vqvae(config, resume=args.resume, progress=not args.quiet)
+        test = load_checkpoint(path)[1].get("test", {})
+        report = [f"trained VQ-VAE: {path}"]
+        if test:
+            report.append(
+                f"test split: MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, "
+                f"{100 * test['codebook_usage']:.1f} % of codes used, perplexity "
+                f"{test['perplexity']:.1f}"
+            )
+        return report
+    path = train_prior(config, resume=args.resume, progress=not args.quiet)
+    test = load_checkpoint(path)[1].get("test", {})
+    report = [f"trained VQ-VAE prior: {path}"]
+    if test:
+        report.append(
+            f"test split NLL: {test['bits_per_code']:.3f} bits per code (uniform: "
+            f"{test['uniform_bits_per_code']:.1f}), {test['bits_per_image_dim']:.4f} bits/dim"
+        )
+    return report

@@ -4,6 +4,6 @@ Every loader returns images ``(N, C, H, W)`` float32 in [-1, 1] and int64 labels
 :class:`ImageDataset`; :func:`load_dataset` is the one entry point.
 """
 
-from difflab.data.dataset import DATASET_NAMES, ImageDataset, load_dataset
+from difflab.data.dataset import DATASET_NAMES, ImageDataset, load_configured_split, load_dataset
 
-__all__ = ["DATASET_NAMES", "ImageDataset", "load_dataset"]
+__all__ = ["DATASET_NAMES", "ImageDataset", "load_configured_split", "load_dataset"]

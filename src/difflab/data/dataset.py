@@ -10,6 +10,7 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -195,3 +196,19 @@ def load_dataset(
     if channels is not None:
         images = convert_channels(images, channels)
     return ImageDataset(dataset, images.contiguous(), labels.contiguous(), class_names)
+
+
+def load_configured_split(data: Any, split: str, limit: int | None = None) -> ImageDataset:
+    """``split`` of the dataset a config's ``data`` section names (a :class:`~difflab.config.DataConfig`).
+
+    ``limit`` overrides ``data.limit`` when given.
+    """
+    return load_dataset(
+        data.name,
+        split=split,
+        data_dir=data.data_dir,
+        image_size=data.image_size,
+        channels=data.channels,
+        pad_to_32=data.pad_to_32,
+        limit=data.limit if limit is None else limit,
+    )

@@ -9,7 +9,7 @@ from torch import nn
 from difflab.nn.blocks import group_norm
 
 
-def fused_attention(qkv: torch.Tensor) -> torch.Tensor:
+def fused_attention(qkv: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
     """Softmax attention of packed queries, keys and values through ``scaled_dot_product_attention``.
 
     q, k and v are (B, heads, T, D/heads) views of ``qkv`` whose head dimension is contiguous, the
@@ -19,15 +19,19 @@ def fused_attention(qkv: torch.Tensor) -> torch.Tensor:
     tokens of head width 64, 10x for 16 tokens of width 32), so there a bf16 input (bf16
     autocast) is attended in float32 and the result cast back.
 
+    ``causal=True`` lets token i attend only to tokens 0..i (an autoregressive model).
+
     Shapes: qkv (B, T, 3, heads, D/heads) -> (B, T, heads, D/heads), in the dtype of ``qkv``.
     """
     if qkv.device.type == "cpu" and qkv.dtype != torch.float32:
         q, k, v = qkv.float().permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D/heads)
         with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, D/heads)
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=causal
+            )  # (B, heads, T, D/heads)
         return out.transpose(1, 2).to(qkv.dtype)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D/heads)
-    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
 
 
 class SpatialSelfAttention(nn.Module):

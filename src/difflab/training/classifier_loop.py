@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from difflab.config import ExperimentConfig
-from difflab.data import ImageDataset, load_dataset
+from difflab.data import ImageDataset, load_configured_split
 from difflab.diffusion import NoiseSchedule, draw_noise
 from difflab.errors import DifflabError
 from difflab.models.classifier import (
@@ -67,16 +67,7 @@ class ClassifierRun(ResumableRun):
 
 
 def _load_split(config: ExperimentConfig, split: str, limit: int | None) -> ImageDataset:
-    data = config.data
-    return load_dataset(
-        data.name,
-        split=split,
-        data_dir=data.data_dir,
-        image_size=data.image_size,
-        channels=data.channels,
-        pad_to_32=data.pad_to_32,
-        limit=limit,
-    )
+    return load_configured_split(config.data, split, limit)
 
 
 def build_classifier_run(config: ExperimentConfig) -> ClassifierRun:

@@ -1,0 +1,366 @@
+"""Training the two stages of VQ-VAE: the autoencoder (``kind: vqvae``) and its prior (``kind: vqvae_prior``).
+
+Both share the optimisation of the other loops (:func:`difflab.training.update.optimizer_update`:
+AdamW, warm-up, accumulation, clipping, bf16, EMA weights) and their checkpoints, from which
+``resume=True`` continues bit for bit.
+
+Stage 1 minimises the paper's eq. 3 (:func:`difflab.autoencoders.vqvae_loss`) and logs the
+reconstruction error, codebook perplexity and usage every ``log_every`` steps. When it ends, the
+EMA model is measured on the test split (MSE, PSNR, codebook usage and perplexity over the whole
+split) and on training images for ``latent_scale`` (1 / std of z_e); both go into the checkpoint.
+
+Stage 2 reads ``autoencoder:`` (the stage-1 checkpoint), encodes the training split to code grids
+once, and fits the causal transformer prior by cross-entropy (with ``train.label_dropout`` for a
+class-conditional prior). When it ends, the test split's NLL in bits per code and bits per image
+dimension is measured and stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflab.autoencoders import (
+    PRIOR_KIND,
+    VQVAE,
+    VQVAE_KIND,
+    CodePrior,
+    bits_per_code,
+    bits_per_image_dim,
+    code_nll,
+    perplexity_of,
+    prior_config,
+    vqvae_config,
+    vqvae_loss,
+)
+from difflab.autoencoders.prior import PRIOR_ARCH
+from difflab.autoencoders.vqvae import VQVAE_ARCH
+from difflab.config import ExperimentConfig, config_to_dict
+from difflab.data import ImageDataset, load_configured_split
+from difflab.diffusion.conditioning import NULL_LABEL
+from difflab.errors import DifflabError
+from difflab.pipelines.vqvae import encode_to_codes, file_digest, load_vqvae, sample_vqvae
+from difflab.training.checkpoint import load_checkpoint
+from difflab.training.data_order import BatchStream
+from difflab.training.ema import EMA
+from difflab.training.loop import build_optimizer, check_train_config
+from difflab.training.progress import JsonlLog, Progress
+from difflab.training.state import (
+    MODEL_FILE,
+    ResumableRun,
+    open_run,
+    restore_run_state,
+    run_meta,
+    save_run_state,
+)
+from difflab.training.update import MicroBatchLoss, optimizer_update
+from difflab.utils.images import save_grid
+
+EVAL_BATCH = 500
+LATENT_SCALE_IMAGES = 5000  # training images that measure latent_scale
+GRID_IMAGES = 32  # originals and reconstructions in the periodic grids
+
+
+@dataclasses.dataclass(kw_only=True)
+class AutoencoderRun(ResumableRun):
+    """Everything a VQ-VAE (stage 1) or prior (stage 2) training run holds in memory."""
+
+    codes: torch.Tensor | None = None  # stage 2: (N, h, w) code grids of the dataset
+    autoencoder: VQVAE | None = None  # stage 2: the frozen stage-1 model
+
+
+def load_split(config: ExperimentConfig, split: str) -> ImageDataset:
+    return load_configured_split(config.data, split)
+
+
+def _model_values(config: ExperimentConfig, example: str) -> tuple[str, dict[str, Any]]:
+    values = dict(config.model)
+    preset = values.pop("preset", None)
+    if preset is None:
+        raise DifflabError(f"config section 'model' needs a 'preset' (e.g. {example}).")
+    return preset, values
+
+
+def _new_run(
+    config: ExperimentConfig, dataset: ImageDataset, net: torch.nn.Module, **extra: Any
+) -> AutoencoderRun:
+    train = config.train
+    return AutoencoderRun(
+        config=config,
+        dataset=dataset,
+        net=net,
+        ema=EMA(net, train.ema_decay),
+        optimizer=build_optimizer(net, train),
+        stream=BatchStream(len(dataset), train.batch_size, train.seed),
+        generator=torch.Generator().manual_seed(train.seed + 1),
+        **extra,
+    )
+
+
+# ---- stage 1: the autoencoder -------------------------------------------------------------
+
+
+def build_vqvae_run(config: ExperimentConfig) -> AutoencoderRun:
+    """Load the training images and build the VQ-VAE, its EMA copy and the optimizer."""
+    dataset = load_split(config, "train")
+    preset, values = _model_values(config, "vqvae-mnist")
+    values.setdefault("image_size", dataset.image_size)
+    values.setdefault("in_channels", dataset.channels)
+    net_config = vqvae_config(preset, **values)
+    if (net_config.in_channels, net_config.image_size) != (dataset.channels, dataset.image_size):
+        raise DifflabError(
+            f"the model takes {net_config.in_channels}x{net_config.image_size}x{net_config.image_size} "
+            f"images but dataset {dataset.name!r} has {dataset.channels}x{dataset.image_size}x"
+            f"{dataset.image_size}; remove model.in_channels / model.image_size."
+        )
+    check_train_config(config.train, net_config)
+    torch.manual_seed(config.train.seed)
+    return _new_run(config, dataset, VQVAE(net_config))
+
+
+def vqvae_meta(run: AutoencoderRun) -> dict[str, Any]:
+    return run_meta(run, VQVAE_KIND, VQVAE_ARCH)
+
+
+@torch.no_grad()
+def reconstruction_stats(model: VQVAE, images: torch.Tensor) -> dict[str, float]:
+    """MSE and PSNR ([0, 1] pixel scale), codebook usage and perplexity of ``images`` (N, C, H, W)."""
+    model.eval()
+    squared, indices = [], []
+    for start in range(0, len(images), EVAL_BATCH):
+        x = images[start : start + EVAL_BATCH]
+        out = model(x)
+        error = ((out.reconstruction.clamp(-1, 1) - x) / 2) ** 2  # [0, 1] units
+        squared.append(error.flatten(1).mean(1))  # (b,) per-image MSE
+        indices.append(out.quantized.indices)
+    per_image = torch.cat(squared)
+    perplexity, usage = perplexity_of(torch.cat(indices), model.config.num_codes)
+    return {
+        "mse": float(per_image.mean()),
+        # PSNR of each image, averaged (the usual convention), for [0, 1] pixels: -10 log10(MSE)
+        "psnr": float((-10 * torch.log10(per_image.clamp(min=1e-10))).mean()),
+        "codebook_usage": usage,
+        "perplexity": perplexity,
+    }
+
+
+@torch.no_grad()
+def measure_latent_scale(model: VQVAE, images: torch.Tensor) -> float:
+    """1 / standard deviation of z_e over ``images``: what a latent diffusion model scales z by."""
+    model.eval()
+    latents = torch.cat(
+        [model.encode(images[s : s + EVAL_BATCH]) for s in range(0, len(images), EVAL_BATCH)]
+    )
+    return float(1.0 / latents.float().std().clamp(min=1e-8))
+
+
+def save_reconstruction_grid(model: VQVAE, images: torch.Tensor, path: Path) -> None:
+    """Originals (top half) above their reconstructions (bottom half), 8 to a row."""
+    model.eval()
+    with torch.no_grad():
+        recon = model(images).reconstruction.clamp(-1, 1)
+    save_grid(torch.cat([images, recon]), path, nrow=8)
+
+
+def train_vqvae(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train stage 1 as ``config`` says; returns the path of the EMA model checkpoint."""
+    run, log = open_run(
+        config,
+        resume,
+        build_vqvae_run,
+        lambda r, p: restore_run_state(r, p, VQVAE_KIND, vqvae_meta(r)),
+    )
+    grid_images = run.dataset.images[:GRID_IMAGES]
+
+    def micro_batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, terms = vqvae_loss(run.net, run.dataset.images[index])
+        return loss, {**terms, "code_restarts": float(run.net.quantizer.restarts)}
+
+    def exported_meta() -> dict[str, Any]:
+        # latent_scale goes into the exported model's config only: the state file keeps the
+        # training config, so that a longer run can still resume from it
+        model = run.ema.module
+        scale = measure_latent_scale(model, run.dataset.images[:LATENT_SCALE_IMAGES])
+        model.config = dataclasses.replace(model.config, latent_scale=scale)
+        test = reconstruction_stats(model, load_split(config, "test").images)
+        return {**vqvae_meta(run), "model": config_to_dict(model.config), "test": test}
+
+    return run_training(
+        run,
+        log,
+        micro_batch_loss,
+        save_samples=lambda path: save_reconstruction_grid(run.ema.module, grid_images, path),
+        meta=lambda: vqvae_meta(run),
+        final_meta=exported_meta,
+        progress=progress,
+    )
+
+
+def run_training(
+    run: AutoencoderRun,
+    log: JsonlLog,
+    micro_batch_loss: MicroBatchLoss,
+    *,
+    save_samples: Callable[[Path], None],
+    meta: Callable[[], dict[str, Any]],
+    final_meta: Callable[[], dict[str, Any]],
+    progress: bool,
+) -> Path:
+    """Update until ``train.steps``, logging, saving sample grids and checkpoints on schedule.
+
+    ``meta()`` describes the run in every checkpoint; ``final_meta()`` (called once, after the
+    last step) describes the exported model, with its test statistics.
+    """
+    train_cfg = run.config.train
+    out_dir = Path(train_cfg.out_dir)
+    bar = Progress(train_cfg.steps, run.step, enabled=progress)
+    images_seen = 0
+    while run.step < train_cfg.steps:
+        run.net.train()
+        logged = optimizer_update(run, micro_batch_loss)
+        if logged is None:  # a non-finite loss, skipped (train.skip_nonfinite)
+            continue
+        images_seen += train_cfg.batch_size * train_cfg.grad_accum
+        last = run.step == train_cfg.steps
+        if run.step % train_cfg.log_every == 0 or last:
+            speed = bar.update(run.step, logged["loss"], images_seen)
+            log.write({"step": run.step, **logged, **speed})
+        if run.step % train_cfg.sample_every == 0 or last:
+            save_samples(out_dir / "samples" / f"step_{run.step:07d}.png")
+        if last:
+            save_run_state(run, out_dir, meta(), final_meta())
+        elif run.step % train_cfg.checkpoint_every == 0:
+            save_run_state(run, out_dir, meta(), meta())
+    bar.close()
+    return out_dir / MODEL_FILE
+
+
+# ---- stage 2: the prior over codes -----------------------------------------------------------
+
+
+def _autoencoder_path(config: ExperimentConfig) -> Path:
+    if not config.autoencoder:
+        raise DifflabError(
+            "a 'kind: vqvae_prior' config needs 'autoencoder: PATH' (a checkpoint from "
+            "`difflab train configs/vqvae_mnist.yaml`)."
+        )
+    return Path(config.autoencoder)
+
+
+def build_prior_run(config: ExperimentConfig) -> AutoencoderRun:
+    """Encode the training split with the frozen VQ-VAE and build the prior and its optimizer."""
+    autoencoder = load_vqvae(_autoencoder_path(config))
+    dataset = load_split(config, "train")
+    ae = autoencoder.config
+    if (ae.in_channels, ae.image_size) != (dataset.channels, dataset.image_size):
+        raise DifflabError(
+            f"the autoencoder {config.autoencoder} takes {ae.in_channels}x{ae.image_size}x"
+            f"{ae.image_size} images but dataset {dataset.name!r} has {dataset.channels}x"
+            f"{dataset.image_size}x{dataset.image_size}; use the dataset it was trained on."
+        )
+    preset, values = _model_values(config, "prior-mnist")
+    values.setdefault("num_codes", ae.num_codes)
+    values.setdefault("grid_size", ae.grid_size)
+    net_config = prior_config(preset, **values)
+    if (net_config.num_codes, net_config.grid_size) != (ae.num_codes, ae.grid_size):
+        raise DifflabError(
+            f"the prior's codes ({net_config.num_codes} on a {net_config.grid_size}x"
+            f"{net_config.grid_size} grid) differ from the autoencoder's ({ae.num_codes} on "
+            f"{ae.grid_size}x{ae.grid_size}); remove model.num_codes / model.grid_size."
+        )
+    if net_config.num_classes and net_config.num_classes != dataset.num_classes:
+        raise DifflabError(
+            f"model.num_classes is {net_config.num_classes} but dataset {dataset.name!r} has "
+            f"{dataset.num_classes} classes."
+        )
+    check_train_config(config.train, net_config)
+    codes = encode_to_codes(autoencoder, dataset.images)  # (N, h, w)
+    torch.manual_seed(config.train.seed)
+    return _new_run(config, dataset, CodePrior(net_config), codes=codes, autoencoder=autoencoder)
+
+
+def prior_meta(run: AutoencoderRun) -> dict[str, Any]:
+    path = _autoencoder_path(run.config)
+    return {
+        **run_meta(run, PRIOR_KIND, PRIOR_ARCH),
+        "autoencoder": {"path": str(path), "sha256": file_digest(path)},
+    }
+
+
+def restore_prior_state(run: AutoencoderRun, path: Path) -> None:
+    _, meta = load_checkpoint(path, kind=PRIOR_KIND)
+    if meta.get("autoencoder", {}).get("sha256") != prior_meta(run)["autoencoder"]["sha256"]:
+        raise DifflabError(
+            f"{path} was trained on the codes of another autoencoder than {run.config.autoencoder}; "
+            "resume with the same autoencoder or use a new train.out_dir."
+        )
+    restore_run_state(run, path, PRIOR_KIND, prior_meta(run))
+
+
+@torch.no_grad()
+def prior_nll(
+    prior: CodePrior, codes: torch.Tensor, labels: torch.Tensor | None, image_dims: int
+) -> dict[str, float]:
+    """Test NLL of ``codes`` (N, h, w): nats and bits per code, bits per image dimension."""
+    prior.eval()
+    total = 0.0
+    for start in range(0, len(codes), EVAL_BATCH):
+        batch = codes[start : start + EVAL_BATCH]
+        y = labels[start : start + EVAL_BATCH] if labels is not None else None
+        total += code_nll(prior, batch, y).item() * len(batch)
+    nats = total / len(codes)
+    length = prior.config.length
+    return {
+        "nats_per_code": nats,
+        "bits_per_code": bits_per_code(nats),
+        "bits_per_image_dim": bits_per_image_dim(nats, length, image_dims),
+        "uniform_bits_per_code": math.log2(prior.config.num_codes),
+    }
+
+
+def train_prior(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Train stage 2 as ``config`` says; returns the path of the EMA prior checkpoint."""
+    run, log = open_run(config, resume, build_prior_run, restore_prior_state)
+    assert run.codes is not None and run.autoencoder is not None
+    codes, autoencoder = run.codes, run.autoencoder
+    conditional = run.net.config.num_classes > 0
+
+    def micro_batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        labels = None
+        if conditional:
+            labels = run.dataset.labels[index]  # (B,)
+            drop = torch.rand(labels.shape, generator=run.generator) < config.train.label_dropout
+            labels = labels.masked_fill(drop, NULL_LABEL)
+        loss = code_nll(run.net, codes[index], labels)
+        return loss, {"bits_per_code": bits_per_code(loss.item())}
+
+    def final_meta() -> dict[str, Any]:
+        test = load_split(config, "test")
+        dims = test.channels * test.image_size**2
+        test_codes = encode_to_codes(autoencoder, test.images)
+        labels = test.labels if conditional else None
+        return {**prior_meta(run), "test": prior_nll(run.ema.module, test_codes, labels, dims)}
+
+    return run_training(
+        run,
+        log,
+        micro_batch_loss,
+        save_samples=lambda path: save_prior_samples(run.ema.module, autoencoder, path),
+        meta=lambda: prior_meta(run),
+        final_meta=final_meta,
+        progress=progress,
+    )
+
+
+@torch.no_grad()
+def save_prior_samples(prior: CodePrior, autoencoder: VQVAE, path: Path, count: int = 40) -> None:
+    """Codes drawn from ``prior`` (one class per row when conditional), decoded to images."""
+    classes = prior.config.num_classes
+    labels = torch.arange(count) * classes // count if classes else None
+    images = sample_vqvae(prior, autoencoder, count, labels, seed=1234)
+    save_grid(images, path, nrow=count // classes if classes else 8)
