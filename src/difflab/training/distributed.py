@@ -140,6 +140,7 @@ def process_group(device_type: str) -> Iterator[Distributed]:
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield current()
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 

@@ -1,9 +1,11 @@
-"""Saving and restoring everything a training run needs to continue bit for bit.
+"""Opening a run, and saving and restoring everything it needs to continue bit for bit.
 
 Shared by every training loop (diffusion models, noisy classifiers): each loop's run is a
-:class:`ResumableRun` with a few fields of its own. The state file holds the weights (``model.*``), the EMA
-weights (``ema.*``), the optimizer moments (``optim.<index>.*``) and both RNG states; its JSON
-records the data-stream position, the EMA update count and the optimizer's param groups.
+:class:`ResumableRun` with a few fields of its own, opened by :func:`open_run` (output folder
+checks, device, resume, data-parallel wrapping). The state file holds the weights (``model.*``),
+the EMA weights (``ema.*``), the optimizer moments (``optim.<index>.*``) and both RNG states; its
+JSON records the data-stream position, the EMA update count, the skipped-batch count and the
+optimizer's param groups.
 """
 
 from __future__ import annotations
