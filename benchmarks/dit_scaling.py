@@ -750,6 +750,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--with-patch-2", action="store_true", help="add S/2 and B/2 to part 1")
     parser.add_argument("--train-images", type=int, help="training images per model")
     parser.add_argument("--n", type=int, help="samples per FD")
+    parser.add_argument(
+        "--speed-models", help="comma list of part-2 models, e.g. S/4,B/4 (default S/4,B/4,B/2)"
+    )
     parser.add_argument("--sample-steps", type=int, help="DDIM steps for the FD samples")
     parser.add_argument("--guidance-scale", type=float, help="classifier-free weight w")
     parser.add_argument("--threads", type=int, help="torch threads")
@@ -767,6 +770,15 @@ def make_settings(args: argparse.Namespace) -> Settings:
     changes: dict[str, Any] = {}
     if args.with_patch_2 and not args.quick:
         changes["scaling"] = (*settings.scaling, dit("S", 2), dit("B", 2))
+    elif not args.quick:
+        # without /2 models in part 1, part 3 picks its DiT among those part 1 trains (and reuses
+        # that run) instead of training a /2 model only for the comparison
+        changes["unet_candidates"] = settings.scaling
+    if args.speed_models and not args.quick:
+        chosen = [name.strip() for name in args.speed_models.split(",") if name.strip()]
+        changes["speed"] = tuple(
+            dit(name.split("/")[0], int(name.split("/")[1])) for name in chosen
+        )
     for name, value in (
         ("train_images", args.train_images),
         ("sample_n", args.n),
