@@ -70,7 +70,7 @@ bench-guidance: install
 # a codebook ablation on MNIST and Fashion-MNIST, quantiser speed vs vector-quantize-pytorch
 # (about 45 min on one core; --parts, --n, --ablation-steps: see the script).
 bench-vqvae: install
-	cd benchmarks && ../$(PY) vqvae_table.py
+	$(PY) benchmarks/vqvae_table.py
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
