@@ -119,3 +119,34 @@ def test_a_single_process_has_no_group_and_shards_nothing():
     assert Distributed(rank=1, world_size=4).shard(8) == slice(2, 4)
     with pytest.raises(DifflabError, match="multiple of 4"):
         Distributed(rank=1, world_size=4).shard(6)
+
+
+VQVAE_OVERRIDES = [
+    "data.name=digits",
+    "data.image_size=28",
+    "model.preset=vqvae-tiny",
+    "model.codebook_update=ema",
+    "model.kmeans_init=false",  # random draws made on rank 0 alone differ from one process's
+    "model.restart_after=0",
+    "train.batch_size=16",
+    "train.warmup_steps=0",
+    "train.log_every=1",
+    "train.steps=3",
+]
+
+
+@pytest.mark.slow
+def test_vqvae_two_processes_match_one_process(tmp_path):
+    from difflab.training.vqvae_loop import train_vqvae
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    config = CONFIGS / "vqvae_mnist.yaml"
+    train_vqvae(load_config(config, [*VQVAE_OVERRIDES, f"train.out_dir={one}"]), progress=False)
+    result = torchrun(2, "train", "--quiet", str(config), *VQVAE_OVERRIDES, f"train.out_dir={two}")
+    assert result.returncode == 0, result.stderr
+    a, _ = load_checkpoint(one / STATE_FILE)
+    b, _ = load_checkpoint(two / STATE_FILE)
+    # the EMA codebook moved by the all-reduced counts and sums of both halves of every batch
+    assert relative_difference(a, b, "model.quantizer.ema_") < 1e-5
+    assert relative_difference(a, b, "model.") < 1e-5
+    assert losses(one) == pytest.approx(losses(two), rel=1e-5)

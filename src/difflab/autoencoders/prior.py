@@ -182,8 +182,10 @@ class CodePrior(nn.Module):
         codes = torch.zeros(count, 1, dtype=torch.long, device=device)  # a placeholder slot
         for position in range(self.config.length):
             logits = self(codes, labels)[:, position].float() / temperature  # (count, K)
-            probs = torch.softmax(logits, dim=-1)
-            codes[:, position] = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+            probs = torch.softmax(logits, dim=-1).cpu()  # drawn on the CPU: any device, same codes
+            codes[:, position] = (
+                torch.multinomial(probs, 1, generator=generator).squeeze(1).to(device)
+            )
             if position + 1 < self.config.length:
                 codes = torch.cat([codes, codes.new_zeros(count, 1)], 1)
         side = self.config.grid_size

@@ -23,7 +23,8 @@ Codebook options beyond the paper's main text:
   with a random encoder output of the current batch (a "dead-code restart").
 
 Under ``torch.distributed`` (DDP training) the counts and sums behind the EMA update, the usage
-statistics and the restart counters are all-reduced, and codebook changes that draw random
+statistics and the restart counters are all-reduced in training mode (an eval-mode call, e.g. on
+rank 0 alone, talks to no other process), and codebook changes that draw random
 vectors (k-means initialisation, restarts) are made on rank 0 and broadcast, so every rank holds
 the same codebook after every step.
 """
@@ -205,9 +206,9 @@ class VectorQuantizer(nn.Module):
             if self.training and not bool(self.initialized):
                 self._initialize_by_kmeans(flat.detach())
             indices = nearest_code(flat.detach(), self.codebook.detach())  # (N,)
-            counts = _all_reduce_sum(
-                torch.bincount(indices, minlength=self.num_codes).float()
-            )  # (K,)
+            counts = torch.bincount(indices, minlength=self.num_codes).float()  # (K,)
+            if self.training:  # statistics of the whole global batch; in eval mode, local ones
+                counts = _all_reduce_sum(counts)
             if self.training:
                 if self.update == "ema":
                     self._ema_update(flat.detach(), indices, counts)

@@ -76,12 +76,18 @@ def load_code_prior(
     return prior.eval().requires_grad_(False), load_vqvae(found)
 
 
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (the CPU for a module without any)."""
+    return next(module.parameters(), torch.empty(0)).device
+
+
 @torch.no_grad()
 def encode_to_codes(model: VQVAE, images: torch.Tensor) -> torch.Tensor:
-    """Code grids of ``images`` (N, C, H, W) -> (N, h, w) int64, in batches."""
+    """Code grids of ``images`` (N, C, H, W) -> (N, h, w) int64 on the CPU, in batches."""
+    device = module_device(model)
     return torch.cat(
         [
-            model.encode_indices(images[s : s + ENCODE_BATCH])
+            model.encode_indices(images[s : s + ENCODE_BATCH].to(device)).cpu()
             for s in range(0, len(images), ENCODE_BATCH)
         ]
     )
@@ -102,4 +108,4 @@ def sample_vqvae(
         raise DifflabError("this prior is unconditional; drop --label / --labels.")
     generator = torch.Generator().manual_seed(seed)
     codes = prior.sample(count, labels, temperature=temperature, generator=generator)
-    return autoencoder.decode_indices(codes).clamp(-1, 1)
+    return autoencoder.decode_indices(codes.to(module_device(autoencoder))).clamp(-1, 1).cpu()

@@ -44,9 +44,16 @@ from difflab.config import ExperimentConfig, config_to_dict
 from difflab.data import ImageDataset, load_configured_split
 from difflab.diffusion.conditioning import NULL_LABEL
 from difflab.errors import DifflabError
-from difflab.pipelines.vqvae import encode_to_codes, file_digest, load_vqvae, sample_vqvae
+from difflab.pipelines.vqvae import (
+    encode_to_codes,
+    file_digest,
+    load_vqvae,
+    module_device,
+    sample_vqvae,
+)
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.data_order import BatchStream
+from difflab.training.distributed import SINGLE, Distributed, on_main
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer, check_train_config
 from difflab.training.progress import JsonlLog, Progress
@@ -58,7 +65,7 @@ from difflab.training.state import (
     run_meta,
     save_run_state,
 )
-from difflab.training.update import MicroBatchLoss, optimizer_update
+from difflab.training.update import MicroBatchLoss, note_skipped, optimizer_update
 from difflab.utils.images import save_grid
 
 EVAL_BATCH = 500
@@ -131,15 +138,16 @@ def vqvae_meta(run: AutoencoderRun) -> dict[str, Any]:
 def reconstruction_stats(model: VQVAE, images: torch.Tensor) -> dict[str, float]:
     """MSE and PSNR ([0, 1] pixel scale), codebook usage and perplexity of ``images`` (N, C, H, W)."""
     model.eval()
+    device = module_device(model)
     squared, indices = [], []
     for start in range(0, len(images), EVAL_BATCH):
-        x = images[start : start + EVAL_BATCH]
+        x = images[start : start + EVAL_BATCH].to(device)
         out = model(x)
         error = ((out.reconstruction.clamp(-1, 1) - x) / 2) ** 2  # [0, 1] units
         squared.append(error.flatten(1).mean(1))  # (b,) per-image MSE
         indices.append(out.quantized.indices)
-    per_image = torch.cat(squared)
-    perplexity, usage = perplexity_of(torch.cat(indices), model.config.num_codes)
+    per_image = torch.cat(squared).cpu()
+    perplexity, usage = perplexity_of(torch.cat(indices).cpu(), model.config.num_codes)
     return {
         "mse": float(per_image.mean()),
         # PSNR of each image, averaged (the usual convention), for [0, 1] pixels: -10 log10(MSE)
@@ -153,8 +161,12 @@ def reconstruction_stats(model: VQVAE, images: torch.Tensor) -> dict[str, float]
 def measure_latent_scale(model: VQVAE, images: torch.Tensor) -> float:
     """1 / standard deviation of z_e over ``images``: what a latent diffusion model scales z by."""
     model.eval()
+    device = module_device(model)
     latents = torch.cat(
-        [model.encode(images[s : s + EVAL_BATCH]) for s in range(0, len(images), EVAL_BATCH)]
+        [
+            model.encode(images[s : s + EVAL_BATCH].to(device))
+            for s in range(0, len(images), EVAL_BATCH)
+        ]
     )
     return float(1.0 / latents.float().std().clamp(min=1e-8))
 
@@ -163,22 +175,38 @@ def save_reconstruction_grid(model: VQVAE, images: torch.Tensor, path: Path) -> 
     """Originals (top half) above their reconstructions (bottom half), 8 to a row."""
     model.eval()
     with torch.no_grad():
-        recon = model(images).reconstruction.clamp(-1, 1)
+        recon = model(images.to(module_device(model))).reconstruction.clamp(-1, 1).cpu()
     save_grid(torch.cat([images, recon]), path, nrow=8)
 
 
-def train_vqvae(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train stage 1 as ``config`` says; returns the path of the EMA model checkpoint."""
+def train_vqvae(
+    config: ExperimentConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: torch.device | None = None,
+    group: Distributed = SINGLE,
+) -> Path:
+    """Train stage 1 as ``config`` says; returns the path of the EMA model checkpoint.
+
+    ``device`` defaults to the CPU; ``group`` is the torchrun process group (one process by
+    default): each rank trains on its slice of every global batch, and the quantiser all-reduces
+    its codebook statistics (:mod:`difflab.autoencoders.quantizer`).
+    """
     run, log = open_run(
         config,
         resume,
         build_vqvae_run,
         lambda r, p: restore_run_state(r, p, VQVAE_KIND, vqvae_meta(r)),
+        device=device,
+        group=group,
     )
     grid_images = run.dataset.images[:GRID_IMAGES]
 
     def micro_batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        loss, terms = vqvae_loss(run.net, run.dataset.images[index])
+        part = run.group.shard(len(index))
+        x = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
+        loss, terms = vqvae_loss(run.forward_module(), x)
         return loss, {**terms, "code_restarts": float(run.net.quantizer.restarts)}
 
     def exported_meta() -> dict[str, Any]:
@@ -203,7 +231,7 @@ def train_vqvae(config: ExperimentConfig, *, resume: bool = False, progress: boo
 
 def run_training(
     run: AutoencoderRun,
-    log: JsonlLog,
+    log: JsonlLog | None,
     micro_batch_loss: MicroBatchLoss,
     *,
     save_samples: Callable[[Path], None],
@@ -218,24 +246,27 @@ def run_training(
     """
     train_cfg = run.config.train
     out_dir = Path(train_cfg.out_dir)
-    bar = Progress(train_cfg.steps, run.step, enabled=progress)
+    group = run.group
+    bar = Progress(train_cfg.steps, run.step, enabled=progress and group.is_main)
     images_seen = 0
     while run.step < train_cfg.steps:
         run.net.train()
         logged = optimizer_update(run, micro_batch_loss)
-        if logged is None:  # a non-finite loss, skipped (train.skip_nonfinite)
-            continue
         images_seen += train_cfg.batch_size * train_cfg.grad_accum
+        if logged is None:  # a non-finite loss, skipped (train.skip_nonfinite)
+            note_skipped(run, bar, log)
+            continue
         last = run.step == train_cfg.steps
-        if run.step % train_cfg.log_every == 0 or last:
+        if log is not None and (run.step % train_cfg.log_every == 0 or last):
             speed = bar.update(run.step, logged["loss"], images_seen)
             log.write({"step": run.step, **logged, **speed})
         if run.step % train_cfg.sample_every == 0 or last:
-            save_samples(out_dir / "samples" / f"step_{run.step:07d}.png")
+            path = out_dir / "samples" / f"step_{run.step:07d}.png"
+            on_main(group, lambda path=path: save_samples(path))
         if last:
-            save_run_state(run, out_dir, meta(), final_meta())
+            on_main(group, lambda: save_run_state(run, out_dir, meta(), final_meta()))
         elif run.step % train_cfg.checkpoint_every == 0:
-            save_run_state(run, out_dir, meta(), meta())
+            on_main(group, lambda: save_run_state(run, out_dir, meta(), meta()))
     bar.close()
     return out_dir / MODEL_FILE
 
@@ -308,10 +339,11 @@ def prior_nll(
 ) -> dict[str, float]:
     """Test NLL of ``codes`` (N, h, w): nats and bits per code, bits per image dimension."""
     prior.eval()
+    device = module_device(prior)
     total = 0.0
     for start in range(0, len(codes), EVAL_BATCH):
-        batch = codes[start : start + EVAL_BATCH]
-        y = labels[start : start + EVAL_BATCH] if labels is not None else None
+        batch = codes[start : start + EVAL_BATCH].to(device)
+        y = labels[start : start + EVAL_BATCH].to(device) if labels is not None else None
         total += code_nll(prior, batch, y).item() * len(batch)
     nats = total / len(codes)
     length = prior.config.length
@@ -323,20 +355,33 @@ def prior_nll(
     }
 
 
-def train_prior(config: ExperimentConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train stage 2 as ``config`` says; returns the path of the EMA prior checkpoint."""
-    run, log = open_run(config, resume, build_prior_run, restore_prior_state)
+def train_prior(
+    config: ExperimentConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    device: torch.device | None = None,
+    group: Distributed = SINGLE,
+) -> Path:
+    """Train stage 2 as ``config`` says; returns the path of the EMA prior checkpoint.
+
+    ``device`` and ``group`` as for :func:`train_vqvae`.
+    """
+    run, log = open_run(
+        config, resume, build_prior_run, restore_prior_state, device=device, group=group
+    )
     assert run.codes is not None and run.autoencoder is not None
-    codes, autoencoder = run.codes, run.autoencoder
+    codes, autoencoder = run.codes, run.autoencoder.to(run.device)
     conditional = run.net.config.num_classes > 0
 
     def micro_batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        part = run.group.shard(len(index))
         labels = None
-        if conditional:
-            labels = run.dataset.labels[index]  # (B,)
-            drop = torch.rand(labels.shape, generator=run.generator) < config.train.label_dropout
-            labels = labels.masked_fill(drop, NULL_LABEL)
-        loss = code_nll(run.net, codes[index], labels)
+        if conditional:  # dropout drawn for the whole global batch, then sliced
+            drop = torch.rand(index.shape, generator=run.generator) < config.train.label_dropout
+            labels = run.dataset.labels[index].masked_fill(drop, NULL_LABEL)[part]
+            labels = labels.to(run.device)  # (B / world,)
+        loss = code_nll(run.forward_module(), codes[index[part]].to(run.device), labels)
         return loss, {"bits_per_code": bits_per_code(loss.item())}
 
     def final_meta() -> dict[str, Any]:
