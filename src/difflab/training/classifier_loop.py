@@ -37,10 +37,9 @@ from difflab.models.classifier import (
     classifier_config,
 )
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed, on_main
+from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer, build_schedule, check_train_config
-from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
@@ -49,7 +48,7 @@ from difflab.training.state import (
     run_meta,
     save_run_state,
 )
-from difflab.training.update import note_skipped, optimizer_update
+from difflab.training.update import run_training
 from difflab.utils.atomic import atomic_path
 
 ACCURACY_FILE = "accuracy_vs_t.json"
@@ -148,21 +147,18 @@ def noisy_classification_loss(
     return F.cross_entropy(logits.float(), labels), correct
 
 
-def train_classifier_step(run: ClassifierRun) -> tuple[float, float] | None:
-    """One optimizer update; (mean loss, training accuracy) over all ranks, ``None`` if skipped."""
-
-    def micro_batch_loss(index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        part = run.group.shard(len(index))
-        x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
-        labels = run.dataset.labels[index[part]].to(run.device)  # (B / world,)
-        t, eps = draw_noise(run.schedule, (len(index), *x0.shape[1:]), run.generator)
-        loss, right = noisy_classification_loss(
-            run.forward_module(), run.schedule, x0, labels, noise=(t[part], eps[part])
-        )
-        return loss, {"accuracy": right / len(x0)}
-
-    logged = optimizer_update(run, micro_batch_loss)
-    return None if logged is None else (logged["loss"], logged["accuracy"])
+def classifier_loss(
+    run: ClassifierRun, index: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of this rank's part of the global micro-batch ``index`` (B,), and accuracy."""
+    part = run.group.shard(len(index))
+    x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
+    labels = run.dataset.labels[index[part]].to(run.device)  # (B / world,)
+    t, eps = draw_noise(run.schedule, (len(index), *x0.shape[1:]), run.generator)
+    loss, right = noisy_classification_loss(
+        run.forward_module(), run.schedule, x0, labels, noise=(t[part], eps[part])
+    )
+    return loss, {"accuracy": right / len(x0)}
 
 
 def evaluation_timesteps(num_timesteps: int, count: int = EVAL_TIMESTEPS) -> list[int]:
@@ -267,34 +263,20 @@ def train_classifier(
     run, log = open_run(
         config, resume, build_classifier_run, restore_classifier_state, device=device, group=group
     )
-    train_cfg = config.train
-    bar = Progress(train_cfg.steps, run.step, enabled=progress and group.is_main)
-    images_seen = 0
-    run.net.train()
-    while run.step < train_cfg.steps:
-        result = train_classifier_step(run)
-        images_seen += train_cfg.batch_size * train_cfg.grad_accum
-        if result is None:
-            note_skipped(run, bar, log)
-            continue
-        loss, accuracy = result
-        last = run.step == train_cfg.steps
-        if log is not None and (run.step % train_cfg.log_every == 0 or last):
-            speed = bar.update(run.step, loss, images_seen)
-            log.write(
-                {
-                    "step": run.step,
-                    "loss": loss,
-                    "accuracy": accuracy,
-                    "lr": run.optimizer.param_groups[0]["lr"],
-                    **speed,
-                }
-            )
+
+    def save_state(last: bool) -> None:
         if last:
-            on_main(group, lambda: finish_classifier(run, out_dir))
-        elif run.step % train_cfg.checkpoint_every == 0:
-            on_main(group, lambda: save_classifier_state(run, out_dir))
-    bar.close()
+            finish_classifier(run, out_dir)
+        else:
+            save_classifier_state(run, out_dir)
+
+    run_training(
+        run,
+        log,
+        lambda index: classifier_loss(run, index),
+        save_state=save_state,
+        progress=progress,
+    )
     return out_dir / MODEL_FILE
 
 

@@ -29,9 +29,8 @@ from difflab.errors import DifflabError
 from difflab.models import build_model, model_config
 from difflab.samplers import ddim_sample
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed, on_main
+from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
-from difflab.training.progress import Progress
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
@@ -40,7 +39,7 @@ from difflab.training.state import (
     run_meta,
     save_run_state,
 )
-from difflab.training.update import note_skipped, optimizer_update
+from difflab.training.update import run_training
 from difflab.utils.images import save_grid
 
 
@@ -163,12 +162,6 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
     return denoising_loss(run.forward_module(), run.schedule, x0, cond, noise=noise), {}
 
 
-def train_step(run: TrainingRun) -> float | None:
-    """One optimizer update; the mean loss, or ``None`` for a skipped non-finite batch."""
-    logged = optimizer_update(run, lambda index: diffusion_loss(run, index))
-    return None if logged is None else logged["loss"]
-
-
 @torch.no_grad()
 def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     """DDIM samples of the EMA model with a fixed seed, so grids of successive steps compare."""
@@ -202,25 +195,12 @@ def train(
     run, log = open_run(
         config, resume, build_run, restore_training_state, device=device, group=group
     )
-    train_cfg = config.train
-    bar = Progress(train_cfg.steps, run.step, enabled=progress and group.is_main)
-    images_seen = 0
-    run.net.train()
-    while run.step < train_cfg.steps:
-        loss = train_step(run)
-        images_seen += train_cfg.batch_size * train_cfg.grad_accum
-        if loss is None:
-            note_skipped(run, bar, log)
-            continue
-        if log is not None and (run.step % train_cfg.log_every == 0 or run.step == train_cfg.steps):
-            speed = bar.update(run.step, loss, images_seen)
-            log.write(
-                {"step": run.step, "loss": loss, "lr": run.optimizer.param_groups[0]["lr"], **speed}
-            )
-        if run.step % train_cfg.sample_every == 0 or run.step == train_cfg.steps:
-            grid = out_dir / "samples" / f"step_{run.step:07d}.png"
-            on_main(group, lambda grid=grid: sample_grid(run, grid))
-        if run.step % train_cfg.checkpoint_every == 0 or run.step == train_cfg.steps:
-            on_main(group, lambda: save_training_state(run, out_dir))
-    bar.close()
+    run_training(
+        run,
+        log,
+        lambda index: diffusion_loss(run, index),
+        save_state=lambda last: save_training_state(run, out_dir),
+        save_samples=lambda path: sample_grid(run, path),
+        progress=progress,
+    )
     return out_dir / MODEL_FILE

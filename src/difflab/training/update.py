@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from difflab.errors import DifflabError
-from difflab.training.distributed import no_sync
+from difflab.training.distributed import no_sync, on_main
 from difflab.training.progress import JsonlLog, Progress
 from difflab.training.state import STATE_FILE, ResumableRun
 from difflab.utils.device import autocast
@@ -98,3 +98,45 @@ def note_skipped(run: ResumableRun, bar: Progress, log: JsonlLog | None) -> None
     )
     if log is not None:
         log.write({"step": run.step + 1, "skipped_nonfinite": run.skipped})
+
+
+def run_training(
+    run: ResumableRun,
+    log: JsonlLog | None,
+    micro_batch_loss: MicroBatchLoss,
+    *,
+    save_state: Callable[[bool], None],
+    save_samples: Callable[[Path], None] | None = None,
+    progress: bool = True,
+) -> None:
+    """Update ``run`` until ``train.steps``: the loop every trainer shares.
+
+    Logs ``loss``, the callback's named floats and the learning rate every ``log_every`` steps
+    (rank 0), calls ``save_samples(path)`` every ``sample_every`` steps and ``save_state(last)``
+    every ``checkpoint_every`` steps and after the last one (``last=True``), each on rank 0 while
+    the other ranks wait.
+    """
+    train = run.config.train
+    out_dir = Path(train.out_dir)
+    group = run.group
+    bar = Progress(train.steps, run.step, enabled=progress and group.is_main)
+    images_seen = 0
+    run.net.train()
+    while run.step < train.steps:
+        logged = optimizer_update(run, micro_batch_loss)
+        images_seen += train.batch_size * train.grad_accum
+        if logged is None:  # a non-finite loss, skipped (train.skip_nonfinite)
+            note_skipped(run, bar, log)
+            continue
+        last = run.step == train.steps
+        if log is not None and (run.step % train.log_every == 0 or last):
+            speed = bar.update(run.step, logged["loss"], images_seen)
+            lr = run.optimizer.param_groups[0]["lr"]
+            log.write({"step": run.step, **logged, "lr": lr, **speed})
+        if save_samples is not None and (run.step % train.sample_every == 0 or last):
+            path = out_dir / "samples" / f"step_{run.step:07d}.png"
+            on_main(group, lambda path=path: save_samples(path))
+            run.net.train()
+        if last or run.step % train.checkpoint_every == 0:
+            on_main(group, lambda last=last: save_state(last))
+    bar.close()

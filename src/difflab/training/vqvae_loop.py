@@ -1,6 +1,6 @@
 """Training the two stages of VQ-VAE: the autoencoder (``kind: vqvae``) and its prior (``kind: vqvae_prior``).
 
-Both share the optimisation of the other loops (:func:`difflab.training.update.optimizer_update`:
+Both share the loop of the other trainers (:func:`difflab.training.update.run_training`:
 AdamW, warm-up, accumulation, clipping, bf16, EMA weights) and their checkpoints, from which
 ``resume=True`` continues bit for bit.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,10 +52,9 @@ from difflab.pipelines.vqvae import (
 )
 from difflab.training.checkpoint import load_checkpoint
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed, on_main
+from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer, check_train_config
-from difflab.training.progress import JsonlLog, Progress
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
@@ -65,7 +63,7 @@ from difflab.training.state import (
     run_meta,
     save_run_state,
 )
-from difflab.training.update import MicroBatchLoss, note_skipped, optimizer_update
+from difflab.training.update import run_training
 from difflab.utils.images import save_grid
 
 EVAL_BATCH = 500
@@ -218,57 +216,20 @@ def train_vqvae(
         test = reconstruction_stats(model, load_split(config, "test").images)
         return {**vqvae_meta(run), "model": config_to_dict(model.config), "test": test}
 
-    return run_training(
+    run_training(
         run,
         log,
         micro_batch_loss,
+        save_state=lambda last: save_run_state(
+            run,
+            Path(config.train.out_dir),
+            vqvae_meta(run),
+            exported_meta() if last else vqvae_meta(run),
+        ),
         save_samples=lambda path: save_reconstruction_grid(run.ema.module, grid_images, path),
-        meta=lambda: vqvae_meta(run),
-        final_meta=exported_meta,
         progress=progress,
     )
-
-
-def run_training(
-    run: AutoencoderRun,
-    log: JsonlLog | None,
-    micro_batch_loss: MicroBatchLoss,
-    *,
-    save_samples: Callable[[Path], None],
-    meta: Callable[[], dict[str, Any]],
-    final_meta: Callable[[], dict[str, Any]],
-    progress: bool,
-) -> Path:
-    """Update until ``train.steps``, logging, saving sample grids and checkpoints on schedule.
-
-    ``meta()`` describes the run in every checkpoint; ``final_meta()`` (called once, after the
-    last step) describes the exported model, with its test statistics.
-    """
-    train_cfg = run.config.train
-    out_dir = Path(train_cfg.out_dir)
-    group = run.group
-    bar = Progress(train_cfg.steps, run.step, enabled=progress and group.is_main)
-    images_seen = 0
-    while run.step < train_cfg.steps:
-        run.net.train()
-        logged = optimizer_update(run, micro_batch_loss)
-        images_seen += train_cfg.batch_size * train_cfg.grad_accum
-        if logged is None:  # a non-finite loss, skipped (train.skip_nonfinite)
-            note_skipped(run, bar, log)
-            continue
-        last = run.step == train_cfg.steps
-        if log is not None and (run.step % train_cfg.log_every == 0 or last):
-            speed = bar.update(run.step, logged["loss"], images_seen)
-            log.write({"step": run.step, **logged, **speed})
-        if run.step % train_cfg.sample_every == 0 or last:
-            path = out_dir / "samples" / f"step_{run.step:07d}.png"
-            on_main(group, lambda path=path: save_samples(path))
-        if last:
-            on_main(group, lambda: save_run_state(run, out_dir, meta(), final_meta()))
-        elif run.step % train_cfg.checkpoint_every == 0:
-            on_main(group, lambda: save_run_state(run, out_dir, meta(), meta()))
-    bar.close()
-    return out_dir / MODEL_FILE
+    return Path(config.train.out_dir) / MODEL_FILE
 
 
 # ---- stage 2: the prior over codes -----------------------------------------------------------
@@ -391,15 +352,20 @@ def train_prior(
         labels = test.labels if conditional else None
         return {**prior_meta(run), "test": prior_nll(run.ema.module, test_codes, labels, dims)}
 
-    return run_training(
+    run_training(
         run,
         log,
         micro_batch_loss,
+        save_state=lambda last: save_run_state(
+            run,
+            Path(config.train.out_dir),
+            prior_meta(run),
+            final_meta() if last else prior_meta(run),
+        ),
         save_samples=lambda path: save_prior_samples(run.ema.module, autoencoder, path),
-        meta=lambda: prior_meta(run),
-        final_meta=final_meta,
         progress=progress,
     )
+    return Path(config.train.out_dir) / MODEL_FILE
 
 
 @torch.no_grad()
