@@ -176,9 +176,7 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("ema_sum", initial.clone())  # (K, D) m_i
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("steps_unused", torch.zeros(num_codes, dtype=torch.long))  # (K,)
-        self.register_buffer(
-            "restarts", torch.zeros((), dtype=torch.long)
-        )  # codes re-seeded so far
+        self.register_buffer("restarts", torch.zeros((), dtype=torch.long))  # codes re-seeded
 
     def extra_repr(self) -> str:
         return (
@@ -209,7 +207,6 @@ class VectorQuantizer(nn.Module):
             counts = torch.bincount(indices, minlength=self.num_codes).float()  # (K,)
             if self.training:  # statistics of the whole global batch; in eval mode, local ones
                 counts = _all_reduce_sum(counts)
-            if self.training:
                 if self.update == "ema":
                     self._ema_update(flat.detach(), indices, counts)
                 if self.restart_after:
