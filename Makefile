@@ -68,7 +68,7 @@ bench-guidance: install
 
 # VQ-VAE: the shipped models' reconstruction, prior NLL and samples beside the diffusion model's,
 # a codebook ablation on MNIST and Fashion-MNIST, quantiser speed vs vector-quantize-pytorch
-# (about 45 min on one core; --parts, --n, --ablation-steps: see the script).
+# (about 20 min on one core beside another job; --parts, --n, --ablation-steps: see the script).
 bench-vqvae: install
 	$(PY) benchmarks/vqvae_table.py
 

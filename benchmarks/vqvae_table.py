@@ -51,7 +51,7 @@ from difflab.errors import DifflabError
 from difflab.metrics.evaluate import evaluate_samples
 from difflab.pipelines import load_diffusion_model
 from difflab.pipelines.vqvae import load_code_prior, load_vqvae, sample_vqvae
-from difflab.training.checkpoint import load_checkpoint
+from difflab.training.checkpoint import load_checkpoint_meta
 from difflab.training.vqvae_loop import reconstruction_stats, train_vqvae
 
 NAME = "vqvae"
@@ -86,7 +86,7 @@ def part_models(n: int, sample_steps: int, quick: bool) -> dict[str, Any]:
     test = load_dataset("mnist", split="test", limit=200 if quick else None)
     vqvae = load_vqvae(VQVAE_WEIGHTS)
     reconstruction = reconstruction_stats(vqvae, test.images)
-    prior_meta = load_checkpoint(PRIOR_WEIGHTS)[1]
+    prior_meta = load_checkpoint_meta(PRIOR_WEIGHTS)
     prior, autoencoder = load_code_prior(PRIOR_WEIGHTS)
     labels = torch.arange(n) % prior.config.num_classes
     start = time.perf_counter()
@@ -141,8 +141,9 @@ def part_ablation(steps: int, quick: bool, run_root: Path) -> list[dict[str, Any
             if not model_path.exists():
                 train_vqvae(config, resume=(out_dir / "checkpoints").exists(), progress=False)
             seconds = time.perf_counter() - start
-            stats = reconstruction_stats(load_vqvae(model_path), test.images)
-            restarts = int(load_checkpoint(model_path)[0]["model.quantizer.restarts"])
+            model = load_vqvae(model_path)
+            stats = reconstruction_stats(model, test.images)
+            restarts = int(model.quantizer.restarts)
             rows.append(
                 {
                     "dataset": dataset,

@@ -82,6 +82,17 @@ class ExperimentConfig:
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def model_preset(self, example: str) -> tuple[str, dict[str, Any]]:
+        """(``model.preset``, the other ``model`` entries as overrides); no preset is an error."""
+        values = dict(self.model)
+        preset = values.pop("preset", None)
+        if preset is None:
+            raise DifflabError(
+                f"config section 'model' needs a 'preset' (e.g. {example}); see "
+                "`difflab info --presets`."
+            )
+        return preset, values
+
 
 def _closest(key: str, known: list[str]) -> str:
     match = difflib.get_close_matches(key, known, n=1)

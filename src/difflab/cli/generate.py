@@ -21,7 +21,7 @@ from difflab.data import load_dataset
 from difflab.errors import DifflabError
 from difflab.pipelines import load_diffusion_model
 from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
-from difflab.training.checkpoint import load_checkpoint
+from difflab.training.checkpoint import load_checkpoint_meta
 from difflab.training.distributed import Distributed, process_group, rank_seed
 from difflab.utils.device import select_device
 from difflab.utils.images import save_grid, save_images
@@ -126,7 +126,7 @@ def run_sample(args: argparse.Namespace) -> int:
     """Sample; under torchrun every rank draws its share of ``--n`` and rank 0 writes them all."""
     _check_count("n", args.n)
     out = _check_png(args.out)
-    if load_checkpoint(args.checkpoint)[1].get("kind") == PRIOR_KIND:
+    if load_checkpoint_meta(args.checkpoint).get("kind") == PRIOR_KIND:
         return _sample_vqvae_prior(args, out)
     with process_group(select_device(args.device).type) as group:
         return sample_shard(args, out, group)

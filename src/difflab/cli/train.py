@@ -13,7 +13,7 @@ from difflab.cli.common import add_device_argument
 from difflab.config import load_config
 from difflab.errors import DifflabError
 from difflab.training import train
-from difflab.training.checkpoint import load_checkpoint
+from difflab.training.checkpoint import load_checkpoint_meta
 from difflab.training.classifier_loop import train_classifier
 from difflab.training.distributed import process_group
 from difflab.training.vqvae_loop import train_prior, train_vqvae
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         elif config.kind == "classifier":
             path = train_classifier(config, **options)
             report = [f"trained noisy classifier: {path}"]
-            table = load_checkpoint(path)[1].get("accuracy_vs_t", []) if group.is_main else []
+            table = load_checkpoint_meta(path).get("accuracy_vs_t", []) if group.is_main else []
             if table:
                 summary = ", ".join(f"t={row['t']}: {row['accuracy']:.3f}" for row in table)
                 report.append(f"held-out accuracy by timestep: {summary}")
@@ -77,7 +77,7 @@ def train_autoencoder_kind(config: Any, options: dict[str, Any]) -> list[str]:
     if config.kind == "vqvae":
         path = train_vqvae(config, **options)
         report = [f"trained VQ-VAE: {path}"]
-        test = load_checkpoint(path)[1].get("test", {}) if options["group"].is_main else {}
+        test = load_checkpoint_meta(path).get("test", {}) if options["group"].is_main else {}
         if test:
             report.append(
                 f"test split: MSE {test['mse']:.5f}, PSNR {test['psnr']:.2f} dB, "
@@ -87,7 +87,7 @@ def train_autoencoder_kind(config: Any, options: dict[str, Any]) -> list[str]:
         return report
     path = train_prior(config, **options)
     report = [f"trained VQ-VAE prior: {path}"]
-    test = load_checkpoint(path)[1].get("test", {}) if options["group"].is_main else {}
+    test = load_checkpoint_meta(path).get("test", {}) if options["group"].is_main else {}
     if test:
         report.append(
             f"test split NLL: {test['bits_per_code']:.3f} bits per code (uniform: "

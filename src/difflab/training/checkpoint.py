@@ -78,7 +78,17 @@ def load_checkpoint(
     path: str | Path, kind: str | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read a checkpoint: (tensors, meta). ``kind`` (e.g. "diffusion") is checked when given."""
-    path = Path(path)
+    return _read_checkpoint(Path(path), kind, with_tensors=True)
+
+
+def load_checkpoint_meta(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """The JSON description of a checkpoint, without reading its tensors (checks as above)."""
+    return _read_checkpoint(Path(path), kind, with_tensors=False)[1]
+
+
+def _read_checkpoint(
+    path: Path, kind: str | None, *, with_tensors: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     if path.is_dir():
         raise DifflabError(
             f"checkpoint {path} is a folder, not a file; give the .safetensors file inside it "
@@ -96,7 +106,8 @@ def load_checkpoint(
     try:
         with safetensors.safe_open(str(path), framework="pt") as handle:
             raw_meta = (handle.metadata() or {}).get(METADATA_KEY)
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+            keys = handle.keys() if with_tensors else []
+            tensors = {key: handle.get_tensor(key) for key in keys}
     except Exception as error:  # safetensors raises its own error types for damaged files
         raise DifflabError(
             f"{path} is a damaged safetensors file ({error}); restore it from a good copy."

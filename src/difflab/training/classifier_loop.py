@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from difflab.config import ExperimentConfig
-from difflab.data import ImageDataset, load_configured_split
+from difflab.data import load_configured_split
 from difflab.diffusion import NoiseSchedule, draw_noise
 from difflab.errors import DifflabError
 from difflab.models.classifier import (
@@ -65,10 +65,6 @@ class ClassifierRun(ResumableRun):
     schedule: NoiseSchedule
 
 
-def _load_split(config: ExperimentConfig, split: str, limit: int | None) -> ImageDataset:
-    return load_configured_split(config.data, split, limit)
-
-
 def build_classifier_run(config: ExperimentConfig) -> ClassifierRun:
     """Load the labelled data and build classifier, schedule, EMA and optimizer from a config."""
     if config.kind != CLASSIFIER_KIND:
@@ -76,18 +72,13 @@ def build_classifier_run(config: ExperimentConfig) -> ClassifierRun:
             f"a noisy classifier is trained from a 'kind: {CLASSIFIER_KIND}' config, not "
             f"'kind: {config.kind}'."
         )
-    dataset = _load_split(config, "train", config.data.limit)
+    dataset = load_configured_split(config.data, "train")
     if dataset.num_classes == 0:
         raise DifflabError(
             f"dataset {dataset.name!r} has no labels, so a classifier cannot be trained on it; "
             "use a labelled dataset (mnist, fashion-mnist, digits, or a folder of class folders)."
         )
-    model_values = dict(config.model)
-    preset = model_values.pop("preset", None)
-    if preset is None:
-        raise DifflabError(
-            "config section 'model' needs a 'preset' (e.g. classifier-mnist) for a classifier."
-        )
+    preset, model_values = config.model_preset("classifier-mnist")
     model_values.setdefault("image_size", dataset.image_size)
     model_values.setdefault("in_channels", dataset.channels)
     model_values.setdefault("num_classes", dataset.num_classes)
@@ -235,7 +226,7 @@ def held_out_accuracy(run: ClassifierRun) -> list[dict[str, float]]:
     Uses the first EVAL_IMAGES test images, or fewer when ``data.limit`` is smaller.
     """
     limit = min(EVAL_IMAGES, run.config.data.limit or EVAL_IMAGES)
-    test = _load_split(run.config, "test", limit)
+    test = load_configured_split(run.config.data, "test", limit)
     return accuracy_by_timestep(
         run.ema.module,
         run.schedule,

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig
-from difflab.data import load_dataset
+from difflab.data import load_configured_split
 from difflab.diffusion import (
     Conditioning,
     Denoiser,
@@ -53,22 +53,8 @@ class TrainingRun(ResumableRun):
 
 def build_run(config: ExperimentConfig) -> TrainingRun:
     """Load the data and build model, schedule, EMA and optimizer from a config."""
-    data = config.data
-    dataset = load_dataset(
-        data.name,
-        split="train",
-        data_dir=data.data_dir,
-        image_size=data.image_size,
-        channels=data.channels,
-        pad_to_32=data.pad_to_32,
-        limit=data.limit,
-    )
-    model_values = dict(config.model)
-    preset = model_values.pop("preset", None)
-    if preset is None:
-        raise DifflabError(
-            "config section 'model' needs a 'preset' (e.g. unet-mnist); see `difflab info --presets`."
-        )
+    dataset = load_configured_split(config.data, "train")
+    preset, model_values = config.model_preset("unet-mnist")
     model_values.setdefault("image_size", dataset.image_size)
     model_values.setdefault("in_channels", dataset.channels)
     model_values.setdefault("out_channels", dataset.channels)

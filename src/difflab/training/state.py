@@ -102,8 +102,11 @@ def save_run_state(
 
 def restore_run_state(
     run: ResumableRun, path: Path, kind: str, current_meta: dict[str, Any]
-) -> None:
-    """Put model, EMA, optimizer, data order, RNG states and step back as ``path`` recorded them."""
+) -> dict[str, Any]:
+    """Put model, EMA, optimizer, data order, RNG states and step back as ``path`` recorded them.
+
+    Returns the state file's JSON, for a loop that checks more of it.
+    """
     tensors, meta = load_checkpoint(path, kind=kind)
     for section in MODEL_SECTIONS:
         if meta.get(section) != current_meta.get(section):
@@ -128,6 +131,7 @@ def restore_run_state(
         len(run.dataset), train.batch_size, train.seed, state["epoch"], state["position"]
     )
     run.step = meta["step"]
+    return meta
 
 
 def resume_path(out_dir: Path, resume: bool) -> Path | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,11 @@ from difflab.pipelines.vqvae import (
     module_device,
     sample_vqvae,
 )
-from difflab.training.checkpoint import load_checkpoint
 from difflab.training.data_order import BatchStream
 from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer, check_train_config
+from difflab.training.progress import JsonlLog
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
@@ -63,7 +64,7 @@ from difflab.training.state import (
     run_meta,
     save_run_state,
 )
-from difflab.training.update import run_training
+from difflab.training.update import MicroBatchLoss, run_training
 from difflab.utils.images import save_grid
 
 EVAL_BATCH = 500
@@ -77,18 +78,7 @@ class AutoencoderRun(ResumableRun):
 
     codes: torch.Tensor | None = None  # stage 2: (N, h, w) code grids of the dataset
     autoencoder: VQVAE | None = None  # stage 2: the frozen stage-1 model
-
-
-def load_split(config: ExperimentConfig, split: str) -> ImageDataset:
-    return load_configured_split(config.data, split)
-
-
-def _model_values(config: ExperimentConfig, example: str) -> tuple[str, dict[str, Any]]:
-    values = dict(config.model)
-    preset = values.pop("preset", None)
-    if preset is None:
-        raise DifflabError(f"config section 'model' needs a 'preset' (e.g. {example}).")
-    return preset, values
+    autoencoder_digest: str | None = None  # stage 2: SHA-256 of the stage-1 checkpoint file
 
 
 def _new_run(
@@ -107,13 +97,39 @@ def _new_run(
     )
 
 
+def train_and_export(
+    run: AutoencoderRun,
+    log: JsonlLog | None,
+    micro_batch_loss: MicroBatchLoss,
+    *,
+    meta: Callable[[], dict[str, Any]],
+    final_meta: Callable[[], dict[str, Any]],
+    save_samples: Callable[[Path], None],
+    progress: bool,
+) -> Path:
+    """Run the shared loop; every checkpoint describes the run with ``meta()``, and the exported
+    model after the last step with ``final_meta()`` (its test statistics). Returns its path."""
+    out_dir = Path(run.config.train.out_dir)
+    run_training(
+        run,
+        log,
+        micro_batch_loss,
+        save_state=lambda last: save_run_state(
+            run, out_dir, meta(), final_meta() if last else meta()
+        ),
+        save_samples=save_samples,
+        progress=progress,
+    )
+    return out_dir / MODEL_FILE
+
+
 # ---- stage 1: the autoencoder -------------------------------------------------------------
 
 
 def build_vqvae_run(config: ExperimentConfig) -> AutoencoderRun:
     """Load the training images and build the VQ-VAE, its EMA copy and the optimizer."""
-    dataset = load_split(config, "train")
-    preset, values = _model_values(config, "vqvae-mnist")
+    dataset = load_configured_split(config.data, "train")
+    preset, values = config.model_preset("vqvae-mnist")
     values.setdefault("image_size", dataset.image_size)
     values.setdefault("in_channels", dataset.channels)
     net_config = vqvae_config(preset, **values)
@@ -213,23 +229,18 @@ def train_vqvae(
         model = run.ema.module
         scale = measure_latent_scale(model, run.dataset.images[:LATENT_SCALE_IMAGES])
         model.config = dataclasses.replace(model.config, latent_scale=scale)
-        test = reconstruction_stats(model, load_split(config, "test").images)
+        test = reconstruction_stats(model, load_configured_split(config.data, "test").images)
         return {**vqvae_meta(run), "model": config_to_dict(model.config), "test": test}
 
-    run_training(
+    return train_and_export(
         run,
         log,
         micro_batch_loss,
-        save_state=lambda last: save_run_state(
-            run,
-            Path(config.train.out_dir),
-            vqvae_meta(run),
-            exported_meta() if last else vqvae_meta(run),
-        ),
+        meta=lambda: vqvae_meta(run),
+        final_meta=exported_meta,
         save_samples=lambda path: save_reconstruction_grid(run.ema.module, grid_images, path),
         progress=progress,
     )
-    return Path(config.train.out_dir) / MODEL_FILE
 
 
 # ---- stage 2: the prior over codes -----------------------------------------------------------
@@ -247,7 +258,7 @@ def _autoencoder_path(config: ExperimentConfig) -> Path:
 def build_prior_run(config: ExperimentConfig) -> AutoencoderRun:
     """Encode the training split with the frozen VQ-VAE and build the prior and its optimizer."""
     autoencoder = load_vqvae(_autoencoder_path(config))
-    dataset = load_split(config, "train")
+    dataset = load_configured_split(config.data, "train")
     ae = autoencoder.config
     if (ae.in_channels, ae.image_size) != (dataset.channels, dataset.image_size):
         raise DifflabError(
@@ -255,7 +266,7 @@ def build_prior_run(config: ExperimentConfig) -> AutoencoderRun:
             f"{ae.image_size} images but dataset {dataset.name!r} has {dataset.channels}x"
             f"{dataset.image_size}x{dataset.image_size}; use the dataset it was trained on."
         )
-    preset, values = _model_values(config, "prior-mnist")
+    preset, values = config.model_preset("prior-mnist")
     values.setdefault("num_codes", ae.num_codes)
     values.setdefault("grid_size", ae.grid_size)
     net_config = prior_config(preset, **values)
@@ -273,25 +284,33 @@ def build_prior_run(config: ExperimentConfig) -> AutoencoderRun:
     check_train_config(config.train, net_config)
     codes = encode_to_codes(autoencoder, dataset.images)  # (N, h, w)
     torch.manual_seed(config.train.seed)
-    return _new_run(config, dataset, CodePrior(net_config), codes=codes, autoencoder=autoencoder)
+    return _new_run(
+        config,
+        dataset,
+        CodePrior(net_config),
+        codes=codes,
+        autoencoder=autoencoder,
+        autoencoder_digest=file_digest(_autoencoder_path(config)),
+    )
 
 
 def prior_meta(run: AutoencoderRun) -> dict[str, Any]:
-    path = _autoencoder_path(run.config)
     return {
         **run_meta(run, PRIOR_KIND, PRIOR_ARCH),
-        "autoencoder": {"path": str(path), "sha256": file_digest(path)},
+        "autoencoder": {
+            "path": str(_autoencoder_path(run.config)),
+            "sha256": run.autoencoder_digest,
+        },
     }
 
 
 def restore_prior_state(run: AutoencoderRun, path: Path) -> None:
-    _, meta = load_checkpoint(path, kind=PRIOR_KIND)
-    if meta.get("autoencoder", {}).get("sha256") != prior_meta(run)["autoencoder"]["sha256"]:
+    meta = restore_run_state(run, path, PRIOR_KIND, prior_meta(run))
+    if meta.get("autoencoder", {}).get("sha256") != run.autoencoder_digest:
         raise DifflabError(
             f"{path} was trained on the codes of another autoencoder than {run.config.autoencoder}; "
             "resume with the same autoencoder or use a new train.out_dir."
         )
-    restore_run_state(run, path, PRIOR_KIND, prior_meta(run))
 
 
 @torch.no_grad()
@@ -346,26 +365,21 @@ def train_prior(
         return loss, {"bits_per_code": bits_per_code(loss.item())}
 
     def final_meta() -> dict[str, Any]:
-        test = load_split(config, "test")
+        test = load_configured_split(config.data, "test")
         dims = test.channels * test.image_size**2
         test_codes = encode_to_codes(autoencoder, test.images)
         labels = test.labels if conditional else None
         return {**prior_meta(run), "test": prior_nll(run.ema.module, test_codes, labels, dims)}
 
-    run_training(
+    return train_and_export(
         run,
         log,
         micro_batch_loss,
-        save_state=lambda last: save_run_state(
-            run,
-            Path(config.train.out_dir),
-            prior_meta(run),
-            final_meta() if last else prior_meta(run),
-        ),
+        meta=lambda: prior_meta(run),
+        final_meta=final_meta,
         save_samples=lambda path: save_prior_samples(run.ema.module, autoencoder, path),
         progress=progress,
     )
-    return Path(config.train.out_dir) / MODEL_FILE
 
 
 @torch.no_grad()
