@@ -112,13 +112,15 @@ PAPER_TABLE4: dict[str, tuple[float, float]] = {
 
 @dataclass(frozen=True)
 class Model:
-    """One network of the study: a label for tables, a preset and overrides of its fields."""
+    """One network of the study: a label for tables, a preset, overrides of its fields and of
+    the training recipe (``train.*`` keys of configs/dit_mnist.yaml)."""
 
     label: str
     preset: str
     overrides: dict[str, Any] = field(default_factory=dict)
     width: str = ""  # "S" / "B": the series of the scaling plot
     patch: int = 0
+    train_overrides: dict[str, Any] = field(default_factory=dict)
 
     def config(self) -> tuple[str, Any]:
         """(architecture, config) at MNIST's size, class-conditional."""
@@ -128,6 +130,13 @@ class Model:
 
 def dit(width: str, patch: int) -> Model:
     return Model(f"{width}/{patch}", f"dit-mnist-{width.lower()}-{patch}", width=width, patch=patch)
+
+
+def unet_model(preset: str) -> Model:
+    """The U-Net of part 3, trained at the learning rate of its own recipe (configs/mnist.yaml):
+    the DiT recipe's large rate is tuned for transformers, and the comparison is of backbones."""
+    lr = load_config(REPO / "configs" / "mnist.yaml").train.lr
+    return Model("U-Net", preset, train_overrides={"lr": lr})
 
 
 def tiny_dit(width: int, patch: int) -> Model:
@@ -155,8 +164,9 @@ class Settings:
         dit("B", 4),
         dit("B", 2),
     )
-    unet: Model = Model("U-Net", UNET_PRESET)
+    unet: Model = field(default_factory=lambda: unet_model(UNET_PRESET))
     speed: tuple[Model, ...] = (dit("S", 4), dit("B", 4), dit("B", 2))
+    only: tuple[str, ...] = ()  # labels parts 1 and 3 are limited to (--models); () = all
     # training (parts 1 and 3): the same number of images for every model
     train_images: int = 384_000
     batch_size: int = 128
@@ -186,7 +196,7 @@ class Settings:
             parts=parts,
             scaling=tiny,
             unet_candidates=tiny,
-            unet=Model("U-Net", "unet-tiny"),
+            unet=unet_model("unet-tiny"),
             speed=(tiny_dit(32, 4),),
             train_images=48,
             batch_size=16,
@@ -235,13 +245,17 @@ def model_facts(model: Model) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- parts 1 and 3
 
 
+def run_dir(model: Model, runs_dir: Path) -> Path:
+    return runs_dir / model.label.replace("/", "-")
+
+
 def train_model(model: Model, settings: Settings, runs_dir: Path) -> dict[str, Any]:
     """Train ``model`` with configs/dit_mnist.yaml for ``settings.train_steps`` steps (or reuse).
 
     Returns ``{"checkpoint", "train_seconds", "train_images_per_second", "reused"}``; the timing
     of a run is stored beside it (``benchmark.json``) so that a reused run still reports it.
     """
-    out_dir = runs_dir / model.label.replace("/", "-")
+    out_dir = run_dir(model, runs_dir)
     record = out_dir / "benchmark.json"
     if record.exists():
         done = json.loads(record.read_text())
@@ -258,6 +272,7 @@ def train_model(model: Model, settings: Settings, runs_dir: Path) -> dict[str, A
         f"train.log_every={max(1, settings.train_steps // 20)}",
         f"train.sample_steps={settings.sample_steps}",
         *(f"model.{key}={json.dumps(value)}" for key, value in model.overrides.items()),
+        *(f"train.{key}={json.dumps(value)}" for key, value in model.train_overrides.items()),
     ]
     if settings.data_limit is not None:
         overrides.append(f"data.limit={settings.data_limit}")
@@ -308,16 +323,40 @@ def sample_and_score(checkpoint: str, settings: Settings, guidance_scale: float)
     }
 
 
+def stored_score(
+    model: Model, settings: Settings, guidance_scale: float, runs_dir: Path
+) -> dict[str, Any]:
+    """:func:`sample_and_score` of a finished run, kept in ``scores.json`` beside it.
+
+    The key holds everything the score depends on (training steps, n, DDIM steps, w, seed), so a
+    rerun of the report, or a run of another part that evaluates the same model, samples nothing.
+    """
+    out_dir = run_dir(model, runs_dir)
+    store = out_dir / "scores.json"
+    scores = json.loads(store.read_text()) if store.exists() else {}
+    key = (
+        f"train_steps={settings.train_steps},n={settings.sample_n},"
+        f"sample_steps={settings.sample_steps},w={guidance_scale:g},seed={settings.seed}"
+    )
+    if key not in scores:
+        record = json.loads((out_dir / "benchmark.json").read_text())
+        scores[key] = sample_and_score(record["checkpoint"], settings, guidance_scale)
+        write_json(store, scores)
+    return scores[key]
+
+
 def study(models: Sequence[Model], settings: Settings, runs_dir: Path) -> list[dict[str, Any]]:
     """Train (or reuse) and evaluate each model, with and without guidance."""
     rows = []
     for model in models:
+        if settings.only and model.label not in settings.only:
+            continue
         print(f"[{NAME}] {model.label} ({model.preset}): {settings.train_steps} training steps")
         run = train_model(model, settings, runs_dir)
         if run["reused"]:
             print(f"[{NAME}] {model.label}: reused the finished run {run['checkpoint']}")
         scores = {
-            f"w={w:g}": sample_and_score(run["checkpoint"], settings, w)
+            f"w={w:g}": stored_score(model, settings, w, runs_dir)
             for w in (1.0, settings.guidance_scale)
         }
         row = {**model_facts(model), "width": model.width, "patch": model.patch, **run}
@@ -539,7 +578,7 @@ def run(settings: Settings, runs_dir: Path) -> dict[str, Any]:
         "settings": {
             k: v
             for k, v in dataclasses.asdict(settings).items()
-            if k not in ("scaling", "unet_candidates", "unet", "speed")
+            if k not in ("scaling", "unet_candidates", "unet", "speed", "only")
         },
         "paper_table4": {k: {"gflops": g, "fid_400k": f} for k, (g, f) in PAPER_TABLE4.items()},
     }
@@ -753,6 +792,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--speed-models", help="comma list of part-2 models, e.g. S/4,B/4 (default S/4,B/4,B/2)"
     )
+    parser.add_argument(
+        "--models",
+        help="comma list of the labels parts 1 and 3 train and score, e.g. S/7,B/4 or U-Net "
+        "(default all); lets two processes share the work, a later full run reuses it",
+    )
     parser.add_argument("--sample-steps", type=int, help="DDIM steps for the FD samples")
     parser.add_argument("--guidance-scale", type=float, help="classifier-free weight w")
     parser.add_argument("--threads", type=int, help="torch threads")
@@ -779,6 +823,8 @@ def make_settings(args: argparse.Namespace) -> Settings:
         changes["speed"] = tuple(
             dit(name.split("/")[0], int(name.split("/")[1])) for name in chosen
         )
+    if args.models:
+        changes["only"] = tuple(name.strip() for name in args.models.split(",") if name.strip())
     for name, value in (
         ("train_images", args.train_images),
         ("sample_n", args.n),

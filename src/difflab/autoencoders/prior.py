@@ -14,7 +14,7 @@ The codes of an image are read in raster order, c_1 .. c_L (L = h * w). The inpu
 with the start token the class embedding of y (one extra row, :data:`NULL_LABEL` mapped to it, for
 "no label": the unconditional model, and label dropout for classifier-free use) or a learned start
 vector when the prior is unconditional. Blocks are pre-LayerNorm causal self-attention and a GELU
-MLP, attention through :func:`difflab.nn.fused_attention`.
+MLP, attention through :func:`difflab.nn.packed_attention`.
 
 Negative log-likelihood is reported in bits: per code (``log2 K`` for a uniform prior) and per
 image dimension (total bits of the grid / (C * H * W) of the image it decodes to).
@@ -33,7 +33,7 @@ from torch import nn
 from difflab.config import dataclass_from_dict
 from difflab.diffusion.conditioning import NULL_LABEL
 from difflab.errors import DifflabError
-from difflab.nn import fused_attention
+from difflab.nn import packed_attention
 
 PRIOR_KIND = "vqvae_prior"
 PRIOR_ARCH = "code_transformer"
@@ -103,7 +103,7 @@ class CausalBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, D = x.shape
         qkv = self.qkv(self.norm1(x)).view(B, T, 3, self.num_heads, D // self.num_heads)
-        x = x + self.dropout(self.proj(fused_attention(qkv, causal=True).reshape(B, T, D)))
+        x = x + self.dropout(self.proj(packed_attention(qkv, causal=True).reshape(B, T, D)))
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 

@@ -1,6 +1,6 @@
 """Layers shared by the models: timestep embeddings, attention, residual blocks."""
 
-from difflab.nn.attention import SpatialSelfAttention, fused_attention
+from difflab.nn.attention import SpatialSelfAttention, packed_attention
 from difflab.nn.blocks import Downsample, ResBlock, Upsample, group_norm
 from difflab.nn.embedding import TimestepEmbedding, sinusoidal_embedding
 
@@ -10,7 +10,7 @@ __all__ = [
     "SpatialSelfAttention",
     "TimestepEmbedding",
     "Upsample",
-    "fused_attention",
     "group_norm",
+    "packed_attention",
     "sinusoidal_embedding",
 ]
