@@ -19,7 +19,10 @@ Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023), reprod
    diffusers' DiT has its own timestep/label embedding in every block, so it has more
    parameters and FLOPs; both counts are reported, and the ratio is of images/s.
 3. **DiT vs U-Net at matched GFLOPs**: ``unet-mnist`` and the DiT preset nearest to it in GFLOPs,
-   trained with the same recipe and number of images; FD (w = 1 and CFG) and wall times.
+   trained on the same number of images with the same recipe except the learning rate (each
+   backbone's own: the U-Net's from configs/mnist.yaml); FD (w = 1 and CFG) and wall times.
+4. **The shipped checkpoint** ``weights/dit_mnist_s4.safetensors``: FD-MNIST, precision, recall
+   and label accuracy with and without guidance, sampled as in part 1.
 
 The inputs of part 2 are synthetic (random images); parts 1 and 3 train on MNIST. Runs are kept
 in ``runs/dit_scaling/<label>`` and reused when complete (resumed when not), so a long study can
@@ -82,7 +85,8 @@ NAME = "dit_scaling"
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "dit_mnist.yaml"
 RUNS_DIR = REPO / "runs" / "dit_scaling"
-PARTS = ("scaling", "speed", "unet")
+PARTS = ("scaling", "speed", "unet", "shipped")
+SHIPPED = REPO / "weights" / "dit_mnist_s4.safetensors"
 PRECISIONS = ("fp32", "bf16")
 NUM_CLASSES = 10
 NUM_TIMESTEPS = 1000
@@ -360,6 +364,7 @@ def study(models: Sequence[Model], settings: Settings, runs_dir: Path) -> list[d
             for w in (1.0, settings.guidance_scale)
         }
         row = {**model_facts(model), "width": model.width, "patch": model.patch, **run}
+        row["train_overrides"] = model.train_overrides
         row["scores"] = scores
         print(
             f"[{NAME}] {model.label}: "
@@ -581,6 +586,7 @@ def run(settings: Settings, runs_dir: Path) -> dict[str, Any]:
             if k not in ("scaling", "unet_candidates", "unet", "speed", "only")
         },
         "paper_table4": {k: {"gflops": g, "fid_400k": f} for k, (g, f) in PAPER_TABLE4.items()},
+        "recipe": dataclasses.asdict(load_config(CONFIG).train),
     }
     if "scaling" in settings.parts:
         rows = study(settings.scaling, settings, runs_dir)
@@ -594,19 +600,48 @@ def run(settings: Settings, runs_dir: Path) -> dict[str, Any]:
         report["speed"] = [speed(m, settings, peak["gflops"]) for m in settings.speed]
     if "unet" in settings.parts:
         report["unet_vs_dit"] = study((settings.unet, matched_dit(settings)), settings, runs_dir)
+    if "shipped" in settings.parts:
+        report["shipped"] = {
+            "checkpoint": str(SHIPPED.relative_to(REPO)),
+            "scores": {
+                f"w={w:g}": sample_and_score(str(SHIPPED), settings, w)
+                for w in (1.0, settings.guidance_scale)
+            },
+        }
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
     w = report["settings"]["guidance_scale"]
     lines = [f"# DiT on MNIST{' (quick: numbers measure nothing)' if report['quick'] else ''}", ""]
+    settings = report["settings"]
+    if "scaling" in report or "unet_vs_dit" in report:
+        steps = max(1, settings["train_images"] // settings["batch_size"])
+        lines += [
+            f"Training (parts 1 and 3): {steps * settings['batch_size']} images per model "
+            f"({steps} steps of {settings['batch_size']}), configs/dit_mnist.yaml "
+            f"(lr {report['recipe']['lr']:g}, warm-up {report['recipe']['warmup_steps']}, "
+            f"EMA {report['recipe']['ema_decay']:g}, bf16). Scores: FD-MNIST, precision/recall "
+            f"and label accuracy of {settings['sample_n']} samples (classes in turn), "
+            f"DDIM-{settings['sample_steps']}, EMA weights, seed {settings['seed']}.",
+            "",
+        ]
     if "scaling" in report:
         rows = report["scaling"]["rows"]
         lines += [
             "## Scaling: FD-MNIST vs forward GFLOPs",
             "",
             markdown_table(
-                ["model", "preset", "params (M)", "GFLOPs", "FD w=1", f"FD w={w:g}", "acc w=1"],
+                [
+                    "model",
+                    "preset",
+                    "params (M)",
+                    "GFLOPs",
+                    "FD w=1",
+                    f"FD w={w:g}",
+                    "acc w=1",
+                    f"acc w={w:g}",
+                ],
                 [
                     [
                         r["label"],
@@ -616,6 +651,7 @@ def markdown(report: dict[str, Any]) -> str:
                         r["scores"]["w=1"]["fd"],
                         r["scores"][f"w={w:g}"]["fd"],
                         r["scores"]["w=1"]["label_accuracy"],
+                        r["scores"][f"w={w:g}"]["label_accuracy"],
                     ]
                     for r in rows
                 ],
@@ -678,18 +714,49 @@ def markdown(report: dict[str, Any]) -> str:
             "## DiT vs U-Net at matched GFLOPs",
             "",
             markdown_table(
-                ["model", "preset", "GFLOPs", "FD w=1", f"FD w={w:g}", "train s", "sample s (w=1)"],
+                [
+                    "model",
+                    "preset",
+                    "GFLOPs",
+                    "lr",
+                    "FD w=1",
+                    f"FD w={w:g}",
+                    "train s",
+                    "sample s (w=1)",
+                ],
                 [
                     [
                         r["label"],
                         r["preset"],
                         r["gflops"],
+                        r.get("train_overrides", {}).get("lr", report["recipe"]["lr"]),
                         r["scores"]["w=1"]["fd"],
                         r["scores"][f"w={w:g}"]["fd"],
                         r["train_seconds"],
                         r["scores"]["w=1"]["sample_seconds"],
                     ]
                     for r in report["unet_vs_dit"]
+                ],
+            ),
+            "",
+        ]
+    if "shipped" in report:
+        scores = report["shipped"]["scores"]
+        lines += [
+            f"## The shipped checkpoint {report['shipped']['checkpoint']}",
+            "",
+            markdown_table(
+                ["w", "FD-MNIST", "precision", "recall", "label accuracy", "sample s"],
+                [
+                    [
+                        key,
+                        v["fd"],
+                        v["precision"],
+                        v["recall"],
+                        v["label_accuracy"],
+                        v["sample_seconds"],
+                    ]
+                    for key, v in scores.items()
                 ],
             ),
             "",
