@@ -269,7 +269,7 @@ def test_squeezenet_with_weight_files(tmp_path):
     """SqueezeNet 1.1 runs from user-given files (random backbone here; none ships offline)."""
     from safetensors.torch import save_file
 
-    from difflab.metrics.pretrained import SqueezeNetFeatures
+    from difflab.metrics.backbones import SqueezeNetFeatures
 
     generator = torch.Generator().manual_seed(0)
     backbone = SqueezeNetFeatures(weights=None)

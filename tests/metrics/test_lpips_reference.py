@@ -25,12 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.metrics import LPIPS
-from difflab.metrics.pretrained import (
-    FrozenConv2d,
-    build_backbone,
-    canonical_net,
-    official_lpips_weight_file,
-)
+from difflab.metrics.backbones import FrozenConv2d, build_backbone
+from difflab.metrics.pretrained import canonical_net, official_lpips_weight_file
 from tests.metrics.test_lpips import (
     EXAMPLES,
     gaussian_blur,

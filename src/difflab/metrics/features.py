@@ -39,7 +39,7 @@ from torch import nn
 import difflab
 from difflab.data.transforms import convert_channels, resize_images
 from difflab.errors import DifflabError
-from difflab.metrics.pretrained import build_backbone, imagenet_normalize  # the one loader
+from difflab.metrics.backbones import build_backbone, imagenet_normalize  # the one loader
 from difflab.models.classifier_cnn import CHECKPOINT_KIND, FeatureCNN, FeatureCNNConfig
 from difflab.training.checkpoint import load_checkpoint, load_weights_strict
 

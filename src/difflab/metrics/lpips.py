@@ -38,10 +38,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from difflab.errors import DifflabError
+from difflab.metrics.backbones import FeatureNetwork, build_backbone
 from difflab.metrics.pretrained import (
     BUNDLED_NET_NAMES,
-    FeatureNetwork,
-    build_backbone,
     canonical_net,
     load_lpips_linear_weights,
     official_lpips_weight_file,
