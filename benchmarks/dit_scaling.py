@@ -26,7 +26,10 @@ Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023), reprod
 
 The inputs of part 2 are synthetic (random images); parts 1 and 3 train on MNIST. Runs are kept
 in ``runs/dit_scaling/<label>`` and reused when complete (resumed when not), so a long study can
-be stopped and continued. ``--plan-only`` prints the models, their GFLOPs and the training FLOPs
+be stopped and continued; each model's scores are kept beside its run (``scores.json``). A run of
+some parts (``--parts speed``) keeps the other parts of the earlier result file, each with the
+machine and settings it ran with, and ``--models`` lets two processes share parts 1 and 3 (a
+later full run reuses their work). ``--plan-only`` prints the models, their GFLOPs and the training FLOPs
 of the plan, and stops.
 
     python benchmarks/dit_scaling.py                      # make bench-dit (hours on 2 cores)
@@ -575,18 +578,32 @@ def speed(model: Model, settings: Settings, peak_gflops: float) -> dict[str, Any
 # ----------------------------------------------------------------------------- report
 
 
+PART_KEYS: dict[str, tuple[str, ...]] = {
+    "scaling": ("scaling",),
+    "speed": ("speed", "bf16_matmul"),
+    "unet": ("unet_vs_dit",),
+    "shipped": ("shipped",),
+}
+"""The report keys each part writes."""
+
+
 def run(settings: Settings, runs_dir: Path) -> dict[str, Any]:
-    report: dict[str, Any] = {
-        "name": NAME,
-        "quick": settings.quick,
+    """The report of the parts in ``settings.parts``; ``report["runs"][part]`` records the
+    machine, settings and training recipe each part ran with."""
+    about = {
         "machine": machine_info(("diffusers",)),
         "settings": {
             k: v
             for k, v in dataclasses.asdict(settings).items()
             if k not in ("scaling", "unet_candidates", "unet", "speed", "only")
         },
-        "paper_table4": {k: {"gflops": g, "fid_400k": f} for k, (g, f) in PAPER_TABLE4.items()},
         "recipe": dataclasses.asdict(load_config(CONFIG).train),
+    }
+    report: dict[str, Any] = {
+        "name": NAME,
+        "quick": settings.quick,
+        "paper_table4": {k: {"gflops": g, "fid_400k": f} for k, (g, f) in PAPER_TABLE4.items()},
+        "runs": {part: about for part in settings.parts},
     }
     if "scaling" in settings.parts:
         rows = study(settings.scaling, settings, runs_dir)
@@ -611,25 +628,51 @@ def run(settings: Settings, runs_dir: Path) -> dict[str, Any]:
     return report
 
 
+def merge_earlier_parts(report: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``report`` plus the parts it did not run, taken from the earlier report at ``path``.
+
+    So ``--parts speed`` reruns one part without dropping the others from the result files;
+    each part keeps the machine and settings it ran with (``report["runs"]``).
+    """
+    if not path.is_file():
+        return report
+    earlier = json.loads(path.read_text())
+    merged = {**report, "runs": dict(report["runs"])}
+    for part, keys in PART_KEYS.items():
+        if part in report["runs"] or part not in earlier.get("runs", {}):
+            continue
+        if all(key in earlier for key in keys):
+            merged.update({key: earlier[key] for key in keys})
+            merged["runs"][part] = earlier["runs"][part]
+    return merged
+
+
+def training_line(about: dict[str, Any]) -> str:
+    """How parts 1 and 3 trained and scored their models."""
+    settings, recipe = about["settings"], about["recipe"]
+    steps = max(1, settings["train_images"] // settings["batch_size"])
+    return (
+        f"Training: {steps * settings['batch_size']} images per model ({steps} steps of "
+        f"{settings['batch_size']}), configs/dit_mnist.yaml (lr {recipe['lr']:g}, warm-up "
+        f"{recipe['warmup_steps']}, EMA {recipe['ema_decay']:g}, bf16). Scores: FD-MNIST, "
+        f"precision/recall and label accuracy of {settings['sample_n']} samples (classes in "
+        f"turn), DDIM-{settings['sample_steps']}, EMA weights, seed {settings['seed']}."
+    )
+
+
+def guidance_key(report: dict[str, Any], part: str) -> str:
+    return f"w={report['runs'][part]['settings']['guidance_scale']:g}"
+
+
 def markdown(report: dict[str, Any]) -> str:
-    w = report["settings"]["guidance_scale"]
     lines = [f"# DiT on MNIST{' (quick: numbers measure nothing)' if report['quick'] else ''}", ""]
-    settings = report["settings"]
-    if "scaling" in report or "unet_vs_dit" in report:
-        steps = max(1, settings["train_images"] // settings["batch_size"])
-        lines += [
-            f"Training (parts 1 and 3): {steps * settings['batch_size']} images per model "
-            f"({steps} steps of {settings['batch_size']}), configs/dit_mnist.yaml "
-            f"(lr {report['recipe']['lr']:g}, warm-up {report['recipe']['warmup_steps']}, "
-            f"EMA {report['recipe']['ema_decay']:g}, bf16). Scores: FD-MNIST, precision/recall "
-            f"and label accuracy of {settings['sample_n']} samples (classes in turn), "
-            f"DDIM-{settings['sample_steps']}, EMA weights, seed {settings['seed']}.",
-            "",
-        ]
     if "scaling" in report:
         rows = report["scaling"]["rows"]
+        w = guidance_key(report, "scaling")
         lines += [
             "## Scaling: FD-MNIST vs forward GFLOPs",
+            "",
+            training_line(report["runs"]["scaling"]),
             "",
             markdown_table(
                 [
@@ -638,9 +681,9 @@ def markdown(report: dict[str, Any]) -> str:
                     "params (M)",
                     "GFLOPs",
                     "FD w=1",
-                    f"FD w={w:g}",
+                    f"FD {w}",
                     "acc w=1",
-                    f"acc w={w:g}",
+                    f"acc {w}",
                 ],
                 [
                     [
@@ -649,9 +692,9 @@ def markdown(report: dict[str, Any]) -> str:
                         r["parameters"] / 1e6,
                         r["gflops"],
                         r["scores"]["w=1"]["fd"],
-                        r["scores"][f"w={w:g}"]["fd"],
+                        r["scores"][w]["fd"],
                         r["scores"]["w=1"]["label_accuracy"],
-                        r["scores"][f"w={w:g}"]["label_accuracy"],
+                        r["scores"][w]["label_accuracy"],
                     ]
                     for r in rows
                 ],
@@ -710,8 +753,11 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
     if "unet_vs_dit" in report:
+        w = guidance_key(report, "unet")
         lines += [
             "## DiT vs U-Net at matched GFLOPs",
+            "",
+            training_line(report["runs"]["unet"]),
             "",
             markdown_table(
                 [
@@ -720,7 +766,7 @@ def markdown(report: dict[str, Any]) -> str:
                     "GFLOPs",
                     "lr",
                     "FD w=1",
-                    f"FD w={w:g}",
+                    f"FD {w}",
                     "train s",
                     "sample s (w=1)",
                 ],
@@ -729,9 +775,11 @@ def markdown(report: dict[str, Any]) -> str:
                         r["label"],
                         r["preset"],
                         r["gflops"],
-                        r.get("train_overrides", {}).get("lr", report["recipe"]["lr"]),
+                        r.get("train_overrides", {}).get(
+                            "lr", report["runs"]["unet"]["recipe"]["lr"]
+                        ),
                         r["scores"]["w=1"]["fd"],
-                        r["scores"][f"w={w:g}"]["fd"],
+                        r["scores"][w]["fd"],
                         r["train_seconds"],
                         r["scores"]["w=1"]["sample_seconds"],
                     ]
@@ -761,11 +809,13 @@ def markdown(report: dict[str, Any]) -> str:
             ),
             "",
         ]
-    machine = report["machine"]
-    lines += [
-        f"Machine: {machine['cpu_model']}, {machine['torch_threads']} torch threads, "
-        f"torch {machine['torch']}, diffusers {machine.get('diffusers')}, {machine['date']}."
-    ]
+    lines.append("Where and when each part ran:")
+    for part, about in report["runs"].items():
+        machine = about["machine"]
+        lines.append(
+            f"- {part}: {machine['cpu_model']}, {machine['torch_threads']} torch threads, "
+            f"torch {machine['torch']}, diffusers {machine.get('diffusers')}, {machine['date']}."
+        )
     return "\n".join(lines)
 
 
@@ -778,10 +828,9 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    w = report["settings"]["guidance_scale"]
     rows = report["scaling"]["rows"]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for ax, key in zip(axes[:2], ("w=1", f"w={w:g}"), strict=True):
+    for ax, key in zip(axes[:2], ("w=1", guidance_key(report, "scaling")), strict=True):
         for width in sorted({r["width"] for r in rows}):
             series = sorted((r for r in rows if r["width"] == width), key=lambda r: r["gflops"])
             ax.plot(
@@ -839,8 +888,12 @@ def plan(settings: Settings) -> str:
     return "\n".join(lines)
 
 
+def result_stem(quick: bool) -> str:
+    return NAME + ("_quick" if quick else "")
+
+
 def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    stem = NAME + ("_quick" if report["quick"] else "")
+    stem = result_stem(report["quick"])
     paths = [
         write_json(out_dir / f"{stem}.json", report),
         write_text(out_dir / f"{stem}.md", markdown(report)),
@@ -916,6 +969,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = run(settings, Path(runs))
     else:
         report = run(settings, RUNS_DIR)
+    report = merge_earlier_parts(report, args.out_dir / f"{result_stem(settings.quick)}.json")
     for path in write_outputs(report, args.out_dir):
         print(f"wrote {path}")
     return 0

@@ -33,9 +33,10 @@ import torch
 
 from common import RESULTS_DIR, machine_info, markdown_table, write_json, write_text
 from difflab.data import load_dataset
-from difflab.metrics.evaluate import DEFAULT_FEATURES, metrics_from_features, reference_stats
+from difflab.metrics.evaluate import metrics_from_features
 from difflab.metrics.features import FeatureSpace, build_feature_extractor
 from difflab.metrics.frechet import FeatureStats, frechet_distance
+from difflab.metrics.reference import DEFAULT_FEATURES, reference_stats
 
 SIZES = (500, 1000, 2000, 10000)
 REPEATS = {500: 5, 1000: 5, 2000: 5, 10000: 3}

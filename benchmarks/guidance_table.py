@@ -50,8 +50,9 @@ import torch
 
 from common import RESULTS_DIR, machine_info, markdown_table, write_json, write_text
 from difflab.errors import DifflabError
-from difflab.metrics.evaluate import evaluate_samples, parse_data, reference_stats
+from difflab.metrics.evaluate import evaluate_samples
 from difflab.metrics.frechet import FeatureStats
+from difflab.metrics.reference import parse_data, reference_stats
 from difflab.models.classifier import NoisyClassifier
 from difflab.pipelines import DiffusionModel, load_diffusion_model, load_noisy_classifier
 from difflab.samplers import Guidance, classifier_log_prob_grad

@@ -7,17 +7,9 @@ import torch
 
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
-from difflab.metrics.evaluate import (
-    compare,
-    data_stats,
-    evaluate_model,
-    evaluate_samples,
-    parse_data,
-    quantize_images,
-    reference_stats,
-    stats_cache_dir,
-)
+from difflab.metrics.evaluate import compare, evaluate_model, evaluate_samples, quantize_images
 from difflab.metrics.frechet import FeatureStats
+from difflab.metrics.reference import data_stats, parse_data, reference_stats, stats_cache_dir
 from tests.metrics.checkpoints import untrained_checkpoint
 
 

@@ -19,22 +19,19 @@ import torch
 
 from difflab.cli.common import add_sampling_arguments
 from difflab.errors import DifflabError
-from difflab.metrics.evaluate import (
-    DATA_SPLITS,
-    DEFAULT_FEATURE_BATCH,
-    DEFAULT_SAMPLE_BATCH,
-    KEEP_FEATURES,
-    compare,
-    data_stats,
-    default_features,
-    evaluate_model,
-    format_summary,
-)
+from difflab.metrics.evaluate import DEFAULT_SAMPLE_BATCH, compare, evaluate_model, format_summary
 from difflab.metrics.features import (
     FEATURE_NAMES,
     PRETRAINED_NETS,
     FeatureExtractor,
     build_feature_extractor,
+)
+from difflab.metrics.reference import (
+    DATA_SPLITS,
+    DEFAULT_FEATURE_BATCH,
+    KEEP_FEATURES,
+    data_stats,
+    default_features,
 )
 from difflab.utils.atomic import write_bytes_atomic
 from difflab.utils.images import save_grid
