@@ -180,7 +180,9 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
     return pixels.reshape(size, size, channels)
 
 
-def _default_image_size(files: tuple[Path, ...], sizes: list[tuple[int, int]]) -> int:
+def common_square_size(files: tuple[Path, ...], sizes: list[tuple[int, int]]) -> int:
+    """The side shared by every image of a folder, or a :class:`DifflabError` naming the first
+    image of another size (or the first when they are not square). ``sizes`` are (width, height)."""
     first = sizes[0]
     for path, size in zip(files, sizes, strict=True):
         if size != first:
@@ -222,7 +224,7 @@ def load_folder_split(
     probes = [probe_image(path) for path in index.files]  # checks every file, both splits
     sizes = [size for size, _ in probes]
     if image_size is None:
-        image_size = _default_image_size(index.files, sizes)
+        image_size = common_square_size(index.files, sizes)
     if channels is None:
         channels = 1 if all(mode in GRAY_MODES for _, mode in probes) else 3
     chosen = split_indices(len(index.files), split, TEST_DENOMINATOR)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from difflab.data import load_dataset
-from difflab.data.folder import index_folder, load_image, probe_image
+from difflab.data.folder import common_square_size, index_folder, load_image, probe_image
 from difflab.data.transforms import images_from_uint8
 from difflab.errors import DifflabError
 from difflab.metrics.features import (
@@ -107,30 +107,13 @@ class ImageBatches:
     batches: Iterator[torch.Tensor]
 
 
-def _check_folder_sizes(files: tuple[Path, ...], sizes: list[tuple[int, int]]) -> int:
-    first = sizes[0]
-    for path, size in zip(files, sizes, strict=True):
-        if size != first:
-            raise DifflabError(
-                f"folder: images have different sizes ({first[0]}×{first[1]} in {files[0]}, "
-                f"{size[0]}×{size[1]} in {path}); pass --image-size to resize and center-crop "
-                "them all to one square size."
-            )
-    if first[0] != first[1]:
-        raise DifflabError(
-            f"folder: images are {first[0]}×{first[1]}, not square (e.g. {files[0]}); pass "
-            "--image-size to resize and center-crop them to a square."
-        )
-    return first[0]
-
-
 def _stream_folder(
     root: Path, channels: int, image_size: int | None, limit: int | None, batch_size: int
 ) -> ImageBatches:
     """Every image under ``root`` (sorted by path), decoded ``batch_size`` at a time."""
     files = index_folder(root).files[:limit]
     sizes = [probe_image(path)[0] for path in files]  # headers only; checks every file
-    size = image_size if image_size is not None else _check_folder_sizes(files, sizes)
+    size = image_size if image_size is not None else common_square_size(files, sizes)
 
     def batches() -> Iterator[torch.Tensor]:
         for start in range(0, len(files), batch_size):
