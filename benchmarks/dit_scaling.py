@@ -20,7 +20,8 @@ Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023), reprod
    parameters and FLOPs; both counts are reported, and the ratio is of images/s.
 3. **DiT vs U-Net at matched GFLOPs**: ``unet-mnist`` and the DiT preset nearest to it in GFLOPs,
    trained on the same number of images with the same recipe except the learning rate (each
-   backbone's own: the U-Net's from configs/mnist.yaml); FD (w = 1 and CFG) and wall times.
+   backbone's own: the U-Net's from configs/mnist.yaml); FD (w = 1, CFG, and w = 1 with x0
+   clamped to [-1, 1]) and wall times.
 4. **The shipped checkpoint** ``weights/dit_mnist_s4.safetensors``: FD-MNIST, precision, recall
    and label accuracy with and without guidance, sampled as in part 1.
 
@@ -303,10 +304,13 @@ def train_model(model: Model, settings: Settings, runs_dir: Path) -> dict[str, A
 
 
 @torch.no_grad()
-def sample_and_score(checkpoint: str, settings: Settings, guidance_scale: float) -> dict[str, Any]:
-    """FD-MNIST (+ label accuracy) of ``sample_n`` DDIM samples at classifier-free weight w."""
+def sample_and_score(
+    checkpoint: str, settings: Settings, guidance_scale: float, clip_x0: bool = False
+) -> dict[str, Any]:
+    """FD-MNIST (+ label accuracy) of ``sample_n`` DDIM samples at classifier-free weight w,
+    optionally with x0 clamped to [-1, 1] at every step (static thresholding)."""
     model = load_diffusion_model(checkpoint)
-    denoiser = Denoiser(model.net, model.schedule)
+    denoiser = model.denoiser(clip_x0)
     guided = denoiser if guidance_scale == 1 else ClassifierFreeGuidance(denoiser, guidance_scale)
     labels = torch.arange(settings.sample_n) % NUM_CLASSES
     timesteps = model.timesteps(settings.sample_steps)
@@ -321,6 +325,7 @@ def sample_and_score(checkpoint: str, settings: Settings, guidance_scale: float)
     metrics = evaluate_samples(torch.cat(batches), "mnist", labels=labels)
     return {
         "guidance_scale": guidance_scale,
+        "clip_x0": clip_x0,
         "fd": metrics["fd"],
         "precision": metrics.get("precision"),
         "recall": metrics.get("recall"),
@@ -331,7 +336,7 @@ def sample_and_score(checkpoint: str, settings: Settings, guidance_scale: float)
 
 
 def stored_score(
-    model: Model, settings: Settings, guidance_scale: float, runs_dir: Path
+    model: Model, settings: Settings, guidance_scale: float, runs_dir: Path, clip_x0: bool = False
 ) -> dict[str, Any]:
     """:func:`sample_and_score` of a finished run, kept in ``scores.json`` beside it.
 
@@ -344,16 +349,20 @@ def stored_score(
     key = (
         f"train_steps={settings.train_steps},n={settings.sample_n},"
         f"sample_steps={settings.sample_steps},w={guidance_scale:g},seed={settings.seed}"
+        + (",clip_x0" if clip_x0 else "")
     )
     if key not in scores:
         record = json.loads((out_dir / "benchmark.json").read_text())
-        scores[key] = sample_and_score(record["checkpoint"], settings, guidance_scale)
+        scores[key] = sample_and_score(record["checkpoint"], settings, guidance_scale, clip_x0)
         write_json(store, scores)
     return scores[key]
 
 
-def study(models: Sequence[Model], settings: Settings, runs_dir: Path) -> list[dict[str, Any]]:
-    """Train (or reuse) and evaluate each model, with and without guidance."""
+def study(
+    models: Sequence[Model], settings: Settings, runs_dir: Path, clip_x0: bool = False
+) -> list[dict[str, Any]]:
+    """Train (or reuse) and evaluate each model, with and without guidance (and, with
+    ``clip_x0``, also without guidance but with x0 clamped: key ``"w=1 clip"``)."""
     rows = []
     for model in models:
         if settings.only and model.label not in settings.only:
@@ -366,6 +375,8 @@ def study(models: Sequence[Model], settings: Settings, runs_dir: Path) -> list[d
             f"w={w:g}": stored_score(model, settings, w, runs_dir)
             for w in (1.0, settings.guidance_scale)
         }
+        if clip_x0:
+            scores["w=1 clip"] = stored_score(model, settings, 1.0, runs_dir, clip_x0=True)
         row = {**model_facts(model), "width": model.width, "patch": model.patch, **run}
         row["train_overrides"] = model.train_overrides
         row["scores"] = scores
@@ -616,7 +627,8 @@ def run(settings: Settings, runs_dir: Path) -> dict[str, Any]:
         report["bf16_matmul"] = peak
         report["speed"] = [speed(m, settings, peak["gflops"]) for m in settings.speed]
     if "unet" in settings.parts:
-        report["unet_vs_dit"] = study((settings.unet, matched_dit(settings)), settings, runs_dir)
+        pair = (settings.unet, matched_dit(settings))
+        report["unet_vs_dit"] = study(pair, settings, runs_dir, clip_x0=True)
     if "shipped" in settings.parts:
         report["shipped"] = {
             "checkpoint": str(SHIPPED.relative_to(REPO)),
@@ -767,6 +779,8 @@ def markdown(report: dict[str, Any]) -> str:
                     "lr",
                     "FD w=1",
                     f"FD {w}",
+                    "FD w=1, x0 clamped",
+                    "acc w=1",
                     "train s",
                     "sample s (w=1)",
                 ],
@@ -780,12 +794,19 @@ def markdown(report: dict[str, Any]) -> str:
                         ),
                         r["scores"]["w=1"]["fd"],
                         r["scores"][w]["fd"],
+                        r["scores"].get("w=1 clip", {}).get("fd", ""),
+                        r["scores"]["w=1"]["label_accuracy"],
                         r["train_seconds"],
                         r["scores"]["w=1"]["sample_seconds"],
                     ]
                     for r in report["unet_vs_dit"]
                 ],
             ),
+            "",
+            "x0 clamped: DDIM with the predicted x0 clamped to [-1, 1] at every step (static "
+            "thresholding, `--clip-x0`), which keeps a trajectory whose early x0 estimate "
+            "overshoots from saturating to a white square. train s: wall time of the run, with the "
+            "threads of the machine line below (another run may have shared the machine).",
             "",
         ]
     if "shipped" in report:
