@@ -152,3 +152,20 @@ def test_fd_of_a_missing_path_is_a_clear_error(capsys):
     assert code == 2 and "neither a dataset" in err
     code, _, err = run_cli(["fd", "missing.npz", "mnist"], capsys)
     assert code == 2 and "does not exist" in err and "fd-stats" in err
+
+
+def test_eval_with_classifier_free_guidance(tmp_path, capsys):
+    checkpoint = untrained_checkpoint(tmp_path / "cond.safetensors", "mnist", 28, num_classes=10)
+    out = tmp_path / "results.json"
+    argv = ["eval", str(checkpoint), "--n", "4", "--steps", "2", "--guidance-scale", "2"]
+    code, stdout, err = run_cli([*argv, "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "guidance scale 2" in stdout
+    result = json.loads(out.read_text())
+    assert result["guidance"] == "guidance scale 2" and result["checkpoint"] == str(checkpoint)
+
+
+def test_eval_refuses_classifier_free_guidance_of_an_unconditional_model(tiny_checkpoint, capsys):
+    argv = ["eval", str(tiny_checkpoint), "--n", "4", "--steps", "2", "--guidance-scale", "2"]
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "class-conditional model" in err and "Traceback" not in err

@@ -88,7 +88,8 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="CKPT",
         help="noisy classifier for classifier guidance (from `difflab train "
-        "configs/mnist_classifier.yaml`); needs --label or --labels",
+        "configs/mnist_classifier.yaml`); sample needs --label or --labels, eval asks for "
+        "the classes in turn",
     )
     parser.add_argument(
         "--classifier-scale",

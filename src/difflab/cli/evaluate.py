@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from difflab.cli.common import add_sampling_arguments
+from difflab.cli.common import add_guidance_arguments, add_sampling_arguments, guidance_from_args
 from difflab.errors import DifflabError
 from difflab.metrics.evaluate import DEFAULT_SAMPLE_BATCH, compare, evaluate_model, format_summary
 from difflab.metrics.features import (
@@ -33,6 +33,7 @@ from difflab.metrics.reference import (
     data_stats,
     default_features,
 )
+from difflab.pipelines import load_diffusion_model
 from difflab.utils.atomic import write_bytes_atomic
 from difflab.utils.images import save_grid
 
@@ -61,6 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("checkpoint")
     add_sampling_arguments(evaluate)
+    add_guidance_arguments(evaluate)
     evaluate.add_argument("--n", type=int, default=2000, help="number of samples (default 2000)")
     evaluate.add_argument(
         "--batch-size",
@@ -182,8 +184,10 @@ def run_eval(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - start
             print(f"\rsampled {done}/{total} images ({elapsed:.0f} s)", end="", file=sys.stderr)
 
+    model = load_diffusion_model(args.checkpoint)
+    guidance = guidance_from_args(args, model)
     result = evaluate_model(
-        args.checkpoint,
+        model,
         n=args.n,
         sampler=args.sampler,
         steps=args.steps,
@@ -193,16 +197,20 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         sigma_hat=args.sigma_hat,
         clip_x0=args.clip_x0,
+        guidance=guidance,
         features=extractor,
         reference=args.reference,
         callback=callback,
         device=args.device,
     )
+    result["checkpoint"] = args.checkpoint
     if show:
         print(file=sys.stderr)
     sampler = f"{args.sampler} S={args.steps} eta={args.eta:g}" + (
         " sigma-hat" if args.sigma_hat else ""
     )
+    if guidance is not None:
+        sampler += f", {guidance.describe()}"
     line = (
         f"{format_summary(result)} ({args.n} samples, {sampler}; sampling "
         f"{result['sample_seconds']:.1f} s, metrics {result['eval_seconds']:.1f} s)"

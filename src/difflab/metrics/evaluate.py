@@ -46,6 +46,7 @@ from difflab.metrics.reference import (
     reference_stats,
 )
 from difflab.pipelines import DiffusionModel, load_diffusion_model
+from difflab.samplers import Guidance
 
 DEFAULT_SAMPLE_BATCH = 250
 SUBSET_SEED = 0
@@ -201,6 +202,7 @@ def evaluate_model(
     *,
     sigma_hat: bool = False,
     clip_x0: bool = False,
+    guidance: Guidance | None = None,
     features: str | FeatureExtractor | None = None,
     reference: FeatureStats | str | Path | None = None,
     callback: ProgressCallback | None = None,
@@ -210,15 +212,18 @@ def evaluate_model(
 
     Sampling runs ``batch_size`` images at a time; batch ``i`` uses the seed
     ``SeedSequence([seed, i])``, so a result depends on (seed, batch_size) and nothing else.
-    A class-conditional model is asked for the classes ``0, 1, ..., K-1, 0, 1, ...`` in turn, and
-    its label accuracy is judged by the feature CNN of its dataset (MNIST or Fashion-MNIST).
+    A class-conditional model (or an unconditional one under classifier guidance, K the
+    classifier's classes) is asked for the classes ``0, 1, ..., K-1, 0, 1, ...`` in turn, and its
+    label accuracy is judged by the feature CNN of its dataset (MNIST or Fashion-MNIST), never by
+    the guiding classifier.
 
     Args:
         checkpoint: a ``kind: diffusion`` checkpoint path, or a loaded
             :class:`~difflab.pipelines.DiffusionModel` (to evaluate many settings of one model
             without reloading it).
         n: number of samples (≥ 2).
-        sampler, steps, eta, spacing, sigma_hat, clip_x0: as for ``DiffusionModel.sample``.
+        sampler, steps, eta, spacing, sigma_hat, clip_x0, guidance: as for
+            ``DiffusionModel.sample`` (classifier-free and/or classifier guidance).
         seed: the run's seed.
         batch_size: images sampled at once (bounds memory).
         features: feature space; default the checkpoint dataset's (:func:`default_features`).
@@ -257,13 +262,15 @@ def evaluate_model(
         reference = load_stats_or_data(reference, features=features)
     extractor = extractor_for_space(reference.feature_space, device)
     _check_image_size(torch.empty(0, *model.image_shape), reference)
+    guiding = guidance.classifier if guidance is not None else None
+    num_classes = model.num_classes or (guiding.config.num_classes if guiding is not None else 0)
     classifier: FeatureExtractor | None = None
-    if model.num_classes and dataset.base in CLASSIFIERS:
+    if num_classes and dataset.base in CLASSIFIERS:
         name = CLASSIFIERS[dataset.base]
         classifier = (
             extractor if extractor.name == name else build_feature_extractor(name, device=device)
         )
-    all_labels = torch.arange(n) % model.num_classes if model.num_classes else None
+    all_labels = torch.arange(n) % num_classes if num_classes else None
     features_out, predictions = [], []
     sample_seconds = 0.0
     for index, start in enumerate(range(0, n, batch_size)):
@@ -280,6 +287,7 @@ def evaluate_model(
             seed=_batch_seed(seed, index),
             labels=labels,
             clip_x0=clip_x0,
+            guidance=guidance,
         )
         sample_seconds += time.perf_counter() - tick
         images = quantize_images(images)  # (count, C, H, W)
@@ -307,6 +315,7 @@ def evaluate_model(
         sigma_hat=sigma_hat,
         spacing=spacing,
         clip_x0=clip_x0,
+        guidance=guidance.describe() if guidance is not None else None,
         seed=seed,
         batch_size=batch_size,
         sample_seconds=sample_seconds,
