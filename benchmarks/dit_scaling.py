@@ -848,21 +848,31 @@ def plot(report: dict[str, Any], path: Path) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     rows = report["scaling"]["rows"]
+    order = ["S", "B", "L", "XL"]  # the paper's, for matching colours; others (tiny) after
+    widths = sorted(
+        {r["width"] for r in rows},
+        key=lambda w: (w not in order, order.index(w) if w in order else 0, w),
+    )
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
     for ax, key in zip(axes[:2], ("w=1", guidance_key(report, "scaling")), strict=True):
-        for width in sorted({r["width"] for r in rows}):
+        for colour, width in enumerate(widths):
             series = sorted((r for r in rows if r["width"] == width), key=lambda r: r["gflops"])
             ax.plot(
                 [r["gflops"] for r in series],
                 [r["scores"][key]["fd"] for r in series],
                 marker="o",
+                color=f"C{colour}",  # the paper panel's colour of the same width
                 label=f"width {width}",
             )
             for r in series:
                 ax.annotate(r["label"], (r["gflops"], r["scores"][key]["fd"]), fontsize=8)
         ax.set_xscale("log")
+        ticks = sorted(r["gflops"] for r in rows)
+        ax.set_xticks(ticks, [f"{g:.2g}" for g in ticks])  # the models' own GFLOPs
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("forward GFLOPs per image (multiply-add = 2)")
         ax.set_ylabel("FD-MNIST")
         ax.set_title(f"difflab DiT on MNIST, {key}")
