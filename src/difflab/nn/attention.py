@@ -15,19 +15,20 @@ MATH_ATTENTION_MAX_BYTES = 256 * 2**20
 def packed_attention(qkv: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
     """Multi-head softmax attention ``softmax(q k^T / sqrt(d)) v`` of packed queries, keys, values.
 
-    The kernel is chosen by what is fastest on the device and dtype (measured with PyTorch 2.13 on
-    this project's CPU, batch 128, 4 heads of width 64, forward + backward):
+    The kernel is chosen by what is fastest on the device and dtype (``make bench-attention``,
+    ``benchmarks/results/attention_kernels.md``: PyTorch 2.13 on this project's CPU, batch 128,
+    4 heads of width 64, forward + backward, one thread):
 
     * float32 anywhere, and low precision off the CPU: ``scaled_dot_product_attention`` on
       (B, heads, T, D/heads) views whose head dimension is contiguous, the layout its fused (flash)
       kernels take.
     * bf16 / fp16 on the CPU (autocast): two batched matmuls and a softmax in that dtype, the
-      score matrix materialised. PyTorch's fused CPU kernel is slow in bf16 backward (69 ms for 49
-      tokens, against 30 ms in float32 and 12 ms here; 196 tokens: 268 / 232 / 114 ms). The
+      score matrix materialised. PyTorch's fused CPU kernel is slow in bf16 backward (72 ms for 49
+      tokens, against 32 ms in float32 and 16 ms here; 196 tokens: 325 / 314 / 216 ms). The
       probabilities are rounded to bf16 before they weight v, as GPU flash kernels do; the error
-      against float64 is about 1.6x that of the fused kernel (RMS 0.012 vs 0.007 on unit-scale
-      inputs). Above ``MATH_ATTENTION_MAX_BYTES`` of scores the fused kernel runs in float32
-      instead, to bound memory.
+      against float64 is about 1.6x that of the fused kernel in bf16 (RMS 0.0115 vs 0.0070 for
+      N(0, 4) inputs). Above ``MATH_ATTENTION_MAX_BYTES`` of scores the fused kernel runs in
+      float32 instead, to bound memory.
 
     ``causal=True`` lets token i attend only to tokens 0..i (an autoregressive model).
 
