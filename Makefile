@@ -41,6 +41,9 @@ lint: install
 
 bench: bench-unet
 
+# DiT: scaling study, speed vs diffusers, DiT vs U-Net, the shipped checkpoint. The defaults take
+# hours on 2 cores; the README's run: --train-images 256000 --n 1000 --sample-steps 25
+# --speed-models S/4,B/4,B/2 --threads 1 (and --models to split training over two processes).
 bench-dit: install
 	$(PY) benchmarks/dit_scaling.py
 
