@@ -336,15 +336,14 @@ def sample_and_score(
 
 
 def stored_score(
-    model: Model, settings: Settings, guidance_scale: float, runs_dir: Path, clip_x0: bool = False
+    checkpoint: str, settings: Settings, guidance_scale: float, clip_x0: bool = False
 ) -> dict[str, Any]:
     """:func:`sample_and_score` of a finished run, kept in ``scores.json`` beside it.
 
     The key holds everything the score depends on (training steps, n, DDIM steps, w, seed), so a
     rerun of the report, or a run of another part that evaluates the same model, samples nothing.
     """
-    out_dir = run_dir(model, runs_dir)
-    store = out_dir / "scores.json"
+    store = Path(checkpoint).parent / "scores.json"
     scores = json.loads(store.read_text()) if store.exists() else {}
     key = (
         f"train_steps={settings.train_steps},n={settings.sample_n},"
@@ -352,8 +351,7 @@ def stored_score(
         + (",clip_x0" if clip_x0 else "")
     )
     if key not in scores:
-        record = json.loads((out_dir / "benchmark.json").read_text())
-        scores[key] = sample_and_score(record["checkpoint"], settings, guidance_scale, clip_x0)
+        scores[key] = sample_and_score(checkpoint, settings, guidance_scale, clip_x0)
         write_json(store, scores)
     return scores[key]
 
@@ -372,11 +370,11 @@ def study(
         if run["reused"]:
             print(f"[{NAME}] {model.label}: reused the finished run {run['checkpoint']}")
         scores = {
-            f"w={w:g}": stored_score(model, settings, w, runs_dir)
+            f"w={w:g}": stored_score(run["checkpoint"], settings, w)
             for w in (1.0, settings.guidance_scale)
         }
         if clip_x0:
-            scores["w=1 clip"] = stored_score(model, settings, 1.0, runs_dir, clip_x0=True)
+            scores["w=1 clip"] = stored_score(run["checkpoint"], settings, 1.0, clip_x0=True)
         row = {**model_facts(model), "width": model.width, "patch": model.patch, **run}
         row["train_overrides"] = model.train_overrides
         row["scores"] = scores

@@ -136,9 +136,7 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
     model = load_diffusion_model(args.checkpoint, select_device(args.device, group.local_rank))
     label_text = _label_text(args)
     guidance = guidance_from_args(args, model)
-    classifier = guidance.classifier if guidance is not None else None
-    # the classes of a conditional model, else those of the guiding classifier
-    num_classes = model.num_classes or (classifier.config.num_classes if classifier else 0)
+    num_classes = model.target_classes(guidance)
     labels = parse_labels(label_text, args.n, num_classes)
     total = args.n if labels is None else len(labels)  # --labels all fills whole rows
     part = group.portion(total)

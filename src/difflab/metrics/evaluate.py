@@ -262,8 +262,7 @@ def evaluate_model(
         reference = load_stats_or_data(reference, features=features)
     extractor = extractor_for_space(reference.feature_space, device)
     _check_image_size(torch.empty(0, *model.image_shape), reference)
-    guiding = guidance.classifier if guidance is not None else None
-    num_classes = model.num_classes or (guiding.config.num_classes if guiding is not None else 0)
+    num_classes = model.target_classes(guidance)
     classifier: FeatureExtractor | None = None
     if num_classes and dataset.base in CLASSIFIERS:
         name = CLASSIFIERS[dataset.base]

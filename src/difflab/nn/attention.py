@@ -19,7 +19,7 @@ def packed_attention(qkv: torch.Tensor, *, causal: bool = False) -> torch.Tensor
     ``benchmarks/results/attention_kernels.md``: PyTorch 2.13 on this project's CPU, batch 128,
     4 heads of width 64, forward + backward, one thread):
 
-    * float32 anywhere, and low precision off the CPU: ``scaled_dot_product_attention`` on
+    * float32 / float64 anywhere, and bf16 / fp16 off the CPU: ``scaled_dot_product_attention`` on
       (B, heads, T, D/heads) views whose head dimension is contiguous, the layout its fused (flash)
       kernels take.
     * bf16 / fp16 on the CPU (autocast): two batched matmuls and a softmax in that dtype, the
@@ -35,7 +35,7 @@ def packed_attention(qkv: torch.Tensor, *, causal: bool = False) -> torch.Tensor
     Shapes: qkv (B, T, 3, heads, D/heads) -> (B, T, heads, D/heads), in the dtype of ``qkv``.
     """
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D/heads)
-    low_precision_cpu = qkv.device.type == "cpu" and qkv.dtype != torch.float32
+    low_precision_cpu = qkv.device.type == "cpu" and qkv.dtype in (torch.bfloat16, torch.float16)
     if not low_precision_cpu:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
     B, T, _, heads, _ = qkv.shape

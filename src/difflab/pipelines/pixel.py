@@ -57,6 +57,12 @@ class DiffusionModel:
     def num_classes(self) -> int:
         return int(getattr(self.net.config, "num_classes", 0))
 
+    def target_classes(self, guidance: Guidance | None) -> int:
+        """How many classes a run can ask for: the model's own when it is class-conditional,
+        else those of the guiding classifier (0: no labels)."""
+        classifier = guidance.classifier if guidance is not None else None
+        return self.num_classes or (classifier.config.num_classes if classifier else 0)
+
     def denoiser(self, clip_x0: bool = False) -> Denoiser | ClippedDenoiser:
         denoiser = Denoiser(self.net, self.schedule)
         return ClippedDenoiser(denoiser) if clip_x0 else denoiser
