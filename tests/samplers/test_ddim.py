@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from difflab.diffusion import Denoiser, NoiseSchedule, timestep_sequence
+from difflab.errors import DifflabError
 from difflab.samplers import ddim_invert, ddim_sample, ddim_step, ddim_step_std, ddpm_sample
 from tests.helpers import GaussianOptimalEps, RandomLinearNet
 
@@ -95,7 +96,8 @@ def test_sampler_visits_exactly_the_given_timesteps(schedule, spacing):
     assert visited == timesteps.tolist()
 
 
-def test_gaussian_data_inversion_is_near_exact_and_improves_with_more_steps(schedule):
+@pytest.mark.parametrize("eps_at", ["source", "destination"])
+def test_gaussian_data_inversion_is_near_exact_and_improves_with_more_steps(schedule, eps_at):
     """With the exact eps of Gaussian data the only error is the discretisation of the ODE."""
     denoiser = Denoiser(GaussianOptimalEps(schedule), schedule)
     generator = torch.Generator().manual_seed(0)
@@ -103,15 +105,97 @@ def test_gaussian_data_inversion_is_near_exact_and_improves_with_more_steps(sche
     errors = []
     for steps in (10, 50, 200, 1000):
         timesteps = timestep_sequence(1000, steps)
-        x_T = ddim_invert(denoiser, x0, timesteps)
+        x_T = ddim_invert(denoiser, x0, timesteps, eps_at=eps_at)
         recon = ddim_sample(denoiser, x_T, timesteps)
         errors.append(torch.mean((recon - x0) ** 2).item())
     # a first-order solver: the error (RMSE) falls roughly like 1/S, so the MSE like 1/S^2
     assert errors[-1] < 2e-5, errors
     assert all(later < 0.1 * earlier for earlier, later in itertools.pairwise(errors)), errors
     # the inverted noise is close to standard normal in scale
-    x_T = ddim_invert(denoiser, x0, timestep_sequence(1000, 100))
+    x_T = ddim_invert(denoiser, x0, timestep_sequence(1000, 100), eps_at=eps_at)
     assert 0.7 < x_T.std().item() < 1.3
+
+
+class ScaledIdentityNet(torch.nn.Module):
+    """eps(x, t) = (t + 1) / 1000 * x: a linear network whose every call is recorded."""
+
+    prediction = "eps"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: object) -> torch.Tensor:
+        self.calls.append(int(t[0]))
+        return (t.double()[:, None, None, None] + 1) / 1000 * x_t
+
+
+@pytest.mark.parametrize("eps_at", ["source", "destination"])
+def test_inversion_matches_two_hand_computed_moves(schedule, eps_at):
+    """Timesteps (500, 200): moves -1 -> 200 -> 500, each x_t = sqrt(a_t) x0_hat + sqrt(1-a_t) eps
+    with x0_hat = (x - sqrt(1 - a_prev) eps) / sqrt(a_prev) (the step of diffusers and of the
+    paper's eq. 12 with sigma = 0, written independently of the code's eq. 13 form)."""
+    net = ScaledIdentityNet()
+    a = schedule.alpha_bar.double()
+    x = torch.tensor([[[[0.7, -1.2]]]], dtype=torch.float64)
+    expected = x.clone()
+    evaluated = {"source": [0, 200], "destination": [200, 500]}[eps_at]
+    for (t, t_prev), t_eval in zip([(200, -1), (500, 200)], evaluated, strict=True):
+        a_t, a_prev = a[t].item(), 1.0 if t_prev < 0 else a[t_prev].item()
+        eps = (t_eval + 1) / 1000 * expected
+        x0_hat = (expected - math.sqrt(1 - a_prev) * eps) / math.sqrt(a_prev)
+        expected = math.sqrt(a_t) * x0_hat + math.sqrt(1 - a_t) * eps
+    got = ddim_invert(Denoiser(net, schedule), x, torch.tensor([500, 200]), eps_at=eps_at)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert net.calls == evaluated
+
+
+@pytest.mark.parametrize("spacing", ["uniform", "trailing"])
+def test_inversion_evaluates_eps_at_the_chosen_end_of_each_move(schedule, spacing):
+    timesteps = timestep_sequence(1000, 6, spacing)
+    ascending = timesteps.flip(0).tolist()
+    for eps_at, expected in (("destination", ascending), ("source", [0, *ascending[:-1]])):
+        net = ScaledIdentityNet()
+        ddim_invert(Denoiser(net, schedule), torch.ones(1, 1, 2, 2), timesteps, eps_at=eps_at)
+        assert net.calls == expected, eps_at
+
+
+@pytest.mark.parametrize("steps", [10, 50])
+def test_destination_inversion_agrees_with_diffusers_inverse_scheduler(schedule, steps):
+    """diffusers' DDIMInverseScheduler as an oracle: the same network, every move of the run."""
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DDIMInverseScheduler(
+        num_train_timesteps=1000,
+        beta_start=1e-4,
+        beta_end=0.02,
+        beta_schedule="linear",
+        clip_sample=False,
+        set_alpha_to_one=True,
+        timestep_spacing="leading",
+    )
+    scheduler.set_timesteps(steps)
+    timesteps = timestep_sequence(1000, steps, "leading")
+    assert scheduler.timesteps.tolist() == timesteps.flip(0).tolist()
+    denoiser = Denoiser(RandomLinearNet(), schedule)
+    x0 = torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = x0
+    for t in scheduler.timesteps:
+        eps = denoiser(expected, t.repeat(2), None).eps
+        expected = scheduler.step(eps, t, expected).prev_sample.double()
+    got = ddim_invert(denoiser, x0, timesteps, eps_at="destination")
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    source = ddim_invert(denoiser, x0, timesteps, eps_at="source")
+    assert (source - expected).abs().max() > 1e-3  # the oracle tells the conventions apart
+
+
+def test_unknown_eps_at_is_refused(schedule):
+    with pytest.raises(DifflabError, match="eps_at"):
+        ddim_invert(
+            Denoiser(RandomLinearNet(), schedule),
+            torch.zeros(1, 1, 2, 2),
+            timestep_sequence(1000, 4),
+            eps_at="middle",
+        )
 
 
 def test_gaussian_data_generation_has_the_right_statistics(schedule):

@@ -11,6 +11,9 @@ With ``a_t = alpha_bar_t`` and ``tau`` a decreasing sub-sequence of timesteps, o
 ``eta = 0`` is the deterministic DDIM, ``eta = 1`` the DDPM posterior. The paper's ``sigma_hat``
 variant (Table 1) keeps the ``eta = 1`` mean and uses the larger DDPM variance
 ``sigma_hat^2 = 1 - a_t / a_prev`` for the noise.
+
+Inversion (:func:`ddim_invert`) runs the eta = 0 step backwards, data to noise, with eps taken at
+the move's source or destination timestep (``eps_at``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from difflab.diffusion.conditioning import Conditioning
+from difflab.errors import DifflabError
 from difflab.samplers.common import (
     Callback,
     DenoiserLike,
@@ -27,6 +31,8 @@ from difflab.samplers.common import (
     gaussian_like,
     transitions,
 )
+
+EPS_AT: tuple[str, ...] = ("source", "destination")  # where ddim_invert evaluates eps
 
 
 def ddim_step_std(
@@ -127,30 +133,54 @@ def ddim_invert(
     timesteps: torch.Tensor,
     cond: Conditioning | None = None,
     *,
+    eps_at: str = "source",
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Encode data into noise by running the eta = 0 step backwards (the ODE of eq. 14, reversed).
+    """Encode data into noise by running the eta = 0 step backwards (the ODE of eq. 13-14, reversed).
 
-    Visits ``timesteps`` in increasing order, starting from clean data. Each move from a less noisy
-    level ``a_from`` to ``a_to`` uses eps evaluated at the current point,
-    ``x_to = sqrt(a_to) * x0_hat + sqrt(1 - a_to) * eps`` with
-    ``x0_hat = (x - sqrt(1 - a_from) eps) / sqrt(a_from)``. The approximation error (eps at the
-    start of the move instead of its end) shrinks as the number of steps grows.
+    Visits ``timesteps`` in increasing order, starting from clean data: the sampler's moves
+    ``t -> t_prev`` run in reverse, ``t_prev -> t`` (the first from ``t_prev = -1``,
+    ``alpha_bar = 1``). With ``x_bar = x / sqrt(a)`` and ``sigma = sqrt((1 - a) / a)``, eq. 13
+    (the Euler step of the ODE ``d x_bar = eps d sigma``, eq. 14) read from ``t_prev`` up to ``t``:
+
+        x_t / sqrt(a_t) = x_prev / sqrt(a_prev) + (sigma_t - sigma_prev) * eps
+
+    The sampler's step ``t -> t_prev`` uses ``eps(x_t, t)``, which is unknown while ``x_t`` is
+    being computed; the two conventions approximate it differently:
+
+    - ``eps_at="source"``: ``eps = eps(x_prev, t_prev)``, the network at the point and level the
+      move starts from (a forward-Euler step of the ODE); the first move, from clean data, uses
+      ``t_prev = 0``.
+    - ``eps_at="destination"``: ``eps = eps(x_prev, t)``, the current point but the timestep of
+      the level the move ends at, the one the sampler will evaluate there. This is diffusers'
+      ``DDIMInverseScheduler`` (whose ``step(eps, t, x)`` moves ``x`` from level ``t - T/S`` to
+      ``t``, ``eps`` computed at ``t``) and the inversion of null-text inversion.
+
+    Both are exact only as S grows: the approximation error of each move shrinks with its size.
 
     Args:
+        denoiser: a Denoiser or any guidance wrapper around one.
         x0: (B, C, H, W) data.
         timesteps: the same (S,) strictly decreasing sequence that :func:`ddim_sample` will use.
+        cond: conditioning passed to every network call.
+        eps_at: ``"source"`` or ``"destination"``: the timestep at which eps is evaluated.
+        callback: called with a :class:`StepInfo` after every move (``t`` = the level reached).
 
     Returns:
         (B, C, H, W) x_T such that ``ddim_sample(denoiser, x_T, timesteps, eta=0)`` ~ x0.
     """
+    if eps_at not in EPS_AT:
+        raise DifflabError(f"ddim_invert got eps_at={eps_at!r}; choose one of {', '.join(EPS_AT)}.")
     moves = transitions(timesteps)[::-1]  # the sampler's moves, each run from t_prev up to t
     x = x0
-    for index, (t_to, t_from) in enumerate(moves):
-        eps = denoiser(x, batch_timestep(max(t_from, 0), x), cond).eps
-        alpha_bar_to, alpha_bar_from = alpha_bar_pair(denoiser.schedule, t_to, t_from, x)
-        x0_hat = (x - (1 - alpha_bar_from).sqrt() * eps) / alpha_bar_from.sqrt()
-        x = alpha_bar_to.sqrt() * x0_hat + (1 - alpha_bar_to).sqrt() * eps
+    for index, (t, t_prev) in enumerate(moves):
+        t_eval = t if eps_at == "destination" else max(t_prev, 0)
+        eps = denoiser(x, batch_timestep(t_eval, x), cond).eps
+        alpha_bar_t, alpha_bar_prev = alpha_bar_pair(denoiser.schedule, t, t_prev, x)
+        sigma_t = ((1 - alpha_bar_t) / alpha_bar_t).sqrt()  # (B, 1, 1, 1)
+        sigma_prev = ((1 - alpha_bar_prev) / alpha_bar_prev).sqrt()  # (B, 1, 1, 1)
+        x0_hat = x / alpha_bar_prev.sqrt() - sigma_prev * eps  # x_bar_prev - sigma_prev eps
+        x = alpha_bar_t.sqrt() * (x0_hat + sigma_t * eps)  # eq. 13: x_bar_t = x0_hat + sigma_t eps
         if callback is not None:
-            callback(StepInfo(index, len(moves), t_to, x, x0_hat))
+            callback(StepInfo(index, len(moves), t, x, x0_hat))
     return x
