@@ -59,9 +59,9 @@ from torch import nn
 from common import RESULTS_DIR, machine_info, markdown_table, write_json, write_text
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
+from difflab.io.images import make_grid
 from difflab.metrics.evaluate import evaluate_model
 from difflab.pipelines import DiffusionModel, load_diffusion_model
-from difflab.utils.images import make_grid
 
 NAME = "ddim_tables"
 DEFAULT_CHECKPOINT = Path("weights/mnist_ddim.safetensors")

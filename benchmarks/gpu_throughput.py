@@ -26,9 +26,9 @@ import torch
 
 from common import RESULTS_DIR, Timing, machine_info, write_json
 from difflab.diffusion import Denoiser, NoiseSchedule, denoising_loss, timestep_sequence
+from difflab.io.device import autocast, select_device
 from difflab.models import build_model, model_config
 from difflab.samplers import ddim_sample
-from difflab.utils.device import autocast, select_device
 
 PRESET = "unet-mnist"
 

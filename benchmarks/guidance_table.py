@@ -50,13 +50,13 @@ import torch
 
 from common import RESULTS_DIR, machine_info, markdown_table, write_json, write_text
 from difflab.errors import DifflabError
+from difflab.io.images import make_grid
 from difflab.metrics.evaluate import evaluate_samples
 from difflab.metrics.frechet import FeatureStats
 from difflab.metrics.reference import parse_data, reference_stats
 from difflab.models.classifier import NoisyClassifier
 from difflab.pipelines import DiffusionModel, load_diffusion_model, load_noisy_classifier
 from difflab.samplers import Guidance, classifier_log_prob_grad
-from difflab.utils.images import make_grid
 
 NAME = "guidance"  # benchmarks/results/guidance{,_quick}.*
 DEFAULT_UNCONDITIONAL = Path("weights/mnist_ddim.safetensors")

@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT))  # for tests.metrics.test_lpips_reference (the ref
 
 from tests.metrics.test_lpips_reference import reference_lpips  # noqa: E402
 
+from difflab.io.atomic import write_bytes_atomic  # noqa: E402
 from difflab.metrics.lpips import LPIPS, unit_normalize  # noqa: E402
-from difflab.utils.atomic import write_bytes_atomic  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 BATCH = 32

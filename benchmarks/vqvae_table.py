@@ -48,10 +48,10 @@ from difflab.autoencoders import VectorQuantizer
 from difflab.config import load_config
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.metrics.evaluate import evaluate_samples
 from difflab.pipelines import load_diffusion_model
 from difflab.pipelines.vqvae import load_code_prior, load_vqvae, sample_vqvae
-from difflab.training.checkpoint import load_checkpoint_meta
 from difflab.training.vqvae_loop import reconstruction_stats, train_vqvae
 
 NAME = "vqvae"

@@ -6,7 +6,7 @@ diffusion training run sharing the two cores: MNIST 4.5 min, Fashion-MNIST 16 mi
     .venv/bin/python scripts/train_feature_cnn.py mnist          # -> weights/mnist_cnn.safetensors
     .venv/bin/python scripts/train_feature_cnn.py fashion-mnist  # -> weights/fashion_cnn.safetensors
 
-Recipe: :class:`difflab.models.classifier_cnn.FeatureCNN` (279k parameters), AdamW (weight decay
+Recipe: :class:`difflab.metrics.feature_cnn.FeatureCNN` (279k parameters), AdamW (weight decay
 5e-4) with a one-cycle learning rate (peak 3e-3, 15 % warm-up, cosine decay), batch 128,
 cross-entropy with label smoothing 0.05, bf16 autocast, random translations of up to ±2 pixels
 (and horizontal flips for Fashion-MNIST), seeded data order. The weights are stored in fp16 (about
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 
 from difflab.data import load_dataset
+from difflab.io.checkpoint import load_weights_strict, save_checkpoint
+from difflab.metrics.feature_cnn import CHECKPOINT_KIND, FeatureCNN, FeatureCNNConfig
 from difflab.metrics.features import load_feature_cnn
-from difflab.models.classifier_cnn import CHECKPOINT_KIND, FeatureCNN, FeatureCNNConfig
-from difflab.training.checkpoint import load_weights_strict, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {  # dataset -> (output file, epochs, horizontal flips)

@@ -23,7 +23,7 @@ import safetensors.torch
 import torch
 from PIL import Image
 
-from difflab.training.checkpoint import METADATA_KEY, load_checkpoint
+from difflab.io.checkpoint import METADATA_KEY, load_checkpoint
 from tests.cli.conftest import CONFIGS, run_cli
 
 TINY = str(CONFIGS / "digits_tiny.yaml")

@@ -228,7 +228,7 @@ def test_export_to_fp16_halves_the_size_and_still_samples(tiny_checkpoint, tmp_p
 def test_export_of_a_training_state_keeps_the_description_and_drops_the_resume_state(
     tiny_checkpoint, tmp_path, capsys
 ):
-    from difflab.training.checkpoint import load_checkpoint
+    from difflab.io.checkpoint import load_checkpoint
 
     state_file = tiny_checkpoint.parent / "checkpoints" / "last.safetensors"
     out = tmp_path / "exported.safetensors"

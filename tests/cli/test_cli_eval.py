@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from difflab.data import load_dataset
+from difflab.io.images import save_images
 from difflab.metrics.features import build_feature_extractor
 from difflab.metrics.frechet import FeatureStats
-from difflab.utils.images import save_images
 from tests.cli.conftest import run_cli
 from tests.metrics.checkpoints import untrained_checkpoint
 

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from difflab.cli import main
-from difflab.training.checkpoint import load_checkpoint
+from difflab.io.checkpoint import load_checkpoint
 from tests.cli.conftest import CONFIGS, run_cli, train_tiny
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"

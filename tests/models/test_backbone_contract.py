@@ -21,19 +21,19 @@ from difflab.diffusion import (
     denoising_loss,
     timestep_sequence,
 )
+from difflab.io.checkpoint import (
+    load_checkpoint,
+    load_weights_strict,
+    save_checkpoint,
+    split_prefix,
+    with_prefix,
+)
 from difflab.models import build_model, config_from_dict, model_config
 from difflab.samplers import (
     ClassifierFreeGuidance,
     ClassifierGuidance,
     ddim_sample,
     ddpm_sample,
-)
-from difflab.training.checkpoint import (
-    load_checkpoint,
-    load_weights_strict,
-    save_checkpoint,
-    split_prefix,
-    with_prefix,
 )
 
 # preset -> overrides that keep it tiny; every backbone runs on the same 3-channel 8x8 images

@@ -8,8 +8,8 @@ import torch
 from difflab.config import load_config
 from difflab.diffusion import NoiseSchedule
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint
 from difflab.pipelines import load_noisy_classifier
-from difflab.training.checkpoint import load_checkpoint
 from difflab.training.classifier_loop import (
     ACCURACY_FILE,
     accuracy_by_timestep,

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from difflab.config import load_config
+from difflab.io.checkpoint import load_checkpoint
 from difflab.training import train
-from difflab.training.checkpoint import load_checkpoint
 from difflab.training.state import STATE_FILE
 from tests.cli.conftest import CONFIGS
 

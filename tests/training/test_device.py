@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from difflab.io.checkpoint import load_checkpoint
+from difflab.io.device import autocast, select_device
 from difflab.pipelines import load_diffusion_model
 from difflab.training import train
-from difflab.training.checkpoint import load_checkpoint
 from difflab.training.classifier_loop import train_classifier
 from difflab.training.state import STATE_FILE
-from difflab.utils.device import autocast, select_device
 from tests.training.test_classifier_loop import tiny_config as classifier_config
 from tests.training.test_loop import tiny_config
 

@@ -15,9 +15,9 @@ import torch.multiprocessing as mp
 
 from difflab.config import load_config
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint
+from difflab.io.process_group import SINGLE, Distributed, check_same_config, current
 from difflab.training import train
-from difflab.training.checkpoint import load_checkpoint
-from difflab.training.distributed import SINGLE, Distributed, check_same_config, current
 from difflab.training.state import STATE_FILE
 from tests.cli.conftest import CONFIGS
 from tests.helpers import torchrun

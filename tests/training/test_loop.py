@@ -5,9 +5,9 @@ import torch
 
 from difflab.config import load_config
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint
 from difflab.pipelines import load_diffusion_model
 from difflab.training import train
-from difflab.training.checkpoint import load_checkpoint
 from difflab.training.data_order import BatchStream
 from difflab.training.state import STATE_FILE
 

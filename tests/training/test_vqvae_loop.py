@@ -9,8 +9,8 @@ import torch
 
 from difflab.config import load_config
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint
 from difflab.pipelines.vqvae import load_code_prior, load_vqvae
-from difflab.training.checkpoint import load_checkpoint
 from difflab.training.vqvae_loop import train_prior, train_vqvae
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -9,9 +9,9 @@ import torch
 
 from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
+from difflab.io.device import DEVICE_CHOICES
 from difflab.pipelines import DiffusionModel, load_noisy_classifier
 from difflab.samplers import SAMPLER_NAMES, Guidance
-from difflab.utils.device import DEVICE_CHOICES
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
 

@@ -19,6 +19,8 @@ import torch
 
 from difflab.cli.common import add_guidance_arguments, add_sampling_arguments, guidance_from_args
 from difflab.errors import DifflabError
+from difflab.io.atomic import write_bytes_atomic
+from difflab.io.images import save_grid
 from difflab.metrics.evaluate import DEFAULT_SAMPLE_BATCH, compare, evaluate_model, format_summary
 from difflab.metrics.features import (
     FEATURE_NAMES,
@@ -34,8 +36,6 @@ from difflab.metrics.reference import (
     default_features,
 )
 from difflab.pipelines import load_diffusion_model
-from difflab.utils.atomic import write_bytes_atomic
-from difflab.utils.images import save_grid
 
 GRID_IMAGES = 64
 

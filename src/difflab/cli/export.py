@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from difflab.errors import DifflabError
-from difflab.training.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
+from difflab.io.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 
 TRAINING_ONLY_KEYS = ("state", "versions")  # resume bookkeeping; versions are re-stamped on save
 

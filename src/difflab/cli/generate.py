@@ -19,12 +19,12 @@ from difflab.cli.common import (
 )
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint_meta
+from difflab.io.device import select_device
+from difflab.io.images import save_grid, save_images
+from difflab.io.process_group import Distributed, process_group, rank_seed
 from difflab.pipelines import load_diffusion_model
 from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
-from difflab.training.checkpoint import load_checkpoint_meta
-from difflab.training.distributed import Distributed, process_group, rank_seed
-from difflab.utils.device import select_device
-from difflab.utils.images import save_grid, save_images
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint
 from difflab.models import (
     ARCHITECTURES,
     PRESETS,
@@ -21,7 +22,6 @@ from difflab.models import (
     forward_gflops,
     model_config,
 )
-from difflab.training.checkpoint import load_checkpoint
 
 FLOPS_NOTE = "GFLOPs: one forward pass on one image (FlopCounterMode, multiply-add = 2 FLOPs)"
 

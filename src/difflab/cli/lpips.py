@@ -20,11 +20,11 @@ import torch
 
 from difflab.data.folder import IMAGE_EXTENSIONS
 from difflab.errors import DifflabError
+from difflab.io.atomic import write_bytes_atomic
+from difflab.io.images import save_png
 from difflab.metrics.bapps import MODES, PAPER_2AFC, evaluate_bapps, read_image
 from difflab.metrics.lpips import LPIPS, VERSIONS
 from difflab.metrics.pretrained import NET_NAMES
-from difflab.utils.atomic import write_bytes_atomic
-from difflab.utils.images import save_png
 
 
 def _add_metric_arguments(parser: argparse.ArgumentParser, default_batch: int) -> None:

@@ -9,9 +9,9 @@ import torch
 
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
+from difflab.io.images import save_grid
 from difflab.pipelines.vqvae import load_vqvae
 from difflab.training.vqvae_loop import reconstruction_stats
-from difflab.utils.images import save_grid
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

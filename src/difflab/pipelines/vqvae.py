@@ -21,7 +21,7 @@ from difflab.autoencoders import (
     vqvae_config,
 )
 from difflab.errors import DifflabError
-from difflab.training.checkpoint import load_checkpoint, load_weights_strict, split_prefix
+from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
 
 ENCODE_BATCH = 500
 

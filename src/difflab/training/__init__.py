@@ -1,6 +1,6 @@
 """Training: the loop, EMA, checkpoints."""
 
-from difflab.training.checkpoint import load_checkpoint, save_checkpoint
+from difflab.io.checkpoint import load_checkpoint, save_checkpoint
 from difflab.training.ema import EMA
 from difflab.training.loop import train
 

@@ -30,6 +30,8 @@ from difflab.config import ExperimentConfig
 from difflab.data import load_configured_split
 from difflab.diffusion import NoiseSchedule, draw_noise
 from difflab.errors import DifflabError
+from difflab.io.atomic import atomic_path
+from difflab.io.process_group import SINGLE, Distributed
 from difflab.models.classifier import (
     CLASSIFIER_ARCH,
     CLASSIFIER_KIND,
@@ -37,7 +39,6 @@ from difflab.models.classifier import (
     classifier_config,
 )
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer, build_schedule, check_train_config
 from difflab.training.state import (
@@ -49,7 +50,6 @@ from difflab.training.state import (
     save_run_state,
 )
 from difflab.training.update import run_training
-from difflab.utils.atomic import atomic_path
 
 ACCURACY_FILE = "accuracy_vs_t.json"
 EVAL_IMAGES = 1000  # held-out images of the final accuracy-vs-t table

@@ -3,7 +3,7 @@
 AdamW with linear warm-up, EMA weights, gradient clipping and accumulation, optional bf16
 autocast, periodic PNG grids and JSONL metrics, and atomic checkpoints from which ``resume=True``
 continues bit for bit (model, EMA, optimizer, step, data order and RNG state). Under torchrun
-the same loop trains data-parallel (:mod:`difflab.training.distributed`).
+the same loop trains data-parallel (:mod:`difflab.io.process_group`, :mod:`difflab.training.distributed`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from difflab.diffusion import (
     timestep_sequence,
 )
 from difflab.errors import DifflabError
+from difflab.io.images import save_grid
+from difflab.io.process_group import SINGLE, Distributed
 from difflab.models import build_model, model_config
 from difflab.samplers import ddim_sample
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
 from difflab.training.state import (
     MODEL_FILE,
@@ -40,7 +41,6 @@ from difflab.training.state import (
     save_run_state,
 )
 from difflab.training.update import run_training
-from difflab.utils.images import save_grid
 
 
 @dataclasses.dataclass(kw_only=True)

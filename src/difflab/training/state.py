@@ -22,25 +22,19 @@ import torch
 
 from difflab.config import config_to_dict
 from difflab.errors import DifflabError
-from difflab.training.checkpoint import (
+from difflab.io.atomic import remove_temporaries
+from difflab.io.checkpoint import (
     load_checkpoint,
     load_weights_strict,
     save_checkpoint,
     split_prefix,
     with_prefix,
 )
+from difflab.io.process_group import SINGLE, Distributed, check_same_config, on_main, rank_seed
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import (
-    SINGLE,
-    Distributed,
-    check_same_config,
-    data_parallel,
-    on_main,
-    rank_seed,
-)
+from difflab.training.distributed import data_parallel
 from difflab.training.ema import EMA
 from difflab.training.progress import JsonlLog
-from difflab.utils.atomic import remove_temporaries
 
 STATE_FILE = "checkpoints/last.safetensors"
 MODEL_FILE = "model.safetensors"

@@ -18,10 +18,11 @@ from typing import Any
 import torch
 
 from difflab.errors import DifflabError
-from difflab.training.distributed import no_sync, on_main
+from difflab.io.device import autocast
+from difflab.io.process_group import on_main
+from difflab.training.distributed import no_sync
 from difflab.training.progress import JsonlLog, Progress
 from difflab.training.state import STATE_FILE, ResumableRun
-from difflab.utils.device import autocast
 
 MicroBatchLoss = Callable[[torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 """``loss(index)``: ``index`` (B,) int64 is the global micro-batch, the same on every rank of a

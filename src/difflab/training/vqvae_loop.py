@@ -44,6 +44,8 @@ from difflab.config import ExperimentConfig, config_to_dict
 from difflab.data import ImageDataset, load_configured_split
 from difflab.diffusion.conditioning import NULL_LABEL
 from difflab.errors import DifflabError
+from difflab.io.images import save_grid
+from difflab.io.process_group import SINGLE, Distributed
 from difflab.pipelines.vqvae import (
     encode_to_codes,
     file_digest,
@@ -52,7 +54,6 @@ from difflab.pipelines.vqvae import (
     sample_vqvae,
 )
 from difflab.training.data_order import BatchStream
-from difflab.training.distributed import SINGLE, Distributed
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer, check_train_config
 from difflab.training.progress import JsonlLog
@@ -65,7 +66,6 @@ from difflab.training.state import (
     save_run_state,
 )
 from difflab.training.update import MicroBatchLoss, run_training
-from difflab.utils.images import save_grid
 
 EVAL_BATCH = 500
 LATENT_SCALE_IMAGES = 5000  # training images that measure latent_scale

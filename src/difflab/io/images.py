@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from difflab.utils.atomic import atomic_path
+from difflab.io.atomic import atomic_path
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

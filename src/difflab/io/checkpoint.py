@@ -19,7 +19,7 @@ import torch
 
 import difflab
 from difflab.errors import DifflabError
-from difflab.utils.atomic import atomic_path
+from difflab.io.atomic import atomic_path
 
 METADATA_KEY = "difflab"
 MAX_HEADER_BYTES = 100_000_000

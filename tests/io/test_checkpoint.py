@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from difflab.errors import DifflabError
-from difflab.training.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
+from difflab.io.checkpoint import load_checkpoint, load_weights_strict, save_checkpoint
 
 
 def test_round_trip_keeps_tensors_and_metadata(tmp_path):

@@ -1,1 +1,0 @@
-"""Small helpers: atomic writes, image files."""
