@@ -92,6 +92,20 @@ def test_ema_update_matches_its_formula():
     torch.testing.assert_close(quantizer.codebook, ema_sum / smoothed[:, None])
 
 
+def test_ema_z_q_is_the_codebook_before_this_steps_update():
+    """Sonnet's VectorQuantizerEMA and vector-quantize-pytorch: quantise, then move the codebook."""
+    torch.manual_seed(0)
+    quantizer = VectorQuantizer(4, 3, update="ema", ema_decay=0.5).train()
+    z_e = torch.randn(2, 3, 4, 4)
+    before = quantizer.codebook.clone()
+    out = quantizer(z_e)
+    gathered = before[out.indices].permute(0, 3, 1, 2)  # (B, D, H, W)
+    torch.testing.assert_close(out.z_q, gathered, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.commitment_loss, torch.mean((z_e - gathered) ** 2))
+    after = quantizer.codebook[out.indices].permute(0, 3, 1, 2)
+    assert (after - gathered).abs().max() > 0.1  # the update moved the codes that were used
+
+
 def test_restart_revives_a_deliberately_dead_code():
     torch.manual_seed(0)
     quantizer = VectorQuantizer(4, 2, restart_after=3).train()

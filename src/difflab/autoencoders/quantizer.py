@@ -16,7 +16,11 @@ Codebook options beyond the paper's main text:
   the assignment counts and of the sums of the vectors assigned, ``N_i <- γ N_i + (1-γ) n_i``,
   ``m_i <- γ m_i + (1-γ) Σ_j z_e,j``, ``C_i = m_i / N_i`` (γ = ``ema_decay``; the counts get
   Laplace smoothing with ``eps`` so an unused code never divides by zero). The codebook loss is
-  then zero and unused.
+  then zero and unused. The returned z_q (and the commitment loss) use the codebook *before* this
+  step's update, ``z_q = C_k`` of the code z_e was matched to, as in Sonnet's
+  ``VectorQuantizerEMA`` and vector-quantize-pytorch; the update changes the next call's codes.
+  (``weights/vqvae_mnist.safetensors`` was trained when z_q was gathered after the update;
+  in eval mode there is no update, so its inference is unaffected.)
 - ``kmeans_init``: the first training batch's encoder outputs are clustered (k-means, a few Lloyd
   iterations) and the centroids become the codebook.
 - ``restart_after`` = N > 0: a code assigned no vector for N consecutive training steps is re-seeded
@@ -204,6 +208,9 @@ class VectorQuantizer(nn.Module):
             if self.training and not bool(self.initialized):
                 self._initialize_by_kmeans(flat.detach())
             indices = nearest_code(flat.detach(), self.codebook.detach())  # (N,)
+            # gathered before this step's codebook update: z_q is the code z_e was matched to
+            z_q = F.embedding(indices, self.codebook).view(batch, height, width, dim)
+            z_q = z_q.permute(0, 3, 1, 2)  # (B, D, H, W)
             counts = torch.bincount(indices, minlength=self.num_codes).float()  # (K,)
             if self.training:  # statistics of the whole global batch; in eval mode, local ones
                 counts = _all_reduce_sum(counts)
@@ -211,8 +218,6 @@ class VectorQuantizer(nn.Module):
                     self._ema_update(flat.detach(), indices, counts)
                 if self.restart_after:
                     self._restart_dead_codes(flat.detach(), counts)
-            z_q = F.embedding(indices, self.codebook).view(batch, height, width, dim)
-            z_q = z_q.permute(0, 3, 1, 2)  # (B, D, H, W)
             commitment = F.mse_loss(z_e, z_q.detach())
             codebook_loss = (
                 F.mse_loss(z_q, z_e.detach()) if self.update == "loss" else z_e.new_zeros(())
