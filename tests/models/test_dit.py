@@ -1,18 +1,23 @@
 import dataclasses
+import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from difflab.cli import main
-from difflab.config import load_config
+from difflab.config import config_to_dict, load_config
 from difflab.diffusion import NULL_LABEL, Conditioning
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
+from difflab.io.weights import weights_dir
 from difflab.models import (
     PRESETS,
     DiT,
     DiTConfig,
     build_model,
+    config_from_dict,
     count_flops,
     forward_flops,
     forward_gflops,
@@ -23,6 +28,7 @@ from difflab.models.dit import (
     sincos_position_embedding,
     unpatchify,
 )
+from difflab.nn import sinusoidal_embedding
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FLASH_KERNEL = "aten::_scaled_dot_product_flash_attention_for_cpu"
@@ -84,11 +90,94 @@ def test_position_embeddings_are_fixed_2d_sin_cos():
     assert net.pos_embed.shape == (1, 49, 32)
     assert "pos_embed" not in net.state_dict()  # derived from the config, never stored
     assert all(name != "pos_embed" for name, _ in net.named_parameters())
+    assert net.config.position_layout == "reference"  # new models: the reference code's table
     table = sincos_position_embedding(7, 32).reshape(7, 7, 32)  # (row, column, D)
-    assert torch.equal(table[:, :, :16], table[:, :1, :16].expand(7, 7, 16))  # rows: first half
-    assert torch.equal(table[:, :, 16:], table[:1, :, 16:].expand(7, 7, 16))  # columns: second
+    assert torch.equal(table[:, :, :16], table[:1, :, :16].expand(7, 7, 16))  # columns: first half
+    assert torch.equal(table[:, :, 16:], table[:, :1, 16:].expand(7, 7, 16))  # rows: second
     assert torch.equal(table[0, 0], torch.tensor([0.0] * 8 + [1.0] * 8 + [0.0] * 8 + [1.0] * 8))
     assert torch.unique(table.reshape(49, 32), dim=0).shape[0] == 49
+    row_first = sincos_position_embedding(7, 32, "row_first").reshape(7, 7, 32)
+    assert torch.equal(row_first, table.transpose(0, 1))  # the transpose over the patch grid
+    assert torch.equal(tiny(position_layout="row_first").pos_embed[0], row_first.reshape(49, 32))
+
+
+@pytest.mark.parametrize(("grid", "dim"), [(7, 32), (4, 64), (16, 1152)])
+def test_the_reference_layout_is_the_reference_codes_table(grid, dim):
+    """diffusers' get_2d_sincos_pos_embed is the reference code's (column first); its
+    ``base_size`` rescales positions unless it equals the grid, as its PatchEmbed sets it."""
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+    theirs = get_2d_sincos_pos_embed(dim, grid, base_size=grid, output_type="pt")
+    ours = sincos_position_embedding(grid, dim, dtype=torch.float64)
+    assert torch.allclose(ours, theirs.double(), rtol=0, atol=1e-6)  # theirs may be float32
+
+
+def test_the_gelu_option_picks_the_activation():
+    x = torch.linspace(-4, 4, 101)
+    for gelu, approximate in (("exact", "none"), ("tanh", "tanh")):
+        activation = tiny(gelu=gelu).blocks[0].mlp[1]
+        assert torch.equal(activation(x), torch.nn.functional.gelu(x, approximate=approximate))
+    assert tiny().config.gelu == "exact"  # the default: 3-6x faster forward on the CPU
+    with pytest.raises(DifflabError, match=r"model\.gelu 'relu' is unknown"):
+        tiny(gelu="relu")
+    with pytest.raises(DifflabError, match=r"model\.position_layout 'columns' is unknown"):
+        tiny(position_layout="columns")
+
+
+# The shipped DiT (weights/dit_mnist_s4, trained before position_layout and gelu existed, its JSON
+# has neither): outputs recorded with the code of that time, seed-0 input, labels 3, 7, 0, none.
+SHIPPED_DIT = "dit_mnist_s4"
+SHIPPED_MEAN_ABS = [1.036721, 1.055117, 0.79852, 0.781096]
+SHIPPED_MEAN = [0.0238, 0.272457, 0.096196, -0.015835]
+SHIPPED_VALUES = {
+    (0, 0, 10, 10): -0.254,
+    (1, 0, 14, 14): -0.055384,
+    (2, 0, 3, 25): 1.590902,
+    (3, 0, 20, 5): 1.152175,
+    (1, 0, 0, 0): 1.920945,
+    (2, 0, 27, 27): -1.656399,
+}
+
+
+def shipped_dit_output(**config_changes) -> torch.Tensor:
+    tensors, meta = load_checkpoint(weights_dir() / f"{SHIPPED_DIT}.safetensors")
+    assert "position_layout" not in meta["model"] and "gelu" not in meta["model"]
+    config = dataclasses.replace(config_from_dict("dit", meta["model"]), **config_changes)
+    net = build_model("dit", config).eval()
+    load_weights_strict(net, split_prefix(tensors, "model"), SHIPPED_DIT)
+    x = torch.randn(4, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 250, 500, 999])
+    with torch.no_grad():
+        return net(x, t, Conditioning(labels=torch.tensor([3, 7, 0, NULL_LABEL])))
+
+
+def test_the_shipped_dit_still_computes_what_it_computed_when_it_was_trained():
+    """A stored config without the new fields means the old network: row-first table, exact GELU."""
+    _, meta = load_checkpoint(weights_dir() / f"{SHIPPED_DIT}.safetensors")
+    config = config_from_dict("dit", meta["model"])
+    assert (config.position_layout, config.gelu, config.timestep_freq_shift) == (
+        "row_first",
+        "exact",
+        0.0,
+    )
+    out = shipped_dit_output()
+    assert out.abs().mean(dim=(1, 2, 3)).tolist() == pytest.approx(SHIPPED_MEAN_ABS, abs=2e-6)
+    assert out.mean(dim=(1, 2, 3)).tolist() == pytest.approx(SHIPPED_MEAN, abs=2e-6)
+    for index, value in SHIPPED_VALUES.items():
+        assert out[index].item() == pytest.approx(value, abs=2e-6), index
+    # the pin is sharp enough to see either change
+    for change in (dict(position_layout="reference"), dict(gelu="tanh")):
+        moved = shipped_dit_output(**change)
+        assert (moved - out).abs().max() > 1e-3, change
+
+
+def test_a_new_checkpoint_records_the_new_fields(tmp_path):
+    """config_to_dict (what a run stores) writes them, so a new model reloads as it was built."""
+    arch, config = model_config("dit-tiny", gelu="tanh", timestep_freq_shift=1)
+    stored = json.loads(json.dumps(config_to_dict(config)))
+    assert stored["position_layout"] == "reference" and stored["gelu"] == "tanh"
+    assert stored["timestep_freq_shift"] == 1.0
+    assert config_from_dict(arch, stored) == config
 
 
 def test_the_class_embedding_reserves_the_null_row_for_dropped_labels():
@@ -206,6 +295,53 @@ def test_bf16_autocast_stays_close_to_float32():
         low = net(x, t, cond)
     assert low.dtype == torch.bfloat16
     assert (low.float() - reference).abs().max() < 0.05 * reference.abs().max()
+
+
+# ----------------------------------------------------------------------------- float64
+
+
+@pytest.mark.parametrize(
+    ("preset", "overrides"),
+    [
+        ("dit-tiny", dict(num_classes=3, learn_sigma=True)),
+        ("dit-tiny", dict(position_layout="row_first", timestep_freq_shift=1)),
+        ("unet-tiny", dict(num_classes=3)),  # the U-Net shares the timestep embedding
+    ],
+)
+def test_models_run_in_float64_end_to_end(preset, overrides):
+    torch.manual_seed(0)
+    with torch.device("cpu"):
+        net = perturb_zero_inits(build_model(*model_config(preset, **overrides))).double().eval()
+    x = torch.randn(2, 1, 28, 28, dtype=torch.float64)
+    t = torch.tensor([3, 999])
+    cond = Conditioning(labels=torch.tensor([0, NULL_LABEL]))
+    with torch.no_grad():
+        out = net(x, t, cond)
+        assert out.dtype == torch.float64
+        reference = net.float()(x.float(), t, cond).double()
+    assert (out - reference).abs().max() < 1e-4 * out.abs().max()
+
+
+def test_float64_timestep_features_are_computed_in_float64():
+    t = torch.tensor([0, 1, 999])
+    features = sinusoidal_embedding(t, 256, dtype=torch.float64)
+    half = torch.arange(128, dtype=torch.float64)
+    angles = t.double()[:, None] * torch.exp(-math.log(10000) * half / 128)[None]
+    assert features.dtype == torch.float64
+    assert torch.equal(features, torch.cat([angles.cos(), angles.sin()], dim=1))
+    assert sinusoidal_embedding(t, 256).dtype == torch.float32  # integer t: float32, as before
+    assert sinusoidal_embedding(t.double(), 256).dtype == torch.float64
+    shifted = sinusoidal_embedding(t, 256, freq_shift=1, dtype=torch.float64)  # diffusers' DiT
+    angles = t.double()[:, None] * torch.exp(-math.log(10000) * half / 127)[None]
+    assert torch.allclose(shifted, torch.cat([angles.cos(), angles.sin()], dim=1), atol=1e-12)
+
+
+def test_a_float32_dit_converted_to_float64_uses_the_exact_position_table():
+    net = tiny().double()
+    exact = sincos_position_embedding(7, 32, dtype=torch.float64)
+    assert net.pos_embed.dtype == torch.float64  # the buffer holds the float32-rounded table
+    assert not torch.equal(net.pos_embed[0], exact)
+    assert torch.equal(net.position_embedding()[0], exact)
 
 
 # ----------------------------------------------------------------------------- FLOPs

@@ -18,8 +18,19 @@ Choices and limits:
   :class:`DifflabError` naming both (nothing is padded silently). For 28 x 28 MNIST use p in
   {1, 2, 4, 7, 14}; with ``data.pad_to_32=true`` (32 x 32) use p in {1, 2, 4, 8, 16}.
 * The position embedding is fixed to the configured grid: inputs of another size are refused.
-* The MLP uses the exact GELU, not the reference code's tanh approximation: the two differ by at
-  most 5e-4, and the exact one is 3-6x faster forward on this project's CPU (fp32 and bf16).
+  ``position_layout="reference"`` (the default) is the reference code's table, whose first half
+  of every vector encodes the patch column; ``"row_first"`` puts the row first. The two are the
+  same network up to a permutation of the hidden channels (swap the halves), see
+  :func:`difflab.convert.dit.row_first_to_reference`; checkpoints written before the field
+  existed are ``"row_first"``.
+* ``gelu="exact"`` (the default) uses the exact GELU in the MLP, ``"tanh"`` the reference code's
+  tanh approximation. The two differ by at most 5e-4 per activation; the exact one is 3-6x
+  faster forward on this project's CPU (fp32 and bf16: 4 ms against 15 ms for a 6272 x 512
+  activation, one thread). Imported reference weights use ``"tanh"``.
+* ``timestep_freq_shift`` is 0 as in the reference code; 1 reproduces diffusers'
+  ``DiTTransformer2DModel``, whose timestep features use ``w_i = 10000^(-i / 127)`` instead of
+  ``10000^(-i / 128)`` (see :func:`difflab.nn.sinusoidal_embedding`).
+* float64 runs end to end (the position table is then computed in float64, not rounded).
 * Attention goes through :func:`difflab.nn.packed_attention`: the fused kernel in float32, two
   bf16 matmuls and a softmax under bf16 autocast on the CPU (2.4x faster there, forward + backward).
 * ``learn_sigma=True`` adds the paper's learned-variance output (out_channels more channels, the
@@ -46,6 +57,12 @@ from difflab.nn.attention import packed_attention
 TIMESTEP_FEATURES = 256
 """Width of the sinusoidal timestep features fed to the timestep MLP (the paper's 256)."""
 
+POSITION_LAYOUTS: tuple[str, ...] = ("reference", "row_first")
+"""``DiTConfig.position_layout`` values: the reference code's table, or difflab's first one."""
+
+GELU_CHOICES: tuple[str, ...] = ("exact", "tanh")
+"""``DiTConfig.gelu`` values: exact GELU, or the reference code's tanh approximation."""
+
 
 @dataclass(frozen=True)
 class DiTConfig:
@@ -67,6 +84,11 @@ class DiTConfig:
         prediction: what the network predicts: "eps", "x0" or "v".
         learn_sigma: also output the learned-variance channels (see the module docstring).
         dropout: dropout probability on the attention and MLP branches (the paper uses 0).
+        position_layout: "reference" (the reference code's sin-cos table: column first) or
+            "row_first" (the transposed table of checkpoints written before this field existed).
+        gelu: "exact" (faster on the CPU, the default) or "tanh" (the reference code's).
+        timestep_freq_shift: s in the timestep frequencies ``10000^(-i / (128 - s))``: 0 as in
+            the reference code, 1 as in diffusers' DiTTransformer2DModel.
     """
 
     image_size: int = 32
@@ -81,6 +103,9 @@ class DiTConfig:
     prediction: str = "eps"
     learn_sigma: bool = False
     dropout: float = 0.0
+    position_layout: str = "reference"
+    gelu: str = "exact"
+    timestep_freq_shift: float = 0.0
 
     @property
     def grid_size(self) -> int:
@@ -127,6 +152,20 @@ def check_dit_config(config: DiTConfig) -> None:
         raise DifflabError(
             f"model.prediction {c.prediction!r} is unknown; choose one of {', '.join(PREDICTION_TYPES)}."
         )
+    if c.position_layout not in POSITION_LAYOUTS:
+        raise DifflabError(
+            f"model.position_layout {c.position_layout!r} is unknown; choose one of "
+            f"{', '.join(POSITION_LAYOUTS)}."
+        )
+    if c.gelu not in GELU_CHOICES:
+        raise DifflabError(
+            f"model.gelu {c.gelu!r} is unknown; choose one of {', '.join(GELU_CHOICES)}."
+        )
+    if not 0 <= c.timestep_freq_shift < TIMESTEP_FEATURES // 2:
+        raise DifflabError(
+            f"model.timestep_freq_shift must lie in [0, {TIMESTEP_FEATURES // 2}), got "
+            f"{c.timestep_freq_shift} (0: the reference code, 1: diffusers)."
+        )
 
 
 # ----------------------------------------------------------------------------- patches
@@ -156,12 +195,21 @@ def unpatchify(tokens: torch.Tensor, patch_size: int, grid_size: int) -> torch.T
     return x.permute(0, 5, 1, 3, 2, 4).reshape(B, C, g * p, g * p)
 
 
-def sincos_position_embedding(grid_size: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position embeddings of a square patch grid, (grid_size^2, dim) float32.
+def sincos_position_embedding(
+    grid_size: int,
+    dim: int,
+    layout: str = "reference",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Fixed 2-D sin-cos position embeddings of a square patch grid, (grid_size^2, dim).
 
-    Token ``i * grid_size + j`` (row i, column j) gets ``[s(i), s(j)]``, where
+    Token ``i * grid_size + j`` (patch row i, column j, the row-major order of the patch
+    embedding's output) gets ``[s(j), s(i)]`` in the ``"reference"`` layout (the reference code's
+    ``get_2d_sincos_pos_embed``, whose meshgrid puts the column first) and ``[s(i), s(j)]`` in
+    the ``"row_first"`` layout, where
     ``s(pos) = [sin(pos w_0), ..., sin(pos w_{k-1}), cos(pos w_0), ..., cos(pos w_{k-1})]`` with
     ``k = dim / 4`` and ``w_m = 10000^(-m / k)`` (the Transformer's frequencies, one set per axis).
+    Computed in float64 and returned in ``dtype``.
     """
     quarter = dim // 4
     freqs = 10000.0 ** (-torch.arange(quarter, dtype=torch.float64) / quarter)  # (dim/4,)
@@ -170,7 +218,8 @@ def sincos_position_embedding(grid_size: int, dim: int) -> torch.Tensor:
     axis = torch.cat([angles.sin(), angles.cos()], dim=1)  # (g, dim/2)
     rows = axis[:, None, :].expand(grid_size, grid_size, dim // 2)  # (g, g, dim/2): row i
     cols = axis[None, :, :].expand(grid_size, grid_size, dim // 2)  # (g, g, dim/2): column j
-    return torch.cat([rows, cols], dim=-1).reshape(grid_size * grid_size, dim).float()
+    halves = [cols, rows] if layout == "reference" else [rows, cols]
+    return torch.cat(halves, dim=-1).reshape(grid_size * grid_size, dim).to(dtype)
 
 
 # ----------------------------------------------------------------------------- blocks
@@ -186,7 +235,14 @@ class DiTBlock(nn.Module):
     Shapes: x (B, T, D), c (B, D) -> (B, T, D).
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float, dropout: float) -> None:
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        mlp_ratio: float,
+        dropout: float,
+        gelu: str = "exact",
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
         mlp_width = int(hidden_size * mlp_ratio)
@@ -194,7 +250,7 @@ class DiTBlock(nn.Module):
         self.proj = nn.Linear(hidden_size, hidden_size)
         self.mlp = nn.Sequential(
             nn.Linear(hidden_size, mlp_width),
-            nn.GELU(),
+            nn.GELU(approximate="tanh" if gelu == "tanh" else "none"),
             nn.Linear(mlp_width, hidden_size),
         )
         self.dropout = nn.Dropout(dropout)
@@ -250,14 +306,15 @@ class DiT(nn.Module):
         self.output_channels = c.out_channels * (2 if c.learn_sigma else 1)
         self.patch_embed = nn.Conv2d(c.in_channels, D, c.patch_size, stride=c.patch_size)
         # fixed, derived from the config: not a parameter and not stored in checkpoints
-        self.register_buffer(
-            "pos_embed", sincos_position_embedding(c.grid_size, D)[None], persistent=False
-        )  # (1, T, D)
-        self.time_embed = TimestepEmbedding(TIMESTEP_FEATURES, D)
+        table = sincos_position_embedding(
+            c.grid_size, D, c.position_layout, torch.get_default_dtype()
+        )  # (T, D)
+        self.register_buffer("pos_embed", table[None], persistent=False)  # (1, T, D)
+        self.time_embed = TimestepEmbedding(TIMESTEP_FEATURES, D, c.timestep_freq_shift)
         # rows 0..num_classes-1 are classes, row num_classes is "no label"
         self.label_embed = nn.Embedding(c.num_classes + 1, D) if c.num_classes > 0 else None
         self.blocks = nn.ModuleList(
-            DiTBlock(D, c.num_heads, c.mlp_ratio, c.dropout) for _ in range(c.depth)
+            DiTBlock(D, c.num_heads, c.mlp_ratio, c.dropout, c.gelu) for _ in range(c.depth)
         )
         self.final_layer = FinalLayer(D, c.patch_size, self.output_channels)
         self.init_weights()
@@ -305,6 +362,20 @@ class DiT(nn.Module):
             c = c + self.label_embed(rows)
         return c
 
+    def position_embedding(self) -> torch.Tensor:
+        """The fixed (1, T, D) position table in the module's dtype.
+
+        The buffer follows ``module.to(dtype)``; a float32-built model converted to float64 would
+        carry a float32-rounded table (errors near 3e-8), so float64 recomputes it exactly.
+        """
+        if self.pos_embed.dtype != torch.float64:
+            return self.pos_embed
+        c = self.config
+        table = sincos_position_embedding(
+            c.grid_size, c.hidden_size, c.position_layout, torch.float64
+        )  # (T, D)
+        return table.to(self.pos_embed.device)[None]
+
     def _check_input(self, x_t: torch.Tensor) -> None:
         c = self.config
         expected = (c.in_channels, c.image_size, c.image_size)
@@ -320,7 +391,8 @@ class DiT(nn.Module):
         """The head's full output (B, output_channels, H, W): prediction [+ variance values]."""
         self._check_input(x_t)
         c = self.embed(t, cond if cond is not None else Conditioning())  # (B, D)
-        x = self.patch_embed(x_t).flatten(2).transpose(1, 2) + self.pos_embed  # (B, T, D)
+        tokens = self.patch_embed(x_t).flatten(2).transpose(1, 2)  # (B, T, D)
+        x = tokens + self.position_embedding()  # (B, T, D)
         for block in self.blocks:
             x = block(x, c)  # (B, T, D)
         x = self.final_layer(x, c)  # (B, T, p * p * output_channels)

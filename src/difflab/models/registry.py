@@ -148,6 +148,19 @@ def build_model(arch: str, config: Any) -> nn.Module:
     return ARCHITECTURES[arch][1](config)
 
 
+# Fields added after checkpoints were shipped, with the value that reproduces those checkpoints
+# when their stored config lacks the field (which differs from the default for new models).
+STORED_CONFIG_DEFAULTS: dict[str, dict[str, Any]] = {
+    # DiT before the reference-equal options: the row-first position table and the exact GELU
+    "dit": {"position_layout": "row_first", "gelu": "exact"},
+}
+
+
 def config_from_dict(arch: str, values: dict[str, Any]) -> Any:
-    """Rebuild an architecture's config dataclass from its JSON form (as stored in a checkpoint)."""
-    return _config_class(arch)(**_checked_fields(arch, values, "the checkpoint's model config"))
+    """Rebuild an architecture's config dataclass from its JSON form (as stored in a checkpoint).
+
+    A field the JSON lacks takes the value older checkpoints were trained with
+    (:data:`STORED_CONFIG_DEFAULTS`), else the dataclass default.
+    """
+    checked = _checked_fields(arch, values, "the checkpoint's model config")
+    return _config_class(arch)(**{**STORED_CONFIG_DEFAULTS.get(arch, {}), **checked})
