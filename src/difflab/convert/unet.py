@@ -56,33 +56,38 @@ class keeps all its weights, but its last class answers to "no label"). ``flip_s
 False`` is imported by permuting the first time-MLP layer's inputs; everything else that difflab
 cannot compute is refused with one sentence naming the option.
 
-Weights are read and written as safetensors only (never unpickled); the exported folder appears
-whole or not at all (built in a temporary sibling, then renamed), the imported checkpoint is
-written by :func:`~difflab.io.checkpoint.save_checkpoint` (atomic).
+Weights are read and written as safetensors only (a U-Net's pickled ``.bin`` is refused, never
+unpickled). Files go through :mod:`difflab.convert.formats`: the exported folder appears whole or
+not at all (built in a temporary sibling, then renamed), the imported checkpoint is written by
+:func:`~difflab.io.checkpoint.save_checkpoint` (atomic), and an existing output is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import json
 import math
-import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import safetensors
-import safetensors.torch
 import torch
 from torch import nn
 
 from difflab.config import config_to_dict
-from difflab.diffusion.schedule import NoiseSchedule, linear_betas, scaled_linear_betas
+from difflab.convert.formats import (
+    DIFFUSERS_VERSION,
+    PICKLED_WEIGHTS_NAME,
+    WEIGHTS_NAME,
+    diffusion_from_scheduler,
+    json_bytes,
+    read_json,
+    read_model_weights,
+    refuse_existing,
+    safetensors_bytes,
+    scheduler_config,
+    write_folder_atomic,
+)
+from difflab.diffusion.schedule import NoiseSchedule
 from difflab.errors import DifflabError
-from difflab.io.atomic import TEMP_SUFFIX
 from difflab.io.checkpoint import (
     load_checkpoint,
     load_weights_strict,
@@ -92,13 +97,6 @@ from difflab.io.checkpoint import (
 )
 from difflab.models.registry import config_from_dict
 from difflab.models.unet import UNet, UNetConfig
-
-DIFFUSERS_VERSION = "0.30.0"
-"""``_diffusers_version`` written into exported configs: the oldest diffusers difflab supports
-(pyproject's ``diffusers>=0.30``), which has every option written here."""
-
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-PICKLED_WEIGHTS_NAME = "diffusion_pytorch_model.bin"
 
 UNET_DEFAULTS: dict[str, Any] = {
     "sample_size": None,
@@ -136,26 +134,6 @@ UNET_DEFAULTS: dict[str, Any] = {
     "num_train_timesteps": None,
 }
 """``UNet2DModel.__init__``'s defaults (diffusers 0.30 - 0.42): what a config.json that omits a key means."""
-
-SCHEDULER_DEFAULTS: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_start": 0.0001,
-    "beta_end": 0.02,
-    "beta_schedule": "linear",
-    "trained_betas": None,
-    "prediction_type": "epsilon",
-    "rescale_betas_zero_snr": False,
-}
-"""The model-defining defaults shared by diffusers' DDPM and DDIM schedulers (DDPM's schedule)."""
-
-PREDICTION_TO_DIFFUSERS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-PREDICTION_FROM_DIFFUSERS = {value: key for key, value in PREDICTION_TO_DIFFUSERS.items()}
-SCHEDULE_TO_DIFFUSERS = {
-    "linear": "linear",
-    "scaled_linear": "scaled_linear",
-    "cosine": "squaredcos_cap_v2",
-}
-SCHEDULE_FROM_DIFFUSERS = {value: key for key, value in SCHEDULE_TO_DIFFUSERS.items()}
 
 # UNetConfig fields this module maps; a field added later must keep its default to export
 MAPPED_FIELDS = frozenset(
@@ -575,220 +553,32 @@ def unet_config_from_diffusers(raw: dict[str, Any], prediction: str, where: Path
     return DiffusersUNet(config, bool(o["flip_sin_to_cos"]))
 
 
-def schedule_ends(
-    name: str, beta_start: float | None, beta_end: float | None
-) -> tuple[float, float]:
-    """The betas' ends of a linear / scaled_linear schedule, difflab's defaults filled in."""
-    betas = {"linear": linear_betas, "scaled_linear": scaled_linear_betas}[name]
-    defaults = inspect.signature(betas).parameters
-    return (
-        float(beta_start if beta_start is not None else defaults["beta_start"].default),
-        float(beta_end if beta_end is not None else defaults["beta_end"].default),
-    )
+def without_trained_betas(raw: dict[str, Any], where: Path) -> dict[str, Any]:
+    """A scheduler config whose ``trained_betas`` are replaced by the named schedule they equal.
 
-
-def diffusers_scheduler_config(diffusion: dict[str, Any], prediction: str) -> dict[str, Any]:
-    """The ``DDIMScheduler`` config of a checkpoint's ``diffusion`` entry (module docstring)."""
-    name = diffusion["schedule"]
-    if name not in SCHEDULE_TO_DIFFUSERS:
-        raise DifflabError(
-            f"the noise schedule {name!r} has no diffusers counterpart; difflab exports "
-            f"{', '.join(SCHEDULE_TO_DIFFUSERS)}."
-        )
-    start, end = SCHEDULER_DEFAULTS["beta_start"], SCHEDULER_DEFAULTS["beta_end"]
-    if name in ("linear", "scaled_linear"):
-        start, end = schedule_ends(name, diffusion.get("beta_start"), diffusion.get("beta_end"))
-    return {
-        "_class_name": "DDIMScheduler",
-        "_diffusers_version": DIFFUSERS_VERSION,
-        "num_train_timesteps": int(diffusion["num_timesteps"]),
-        "beta_start": start,
-        "beta_end": end,
-        "beta_schedule": SCHEDULE_TO_DIFFUSERS[name],
-        "trained_betas": None,
-        "prediction_type": PREDICTION_TO_DIFFUSERS[prediction],
-        "clip_sample": False,  # difflab's Denoiser does not clip x0
-        "clip_sample_range": 1.0,
-        "set_alpha_to_one": True,  # difflab's last step goes to alpha_bar = 1
-        "steps_offset": 0,
-        "timestep_spacing": "leading",  # the one whose t -> t - T // S steps are consecutive
-        "thresholding": False,
-        "dynamic_thresholding_ratio": 0.995,
-        "sample_max_value": 1.0,
-        "rescale_betas_zero_snr": False,
-    }
-
-
-def _named_schedule_of(betas: torch.Tensor, where: Path) -> dict[str, Any]:
-    """The named difflab schedule equal to ``trained_betas`` (to float32 precision), or refuse."""
-    T = len(betas)
-    candidates: list[dict[str, Any]] = [{"schedule": "cosine"}]
-    if T > 1:
-        first, last = float(betas[0]), float(betas[-1])
-        candidates.append({"schedule": "linear", "beta_start": first, "beta_end": last})
-        candidates.append({"schedule": "scaled_linear", "beta_start": first, "beta_end": last})
-    for candidate in candidates:
+    difflab's checkpoints name their schedule; betas listed one by one are accepted when they
+    are (to float32 precision) linear or scaled_linear between their ends, or cosine.
+    """
+    if raw.get("trained_betas") is None:
+        return raw
+    betas = torch.tensor(raw["trained_betas"], dtype=torch.float64)  # (T,)
+    ends = {"beta_start": float(betas[0]), "beta_end": float(betas[-1])}
+    for named in (
+        {"beta_schedule": "linear", **ends},
+        {"beta_schedule": "scaled_linear", **ends},
+        {"beta_schedule": "squaredcos_cap_v2"},
+    ):
+        candidate = {**raw, **named, "trained_betas": None, "num_train_timesteps": len(betas)}
+        diffusion, _ = diffusion_from_scheduler(candidate, where)
         schedule = NoiseSchedule.from_name(
-            candidate["schedule"], T, candidate.get("beta_start"), candidate.get("beta_end")
+            diffusion["schedule"], len(betas), diffusion["beta_start"], diffusion["beta_end"]
         )
         if torch.allclose(schedule.betas, betas, rtol=1e-5, atol=1e-9):
-            return {"beta_start": None, "beta_end": None, **candidate, "num_timesteps": T}
+            return candidate
     raise DifflabError(
         f"{where}: the scheduler's trained_betas are none of difflab's named schedules (linear, "
         "scaled_linear, cosine), which are all a difflab checkpoint can record."
     )
-
-
-def diffusion_from_scheduler(raw: dict[str, Any], where: Path) -> tuple[dict[str, Any], str]:
-    """(a checkpoint's ``diffusion`` entry, difflab prediction type) of a scheduler config."""
-    o = {**SCHEDULER_DEFAULTS, **raw}
-    if o["rescale_betas_zero_snr"]:
-        raise DifflabError(
-            f"{where}: scheduler option rescale_betas_zero_snr=True cannot be imported (difflab's "
-            "named schedules do not rescale betas to zero terminal SNR)."
-        )
-    prediction = PREDICTION_FROM_DIFFUSERS.get(o["prediction_type"])
-    if prediction is None:
-        raise DifflabError(
-            f"{where}: scheduler option prediction_type={o['prediction_type']!r} cannot be "
-            f"imported; difflab's networks predict {', '.join(PREDICTION_FROM_DIFFUSERS)}."
-        )
-    T = int(o["num_train_timesteps"])
-    if o["trained_betas"] is not None:
-        betas = torch.tensor(o["trained_betas"], dtype=torch.float64)
-        return _named_schedule_of(betas, where), prediction
-    name = SCHEDULE_FROM_DIFFUSERS.get(o["beta_schedule"])
-    if name is None:
-        raise DifflabError(
-            f"{where}: scheduler option beta_schedule={o['beta_schedule']!r} cannot be imported; "
-            f"difflab's schedules are diffusers' {', '.join(SCHEDULE_FROM_DIFFUSERS)}."
-        )
-    diffusion: dict[str, Any] = {
-        "schedule": name,
-        "num_timesteps": T,
-        "beta_start": None,
-        "beta_end": None,
-    }
-    if name != "cosine":
-        diffusion["beta_start"], diffusion["beta_end"] = (
-            float(o["beta_start"]),
-            float(o["beta_end"]),
-        )
-    NoiseSchedule.from_name(name, T, diffusion["beta_start"], diffusion["beta_end"])  # checks
-    return diffusion, prediction
-
-
-# ---------------------------------------------------------------------------------------------
-# files
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise DifflabError(
-            f"could not read {path} as JSON ({error}); re-save the model with diffusers."
-        ) from None
-    if not isinstance(value, dict):
-        raise DifflabError(f"{path} is not a JSON object; re-save the model with diffusers.")
-    return value
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            names = handle.keys()  # a safe_open handle is not iterable
-            return {name: handle.get_tensor(name) for name in names}
-    except Exception as error:  # safetensors raises its own types for damaged or foreign files
-        raise DifflabError(
-            f"{path} is not a readable safetensors file ({error}); re-save the model with diffusers."
-        ) from None
-
-
-def read_model_weights(model_dir: Path) -> dict[str, torch.Tensor]:
-    """A diffusers model folder's weights: one safetensors file or an index of shards."""
-    single = model_dir / WEIGHTS_NAME
-    index = model_dir / f"{WEIGHTS_NAME}.index.json"
-    if single.is_file():
-        return _read_safetensors(single)
-    if index.is_file():
-        weight_map = _read_json(index).get("weight_map", {})
-        weights: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            weights.update(_read_safetensors(model_dir / shard))
-        return weights
-    if (model_dir / PICKLED_WEIGHTS_NAME).is_file():
-        raise DifflabError(
-            f"{model_dir} holds only the pickled {PICKLED_WEIGHTS_NAME}, which difflab never "
-            "unpickles; re-save the model with save_pretrained(..., safe_serialization=True)."
-        )
-    raise DifflabError(
-        f"{model_dir} has no {WEIGHTS_NAME}; give a diffusers model or pipeline folder."
-    )
-
-
-def _json_bytes(value: dict[str, Any]) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
-
-
-def write_folder_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
-    """Write ``files`` (relative path -> bytes) as the folder ``out_dir``, whole or not at all.
-
-    The files are written and fsynced in a temporary sibling folder that is then renamed to
-    ``out_dir``. An existing ``out_dir`` is replaced only when it is empty or an earlier diffusers
-    export (it has a model_index.json); any other folder is left alone and refused.
-    """
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DifflabError(f"{out_dir} is a file; give a folder path for the diffusers pipeline.")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "model_index.json").is_file():
-        raise DifflabError(
-            f"{out_dir} is a folder with other files in it; give a new or empty folder (or an "
-            "earlier export, which is replaced)."
-        )
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=TEMP_SUFFIX, dir=out_dir.parent)
-        )
-    except OSError as error:
-        raise DifflabError(
-            f"could not create a folder beside {out_dir} ({error.strerror or error}); fix the "
-            "parent folder's permissions or free some space."
-        ) from None
-    old: Path | None = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        for relative, data in files.items():
-            path = staging / relative
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-        for folder in {staging, *(p for p in staging.rglob("*") if p.is_dir())}:
-            os.chmod(folder, 0o777 & ~umask)  # mkdtemp makes 0700; give what mkdir would
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        dir_fd = os.open(out_dir.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException as error:
-        shutil.rmtree(staging, ignore_errors=True)
-        if old is not None and not out_dir.exists():
-            os.replace(old, out_dir)  # put the earlier export back
-        if isinstance(error, OSError):
-            raise DifflabError(
-                f"could not write {out_dir} ({error.strerror or error}); nothing was changed: "
-                "free some space or fix the folder's permissions, then rerun."
-            ) from None
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -803,9 +593,10 @@ def export_unet_to_diffusers(checkpoint: Path, out_dir: Path) -> None:
     module docstring for the options written and the models refused. Load it with
     ``DDIMPipeline.from_pretrained(out_dir)`` (unconditional) or
     ``UNet2DModel.from_pretrained(out_dir, subfolder="unet")`` with ``class_labels`` (class-
-    conditional; label ``num_classes`` is "no label").
+    conditional; label ``num_classes`` is "no label"). An existing ``out_dir`` is refused.
     """
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    refuse_existing(out_dir)
     tensors, meta = load_checkpoint(checkpoint, kind="diffusion")
     for key in ("arch", "model", "diffusion"):
         if key not in meta:
@@ -824,14 +615,11 @@ def export_unet_to_diffusers(checkpoint: Path, out_dir: Path) -> None:
         )
     config = config_from_dict("unet", meta["model"])
     unet_config = diffusers_unet_config(config)  # refuses what diffusers lacks, before any work
-    scheduler_config = diffusers_scheduler_config(meta["diffusion"], config.prediction)
+    scheduler = scheduler_config(meta["diffusion"], config.prediction)
     net = UNet(config)
     weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
     load_weights_strict(net, weights, checkpoint)  # names and shapes checked, cast to float32
     state = diffusers_state_dict(config, net.state_dict())
-    payload = safetensors.torch.save(
-        {k: v.detach().contiguous() for k, v in state.items()}, metadata={"format": "pt"}
-    )
     model_index = {
         "_class_name": "DDIMPipeline",
         "_diffusers_version": DIFFUSERS_VERSION,
@@ -841,10 +629,10 @@ def export_unet_to_diffusers(checkpoint: Path, out_dir: Path) -> None:
     write_folder_atomic(
         out_dir,
         {
-            "model_index.json": _json_bytes(model_index),
-            "unet/config.json": _json_bytes(unet_config),
-            f"unet/{WEIGHTS_NAME}": payload,
-            "scheduler/scheduler_config.json": _json_bytes(scheduler_config),
+            "model_index.json": json_bytes(model_index),
+            "unet/config.json": json_bytes(unet_config),
+            f"unet/{WEIGHTS_NAME}": safetensors_bytes(state),
+            "scheduler/scheduler_config.json": json_bytes(scheduler),
         },
     )
 
@@ -856,11 +644,12 @@ def import_diffusers_unet(folder: Path, out: Path) -> None:
     DDPMPipeline) or a bare model folder (``config.json`` and weights), whose schedule is then
     diffusers' default (linear 1e-4 .. 0.02, T = 1000, epsilon). ``out`` (.safetensors) is a
     ``kind: diffusion`` checkpoint with the weights under ``model.``; ``difflab sample`` and
-    :func:`~difflab.pipelines.pixel.load_diffusion_model` read it.
+    :func:`~difflab.pipelines.load_pipeline` read it. An existing ``out`` is refused.
     """
     folder, out = Path(folder), Path(out)
     if out.suffix != ".safetensors":
         raise DifflabError(f"the output {out} must end in .safetensors.")
+    refuse_existing(out)
     if not folder.is_dir():
         raise DifflabError(
             f"{folder} is not a folder; give a diffusers pipeline folder (with unet/ and "
@@ -875,11 +664,21 @@ def import_diffusers_unet(folder: Path, out: Path) -> None:
     scheduler_path = folder / "scheduler" / "scheduler_config.json"
     scheduler: dict[str, Any] = {}
     if model_dir != folder and scheduler_path.is_file():
-        scheduler = _read_json(scheduler_path)
-    diffusion, prediction = diffusion_from_scheduler(scheduler, scheduler_path)
+        scheduler = read_json(scheduler_path)
+    named = without_trained_betas(scheduler, scheduler_path)
+    diffusion, prediction = diffusion_from_scheduler(named, scheduler_path)
     model = unet_config_from_diffusers(
-        _read_json(model_dir / "config.json"), prediction, model_dir / "config.json"
+        read_json(model_dir / "config.json"), prediction, model_dir / "config.json"
     )
+    has_safetensors = (model_dir / WEIGHTS_NAME).is_file() or (
+        model_dir / f"{WEIGHTS_NAME}.index.json"
+    ).is_file()
+    if not has_safetensors and (model_dir / PICKLED_WEIGHTS_NAME).is_file():
+        raise DifflabError(
+            f"{model_dir} holds only the pickled {PICKLED_WEIGHTS_NAME}, which difflab never "
+            "unpickles for a U-Net; re-save the model with save_pretrained(..., "
+            "safe_serialization=True)."
+        )
     state = difflab_state_dict(model, read_model_weights(model_dir), model_dir)
     net = UNet(model.config)
     load_weights_strict(net, state, model_dir)  # casts to float32
@@ -898,7 +697,7 @@ def import_diffusers_unet(folder: Path, out: Path) -> None:
         "model": config_to_dict(c),
         "diffusion": diffusion,
         "data": {
-            "name": "imported",
+            "name": "diffusers",
             "image_size": c.image_size,
             "channels": c.in_channels,
             "class_names": [str(i) for i in range(c.num_classes)],
