@@ -10,10 +10,10 @@ import argparse
 import sys
 
 from difflab import __version__
-from difflab.cli import evaluate, export, generate, info, lpips, reconstruct, train
+from difflab.cli import convert, evaluate, export, generate, info, lpips, reconstruct, train
 from difflab.errors import DifflabError
 
-COMMAND_MODULES = (train, generate, reconstruct, info, export, lpips, evaluate)
+COMMAND_MODULES = (train, generate, reconstruct, info, export, convert, lpips, evaluate)
 
 
 class _Parser(argparse.ArgumentParser):
