@@ -460,3 +460,41 @@ def test_the_package_entry_point_detects_each_format(tmp_path):
     assert (done.source.format, done.source.arch) == ("diffusers", "dit")
     weights = split_prefix(load_checkpoint(tmp_path / "b.safetensors")[0], "model")
     assert torch.equal(weights["blocks.1.qkv.weight"], state["blocks.1.attn.qkv.weight"])
+
+
+def test_the_hub_layout_of_diffusers_dit_folders_imports(tmp_path):
+    """facebook/DiT-XL-2-256 on the hub: class Transformer2DModel, a legacy config without
+    norm_eps (so 1e-5), pickled or safetensors weights; a weights file given alone works too."""
+    peer = diffusers_peer(norm_eps=1e-5)
+    peer.save_pretrained(tmp_path / "pipe" / "transformer", safe_serialization=False)
+    config_path = tmp_path / "pipe" / "transformer" / "config.json"
+    raw = json.loads(config_path.read_text())
+    del raw["norm_eps"]
+    raw |= {
+        "_class_name": "Transformer2DModel",
+        "cross_attention_dim": None,
+        "num_vector_embeds": None,
+        "only_cross_attention": False,
+        "use_linear_projection": False,
+    }
+    config_path.write_text(json.dumps(raw))
+    with pytest.raises(DifflabError, match="--allow-pickle"):
+        convert(tmp_path / "pipe", tmp_path / "a.safetensors")
+    convert(tmp_path / "pipe", tmp_path / "a.safetensors", allow_pickle=True)
+    tensors, meta = load_checkpoint(tmp_path / "a.safetensors")
+    net = loaded(config_from_dict("dit", meta["model"]), split_prefix(tensors, "model"))
+    x, t, y = inputs(torch.float32)
+    with torch.no_grad():
+        theirs = peer(x, t, y).sample
+    assert relative(all_channels(net, x, t, y), theirs) < 1e-5
+    peer.save_pretrained(tmp_path / "model")
+    done = convert(
+        tmp_path / "model" / "diffusion_pytorch_model.safetensors", tmp_path / "b.safetensors"
+    )
+    assert done.source.path == tmp_path / "model" and (tmp_path / "b.safetensors").is_file()
+
+
+def test_only_diffusion_checkpoints_convert(tmp_path):
+    save_checkpoint(tmp_path / "vq.safetensors", {"w": torch.zeros(1)}, {"kind": "vqvae"})
+    with pytest.raises(DifflabError, match="difflab 'vqvae' checkpoint"):
+        convert(tmp_path / "vq.safetensors", tmp_path / "hf")

@@ -82,6 +82,7 @@ def convert(
         raise DifflabError(
             f"the output {dst} must be a folder for a diffusers model, not a .safetensors file."
         )
+    src = source.path  # a diffusers weights file given alone stands for its folder
     if source.arch == "unet":
         from difflab.convert import unet  # written beside this package's DiT converters
 

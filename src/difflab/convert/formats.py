@@ -163,13 +163,14 @@ def detect_source(path: Path) -> Source:
     metadata, keys = header
     if METADATA_KEY in metadata:
         try:
-            arch = json.loads(metadata[METADATA_KEY]).get("arch")
+            meta = json.loads(metadata[METADATA_KEY])
+            kind, arch = meta.get("kind"), meta.get("arch")
         except (json.JSONDecodeError, AttributeError):
-            arch = None
-        if arch not in ("dit", "unet"):
+            kind = arch = None
+        if kind != "diffusion" or arch not in ("dit", "unet"):
             raise DifflabError(
-                f"{path} is a difflab checkpoint of a {arch!r} network; difflab converts dit and "
-                "unet diffusion models."
+                f"{path} is a difflab {kind!r} checkpoint of a {arch!r} network; convert takes "
+                "diffusion checkpoints of dit and unet networks."
             )
         return Source("difflab", arch, path)
     if REFERENCE_KEY in keys:
