@@ -399,6 +399,23 @@ def test_import_refuses_what_difflab_cannot_represent(
     assert not (tmp_path / "m.safetensors").exists()
 
 
+def test_import_names_every_option_ddpm_cifar10_has_that_difflab_lacks(tmp_path: Path) -> None:
+    """google/ddpm-cifar10-32's config.json, shrunk: three options difflab's U-Net lacks."""
+    folder = diffusers_pipeline_folder(
+        tmp_path / "pipe",
+        flip_sin_to_cos=False,  # this one imports (a permutation of the first layer's inputs)
+        freq_shift=1,
+        downsample_padding=0,
+        norm_eps=1e-6,
+        attention_head_dim=None,
+    )
+    with pytest.raises(DifflabError) as error:
+        import_diffusers_unet(folder, tmp_path / "m.safetensors")
+    message = str(error.value)
+    assert all(f in message for f in ("freq_shift=1", "downsample_padding=0", "norm_eps=1e-06"))
+    assert "flip_sin_to_cos" not in message
+
+
 def test_import_never_unpickles(tmp_path: Path) -> None:
     folder = diffusers_pipeline_folder(tmp_path / "pipe")
     (folder / "unet" / convert_unet.WEIGHTS_NAME).unlink()

@@ -53,8 +53,13 @@ Sampling options of the scheduler (``clip_sample``, ``timestep_spacing``, ``step
 recorded under ``converted_from`` and not applied. A class embedding of N rows becomes N - 1
 classes plus the "no label" row (what export writes; a diffusers model trained without a null
 class keeps all its weights, but its last class answers to "no label"). ``flip_sin_to_cos =
-False`` is imported by permuting the first time-MLP layer's inputs; everything else that difflab
-cannot compute is refused with one sentence naming the option.
+False`` is imported by permuting the first time-MLP layer's inputs, and ``trained_betas`` when
+they equal a named schedule. Everything else difflab cannot compute is refused with one sentence
+naming every such option: e.g. DDPM's released models (``google/ddpm-*``) have ``freq_shift = 1``,
+``downsample_padding = 0`` (asymmetric padding) and ``norm_eps = 1e-6``, three options difflab's
+U-Net would need before they import; a mid-block attention without GroupNorm
+(``"scale_shift"`` with ``attn_norm_num_groups = None``); GroupNorm group counts other than difflab's
+(the largest divisor of a layer's width up to 32); attention at different resolutions down and up.
 
 Weights are read and written as safetensors only (a U-Net's pickled ``.bin`` is refused, never
 unpickled). Files go through :mod:`difflab.convert.formats`: the exported folder appears whole or
@@ -427,15 +432,20 @@ def unet_config_from_diffusers(raw: dict[str, Any], prediction: str, where: Path
                 "diffusers 0.30 - 0.42 configs), so the model cannot be imported."
             )
     o = {**UNET_DEFAULTS, **{k: v for k, v in raw.items() if k in UNET_DEFAULTS}}
-    for key, (accepted, why) in FIXED_OPTIONS.items():
-        value = o[key]
-        ok = (
-            any(math.isclose(value, a, rel_tol=1e-6) for a in accepted)
-            if isinstance(value, float)
-            else value in accepted
+    unfit = [
+        f"{key}={o[key]!r} ({why}; only {' or '.join(map(repr, accepted))})"
+        for key, (accepted, why) in FIXED_OPTIONS.items()
+        if not (
+            any(math.isclose(o[key], a, rel_tol=1e-6) for a in accepted)
+            if isinstance(o[key], float)
+            else o[key] in accepted
         )
-        if not ok:
-            raise _refuse_option(where, key, value, why, " or ".join(map(repr, accepted)))
+    ]
+    if unfit:  # all at once: DDPM's released models differ in three
+        raise DifflabError(
+            f"{where}: UNet2DModel option{'s' if len(unfit) > 1 else ''} {', '.join(unfit)} "
+            "cannot be imported into difflab's U-Net."
+        )
     widths = [int(w) for w in o["block_out_channels"]]
     base = widths[0]
     if any(w % base for w in widths):
