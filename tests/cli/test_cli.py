@@ -213,15 +213,16 @@ def test_resume_through_the_cli(tmp_path, capsys):
 
 
 def test_export_to_fp16_halves_the_size_and_still_samples(tiny_checkpoint, tmp_path, capsys):
-    from difflab.pipelines import load_diffusion_model
+    from difflab.io.checkpoint import load_checkpoint_meta
+    from difflab.pipelines import load_pipeline
 
     out = tmp_path / "small.safetensors"
     code, _, err = run_cli(["export", str(tiny_checkpoint), str(out), "--fp16"], capsys)
     assert code == 0, err
     assert out.stat().st_size < 0.6 * tiny_checkpoint.stat().st_size
-    full, half = load_diffusion_model(tiny_checkpoint), load_diffusion_model(out)
-    assert half.meta["weights_dtype"] == "float16"
-    a, b = full.sample(2, steps=3), half.sample(2, steps=3)
+    full, half = load_pipeline(tiny_checkpoint), load_pipeline(out)
+    assert load_checkpoint_meta(out)["weights_dtype"] == "float16"
+    a, b = full.generate(2, steps=3), half.generate(2, steps=3)
     assert (a - b).abs().max().item() < 0.05  # fp16 rounding of the weights only
 
 

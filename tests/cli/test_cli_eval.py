@@ -168,4 +168,4 @@ def test_eval_with_classifier_free_guidance(tmp_path, capsys):
 def test_eval_refuses_classifier_free_guidance_of_an_unconditional_model(tiny_checkpoint, capsys):
     argv = ["eval", str(tiny_checkpoint), "--n", "4", "--steps", "2", "--guidance-scale", "2"]
     code, _, err = run_cli(argv, capsys)
-    assert code == 2 and "class-conditional model" in err and "Traceback" not in err
+    assert code == 2 and "needs a conditional model" in err and "Traceback" not in err

@@ -115,7 +115,19 @@ def test_classifier_free_guidance_and_stacking(
         "ddpm",
     )
     code, stdout, err = run_cli(both, capsys)
-    assert code == 0 and "classifier scale 1.5, guidance scale 2" in stdout, err
+    assert code == 0 and "guidance scale 2, classifier scale 1.5" in stdout, err
+    dynamic = sample(
+        tiny_conditional_checkpoint,
+        out,
+        "--label",
+        "7",
+        "--guidance-scale",
+        "3",
+        "--dynamic-threshold",
+        "0.995",
+    )
+    code, stdout, err = run_cli(dynamic, capsys)
+    assert code == 0 and "guidance scale 3, dynamic thresholding p=0.995" in stdout, err
 
 
 @pytest.fixture(scope="session")
@@ -165,7 +177,7 @@ def test_bad_guidance_input_is_one_sentence_and_writes_nothing(
         ),
         "a classifier of another image size": (
             sample(tiny_checkpoint, never, "--label", "1", "--classifier", str(mnist_classifier)),
-            "was trained on 1×28×28 images but the model makes 1×8×8 ones",
+            "the classifier takes 1×28×28 images but the model makes 1×8×8 ones",
         ),
         "no labels for the classifier": (
             sample(tiny_checkpoint, never, "--classifier", clf),
@@ -177,7 +189,7 @@ def test_bad_guidance_input_is_one_sentence_and_writes_nothing(
         ),
         "CFG on an unconditional model": (
             sample(tiny_checkpoint, never, "--label", "1", "--guidance-scale", "2"),
-            "class-conditional model",
+            "needs a conditional model",
         ),
         "CFG without labels": (
             sample(tiny_conditional_checkpoint, never, "--guidance-scale", "2"),
@@ -203,6 +215,14 @@ def test_bad_guidance_input_is_one_sentence_and_writes_nothing(
         "a non-finite guidance scale": (
             sample(tiny_conditional_checkpoint, never, "--label", "1", "--guidance-scale", "nan"),
             "--guidance-scale must be a finite number >= 0",
+        ),
+        "a dynamic-threshold percentile above 1": (
+            sample(tiny_checkpoint, never, "--dynamic-threshold", "99.5"),
+            "--dynamic-threshold must lie in (0, 1]",
+        ),
+        "both thresholdings": (
+            sample(tiny_checkpoint, never, "--dynamic-threshold", "0.9", "--clip-x0"),
+            "either --clip-x0 or --dynamic-threshold",
         ),
     }
     for name, (argv, message) in cases.items():

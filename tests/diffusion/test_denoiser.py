@@ -3,7 +3,6 @@ import torch
 
 from difflab.diffusion import (
     PREDICTION_TYPES,
-    ClippedDenoiser,
     Conditioning,
     Denoiser,
     NoiseSchedule,
@@ -66,22 +65,6 @@ def test_loss_is_zero_for_a_perfect_network_and_positive_otherwise(prediction):
         denoising_loss(Zero(), schedule, x0, generator=torch.Generator().manual_seed(0)).item()
         > 0.01
     )
-
-
-def test_clipped_denoiser_clamps_x0_and_keeps_eps_consistent():
-    schedule = NoiseSchedule.from_name("linear", 1000)
-
-    class Wild(torch.nn.Module):
-        prediction = "x0"
-
-        def forward(self, x_t, t, cond):
-            return 3 * torch.ones_like(x_t)
-
-    x_t, t = torch.randn(2, 1, 3, 3), torch.tensor([500, 500])
-    pred = ClippedDenoiser(Denoiser(Wild(), schedule))(x_t, t)
-    assert pred.x0.max().item() == 1.0
-    a = schedule.alpha_bar_at(t, x_t)
-    assert torch.allclose(a.sqrt() * pred.x0 + (1 - a).sqrt() * pred.eps, x_t, atol=1e-5)
 
 
 def test_network_without_prediction_type_is_rejected():

@@ -8,7 +8,6 @@ from torch import nn
 
 from difflab.diffusion import (
     NULL_LABEL,
-    ClippedDenoiser,
     Conditioning,
     Denoiser,
     NoiseSchedule,
@@ -17,15 +16,17 @@ from difflab.diffusion import (
 from difflab.errors import DifflabError
 from difflab.models import build_model, model_config
 from difflab.models.classifier import NoisyClassifier, classifier_config
-from difflab.pipelines import DiffusionModel
+from difflab.pipelines import DiffusionPipeline
 from difflab.samplers import (
     AncestralClassifierGuidance,
     ClassifierFreeGuidance,
     ClassifierGuidance,
     Guidance,
+    StaticThreshold,
     classifier_log_prob_grad,
     ddim_sample,
     ddpm_sample,
+    get_sampler,
 )
 from tests.helpers import GaussianOptimalEps, RandomLinearNet
 
@@ -291,10 +292,12 @@ def test_cfg_is_one_batched_forward_with_the_papers_combination(schedule, predic
     assert torch.allclose(a.sqrt() * pred.x0 + (1 - a).sqrt() * pred.eps, x_t, atol=1e-10)
 
 
-def test_cfg_needs_labels(schedule):
+def test_cfg_needs_conditioning_for_every_sample(schedule):
     guided = ClassifierFreeGuidance(Denoiser(ConditionalLinearNet(), schedule), 2.0)
-    with pytest.raises(DifflabError, match="target labels"):
+    with pytest.raises(DifflabError, match="needs conditioning to drop"):
         guided(noise(), torch.tensor([1, 1, 1]), Conditioning())
+    with pytest.raises(DifflabError, match="one per sample"):
+        guided(noise(), torch.tensor([1, 1, 1]), labels_cond(0, 1))
 
 
 # --------------------------------------------------------------------------- stacking, backbones
@@ -311,22 +314,23 @@ def test_wrappers_stack_cfg_inside_classifier_guidance(schedule):
     expected = cfg(x_t, t, cond).eps - 1.5 * (1 - a).sqrt() * grad
     assert torch.allclose(stacked(x_t, t, cond).eps, expected, atol=1e-12)
     # and with static thresholding inside, as guided-diffusion clips before guiding
-    clipped = ClassifierGuidance(ClippedDenoiser(denoiser), classifier, 1.5)
+    clipped = ClassifierGuidance(StaticThreshold(denoiser), classifier, 1.5)
     x0 = clipped(x_t, t, cond).x0
     assert torch.allclose(
-        x0, ClippedDenoiser(denoiser)(x_t, t, cond).x0 + 1.5 * (1 - a) / a.sqrt() * grad
+        x0, StaticThreshold(denoiser)(x_t, t, cond).x0 + 1.5 * (1 - a) / a.sqrt() * grad
     )
 
 
 def test_guidance_spec_builds_algorithm_1_for_ddpm_and_2_otherwise(schedule):
     denoiser = Denoiser(ConditionalLinearNet(), schedule)
     spec = Guidance(LinearClassifier(), 2.0, 3.0)
-    ddim = spec.wrap(denoiser, sampler="ddim")
-    ddpm = spec.wrap(denoiser, sampler="ddpm", timesteps=timestep_sequence(1000, 5))
+    timesteps = timestep_sequence(1000, 5)
+    ddim = spec.wrap(denoiser, get_sampler("ddim"), timesteps)
+    ddpm = spec.wrap(denoiser, get_sampler("ddpm"), timesteps)
     assert isinstance(ddim, ClassifierGuidance) and isinstance(ddim.inner, ClassifierFreeGuidance)
     assert isinstance(ddpm, AncestralClassifierGuidance)
-    assert Guidance().wrap(denoiser) is denoiser
-    assert spec.describe() == "classifier scale 2, guidance scale 3"
+    assert Guidance().wrap(denoiser, get_sampler("ddim"), timesteps) is denoiser
+    assert spec.describe() == "guidance scale 3, classifier scale 2"
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
@@ -335,7 +339,7 @@ def test_guidance_works_with_a_dit_shaped_network(schedule, sampler):
     denoiser = Denoiser(PatchTransformerNet(), schedule)
     classifier = LinearClassifier()
     timesteps, cond = timestep_sequence(1000, 6), labels_cond(0, 1, 2)
-    guided = Guidance(classifier, 2.0, 2.0).wrap(denoiser, sampler=sampler, timesteps=timesteps)
+    guided = Guidance(classifier, 2.0, 2.0).wrap(denoiser, get_sampler(sampler), timesteps)
     run = ddim_sample if sampler == "ddim" else ddpm_sample
     with torch.no_grad():
         images = run(guided, noise(), timesteps, cond, generator=torch.Generator().manual_seed(0))
@@ -379,14 +383,15 @@ def test_a_real_noisy_classifier_guides_a_real_unet(sampler, eta, steps):
     for p in net.parameters():
         nn.init.normal_(p, std=0.05)
     classifier = NoisyClassifier(classifier_config("classifier-tiny", image_size=8)).eval()
-    model = DiffusionModel(net.eval(), schedule, {"data": {"channels": 1, "image_size": 8}})
-    labels = torch.tensor([0, 3, 9, 5])
-    common = dict(sampler=sampler, steps=steps, eta=eta, seed=1, labels=labels)
-    plain = model.sample(4, **common)
-    guided = model.sample(4, **common, guidance=Guidance(classifier, 5.0, 2.0))
+    model = DiffusionPipeline.from_network(net, schedule)
+    cond = Conditioning(labels=torch.tensor([0, 3, 9, 5]))
+    common = dict(sampler=sampler, steps=steps, eta=eta, seed=1)
+    plain = model.generate(4, cond, **common)
+    guided = model.generate(4, cond, **common, guidance=Guidance(classifier, 5.0, 2.0))
     assert guided.shape == (4, 1, 8, 8) and torch.isfinite(guided).all()
     assert not torch.allclose(plain, guided)
-    assert torch.equal(model.sample(4, **common, guidance=Guidance(classifier, 0.0, 1.0)), plain)
+    unguided = Guidance(classifier, 0.0, 1.0)
+    assert torch.equal(model.generate(4, cond, **common, guidance=unguided), plain)
 
 
 # --------------------------------------------------------------------------- bad input
@@ -418,30 +423,24 @@ def test_labels_are_required_and_checked_against_the_classifier(schedule):
 
 def test_the_pipeline_explains_what_guidance_cannot_do():
     schedule = NoiseSchedule.from_name("linear", 100)
-    unconditional = DiffusionModel(
-        build_model(*model_config("unet-tiny", image_size=8)).eval(),
-        schedule,
-        {"data": {"channels": 1, "image_size": 8}},
+    unconditional = DiffusionPipeline.from_network(
+        build_model(*model_config("unet-tiny", image_size=8)), schedule
     )
     classifier = NoisyClassifier(classifier_config("classifier-tiny", image_size=8)).eval()
-    labels = torch.tensor([1, 2])
-    with pytest.raises(DifflabError, match="class-conditional model"):
-        unconditional.sample(2, steps=2, labels=labels, guidance=Guidance(guidance_scale=2.0))
+    cond = Conditioning(labels=torch.tensor([1, 2]))
+    with pytest.raises(DifflabError, match="needs a conditional model"):
+        unconditional.generate(2, cond, steps=2, guidance=Guidance(guidance_scale=2.0))
     with pytest.raises(DifflabError, match="target labels"):
-        unconditional.sample(2, steps=2, guidance=Guidance(classifier, 1.0))
+        unconditional.generate(2, steps=2, guidance=Guidance(classifier, 1.0))
     with pytest.raises(DifflabError, match=r"0\.\.9 for the classifier"):
-        unconditional.sample(
-            2, steps=2, labels=torch.tensor([1, 10]), guidance=Guidance(classifier)
+        unconditional.generate(
+            2, Conditioning(labels=torch.tensor([1, 10])), steps=2, guidance=Guidance(classifier)
         )
     other = NoisyClassifier(classifier_config("classifier-tiny", image_size=12)).eval()
-    with pytest.raises(DifflabError, match="12×12 images but this model makes 1×8×8"):
-        unconditional.sample(2, steps=2, labels=labels, guidance=Guidance(other))
+    with pytest.raises(DifflabError, match="12×12 images but the model makes 1×8×8"):
+        unconditional.generate(2, cond, steps=2, guidance=Guidance(other))
     # an unconditional model takes labels as the classifier's targets only
-    assert unconditional.sample(2, steps=2, labels=labels, guidance=Guidance(classifier)).shape == (
-        2,
-        1,
-        8,
-        8,
-    )
+    images = unconditional.generate(2, cond, steps=2, guidance=Guidance(classifier))
+    assert images.shape == (2, 1, 8, 8)
     with pytest.raises(DifflabError, match="unconditional"):
-        unconditional.sample(2, steps=2, labels=labels)
+        unconditional.generate(2, cond, steps=2)

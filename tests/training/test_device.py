@@ -15,7 +15,7 @@ import torch
 
 from difflab.io.checkpoint import load_checkpoint
 from difflab.io.device import autocast, select_device
-from difflab.pipelines import load_diffusion_model
+from difflab.pipelines import load_pipeline
 from difflab.training import train
 from difflab.training.classifier_loop import train_classifier
 from difflab.training.state import STATE_FILE
@@ -76,8 +76,8 @@ def test_training_on_cuda_follows_the_cpu(tmp_path, extra, tolerance):
     train(tiny_config(tmp_path / "cuda", *common), progress=False, device=CUDA)
     assert losses(tmp_path / "cpu") == pytest.approx(losses(tmp_path / "cuda"), rel=tolerance)
     # the checkpoint written on the GPU loads and samples on the CPU
-    model = load_diffusion_model(tmp_path / "cuda" / "model.safetensors")
-    assert torch.isfinite(model.sample(2, steps=2)).all()
+    model = load_pipeline(tmp_path / "cuda" / "model.safetensors")
+    assert torch.isfinite(model.generate(2, steps=2)).all()
 
 
 @pytest.mark.device
@@ -112,11 +112,11 @@ def test_classifier_training_and_its_evaluation_run_on_cuda(tmp_path):
 @needs_cuda
 def test_sampling_on_cuda_matches_the_cpu(tmp_path):
     train(tiny_config(tmp_path, "train.steps=2"), progress=False)
-    on_cpu = load_diffusion_model(tmp_path / "model.safetensors")
-    on_gpu = load_diffusion_model(tmp_path / "model.safetensors", CUDA)
+    on_cpu = load_pipeline(tmp_path / "model.safetensors")
+    on_gpu = load_pipeline(tmp_path / "model.safetensors", CUDA)
     for eta in (0.0, 1.0):  # the noise is drawn on the CPU, so a seed gives the same images
-        a = on_cpu.sample(4, steps=5, eta=eta, seed=3)
-        b = on_gpu.sample(4, steps=5, eta=eta, seed=3).cpu()
+        a = on_cpu.generate(4, steps=5, eta=eta, seed=3)
+        b = on_gpu.generate(4, steps=5, eta=eta, seed=3).cpu()
         assert (a - b).abs().max().item() < 1e-3
 
 

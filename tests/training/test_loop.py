@@ -6,7 +6,7 @@ import torch
 from difflab.config import load_config
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint
-from difflab.pipelines import load_diffusion_model
+from difflab.pipelines import load_pipeline
 from difflab.training import train
 from difflab.training.data_order import BatchStream
 from difflab.training.state import STATE_FILE
@@ -42,9 +42,9 @@ def test_training_reduces_the_loss_and_writes_artifacts(tmp_path):
     assert len(losses) == 60
     assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
     assert (tmp_path / "samples" / "step_0000060.png").exists()
-    model = load_diffusion_model(path)
-    assert model.meta["step"] == 60 and model.image_shape == (1, 8, 8)
-    assert model.sample(4, steps=3).shape == (4, 1, 8, 8)
+    model = load_pipeline(path)
+    assert model.description.step == 60 and model.image_shape == (1, 8, 8)
+    assert model.generate(4, steps=3).shape == (4, 1, 8, 8)
 
 
 def all_tensors(out_dir):

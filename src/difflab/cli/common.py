@@ -10,8 +10,8 @@ import torch
 from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
 from difflab.io.device import DEVICE_CHOICES
-from difflab.pipelines import DiffusionModel, load_noisy_classifier
-from difflab.samplers import SAMPLER_NAMES, Guidance
+from difflab.pipelines import PRECISIONS, DiffusionPipeline, load_noisy_classifier
+from difflab.samplers import SAMPLER_NAMES, SAMPLERS, Guidance
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
 
@@ -22,7 +22,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
             "--sampler",
             choices=SAMPLER_NAMES,
             default="ddim",
-            help="ddim (any eta) or ddpm ancestral",
+            help="; ".join(f"{spec.name}: {spec.summary}" for spec in SAMPLERS.values()),
         )
         parser.add_argument(
             "--eta", type=float, default=0.0, help="DDIM noise level: 0 deterministic, 1 DDPM-like"
@@ -33,7 +33,22 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
             help="the DDIM paper's larger-variance sigma-hat variant",
         )
         parser.add_argument(
-            "--clip-x0", action="store_true", help="clamp predicted x0 to [-1, 1] at every step"
+            "--clip-x0",
+            action="store_true",
+            help="clamp the (guided) predicted x0 to [-1, 1] at every step (static thresholding)",
+        )
+        parser.add_argument(
+            "--dynamic-threshold",
+            type=float,
+            default=None,
+            metavar="P",
+            help="Imagen's dynamic thresholding of the guided x0 at percentile P (e.g. 0.995)",
+        )
+        parser.add_argument(
+            "--precision",
+            choices=PRECISIONS,
+            default="fp32",
+            help="fp32, bf16 (autocast of the network) or fp64",
         )
     parser.add_argument(
         "--steps", type=int, default=50, help="number of sampling steps S (default 50)"
@@ -108,8 +123,8 @@ def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def guidance_from_args(args: argparse.Namespace, model: DiffusionModel) -> Guidance | None:
-    """The :class:`Guidance` the arguments ask for (None for none); loads and checks the classifier."""
+def guidance_from_args(args: argparse.Namespace, pipeline: DiffusionPipeline) -> Guidance | None:
+    """The wrappers the arguments ask for (None for none); loads and checks the classifier."""
     if args.classifier_scale is not None and args.classifier is None:
         raise DifflabError("--classifier-scale needs --classifier CKPT (a noisy classifier).")
     for flag, value in (
@@ -118,10 +133,24 @@ def guidance_from_args(args: argparse.Namespace, model: DiffusionModel) -> Guida
     ):
         if value is not None and not (math.isfinite(value) and value >= 0):
             raise DifflabError(f"{flag} must be a finite number >= 0, got {value}.")
-    if args.classifier is None and args.guidance_scale is None:
+    threshold = _threshold_from_args(args)
+    if args.classifier is None and args.guidance_scale is None and threshold is None:
         return None
     classifier = None
     if args.classifier is not None:
-        classifier = load_noisy_classifier(args.classifier, model.device, model=model)
+        classifier = load_noisy_classifier(args.classifier, pipeline.device, pipeline=pipeline)
     scale = DEFAULT_CLASSIFIER_SCALE if args.classifier_scale is None else args.classifier_scale
-    return Guidance(classifier, scale, args.guidance_scale)
+    percentile = args.dynamic_threshold if args.dynamic_threshold is not None else 1.0
+    return Guidance(classifier, scale, args.guidance_scale, threshold, percentile)
+
+
+def _threshold_from_args(args: argparse.Namespace) -> str | None:
+    """``"static"`` for --clip-x0, ``"dynamic"`` for --dynamic-threshold P, else None."""
+    if args.clip_x0 and args.dynamic_threshold is not None:
+        raise DifflabError("give either --clip-x0 or --dynamic-threshold, not both.")
+    if args.dynamic_threshold is not None:
+        p = args.dynamic_threshold
+        if not (math.isfinite(p) and 0 < p <= 1):
+            raise DifflabError(f"--dynamic-threshold must lie in (0, 1], e.g. 0.995; got {p}.")
+        return "dynamic"
+    return "static" if args.clip_x0 else None

@@ -21,7 +21,7 @@ from difflab.cli.common import add_guidance_arguments, add_sampling_arguments, g
 from difflab.errors import DifflabError
 from difflab.io.atomic import write_bytes_atomic
 from difflab.io.images import save_grid
-from difflab.metrics.evaluate import DEFAULT_SAMPLE_BATCH, compare, evaluate_model, format_summary
+from difflab.metrics.evaluate import DEFAULT_SAMPLE_BATCH, compare, format_summary
 from difflab.metrics.features import (
     FEATURE_NAMES,
     PRETRAINED_NETS,
@@ -35,7 +35,7 @@ from difflab.metrics.reference import (
     data_stats,
     default_features,
 )
-from difflab.pipelines import load_diffusion_model
+from difflab.pipelines import evaluate_pipeline, load_pipeline
 
 GRID_IMAGES = 64
 
@@ -184,10 +184,10 @@ def run_eval(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - start
             print(f"\rsampled {done}/{total} images ({elapsed:.0f} s)", end="", file=sys.stderr)
 
-    model = load_diffusion_model(args.checkpoint)
-    guidance = guidance_from_args(args, model)
-    result = evaluate_model(
-        model,
+    pipeline = load_pipeline(args.checkpoint, precision=args.precision)
+    guidance = guidance_from_args(args, pipeline)
+    result = evaluate_pipeline(
+        pipeline,
         n=args.n,
         sampler=args.sampler,
         steps=args.steps,
@@ -196,7 +196,6 @@ def run_eval(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         sigma_hat=args.sigma_hat,
-        clip_x0=args.clip_x0,
         guidance=guidance,
         features=extractor,
         reference=args.reference,

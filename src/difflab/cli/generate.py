@@ -18,12 +18,14 @@ from difflab.cli.common import (
     parse_labels,
 )
 from difflab.data import load_dataset
+from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.device import select_device
 from difflab.io.images import save_grid, save_images
 from difflab.io.process_group import Distributed, process_group, rank_seed
-from difflab.pipelines import load_diffusion_model
+from difflab.io.weights import resolve_checkpoint
+from difflab.pipelines import load_pipeline
 from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
 
 
@@ -126,6 +128,7 @@ def run_sample(args: argparse.Namespace) -> int:
     """Sample; under torchrun every rank draws its share of ``--n`` and rank 0 writes them all."""
     _check_count("n", args.n)
     out = _check_png(args.out)
+    args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a path, or a shipped name
     if load_checkpoint_meta(args.checkpoint).get("kind") == PRIOR_KIND:
         return _sample_vqvae_prior(args, out)
     with process_group(select_device(args.device).type) as group:
@@ -133,25 +136,30 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int:
-    model = load_diffusion_model(args.checkpoint, select_device(args.device, group.local_rank))
+    pipeline = load_pipeline(
+        args.checkpoint, select_device(args.device, group.local_rank), args.precision
+    )
     label_text = _label_text(args)
-    guidance = guidance_from_args(args, model)
-    num_classes = model.target_classes(guidance)
+    guidance = guidance_from_args(args, pipeline)
+    num_classes = pipeline.target_classes(guidance)
     labels = parse_labels(label_text, args.n, num_classes)
     total = args.n if labels is None else len(labels)  # --labels all fills whole rows
     part = group.portion(total)
     count = part.stop - part.start  # 0 on the last ranks when there are fewer images than ranks
     start = time.perf_counter()
-    images = model.sample(
+    cond = None
+    if labels is not None:
+        mine = labels[part] if count else labels[:1]  # a rank with no share draws one, unused
+        cond = Conditioning(labels=mine)
+    images = pipeline.generate(
         max(count, 1),
+        cond,
+        seed=args.seed if group.is_main else rank_seed(args.seed, group.rank, 0),
         sampler=args.sampler,
         steps=args.steps,
+        spacing=args.spacing,
         eta=args.eta,
         sigma_hat=args.sigma_hat,
-        spacing=args.spacing,
-        seed=args.seed if group.is_main else rank_seed(args.seed, group.rank, 0),
-        labels=None if labels is None else labels[part],
-        clip_x0=args.clip_x0,
         guidance=guidance,
     )
     images = torch.cat(group.gather(images[:count].cpu()))  # (total, C, H, W), rank 0's first
@@ -159,15 +167,10 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
     if not group.is_main:
         return 0
     _write_samples(args, images, out, _grid_columns(args, total, num_classes))
-    steps = (
-        model.schedule.num_timesteps
-        if args.sampler == "ddpm" and args.steps is None
-        else args.steps
-    )
     guided = f", {guidance.describe()}" if guidance is not None else ""
     processes = f" on {group.world_size} processes" if group.active else ""
     print(
-        f"wrote {total} samples ({args.sampler}, {steps} steps{guided}, {elapsed:.1f} s"
+        f"wrote {total} samples ({args.sampler}, {args.steps} steps{guided}, {elapsed:.1f} s"
         f"{processes}) to {out.resolve()}"
     )
     return 0
@@ -179,6 +182,7 @@ def _sample_vqvae_prior(args: argparse.Namespace, out: Path) -> int:
         "--classifier": args.classifier,
         "--classifier-scale": args.classifier_scale,
         "--guidance-scale": args.guidance_scale,
+        "--dynamic-threshold": args.dynamic_threshold,
     }
     given = [flag for flag, value in diffusion_only.items() if value is not None]
     if given:
@@ -205,8 +209,8 @@ def _sample_vqvae_prior(args: argparse.Namespace, out: Path) -> int:
 def run_invert(args: argparse.Namespace) -> int:
     _check_count("n", args.n)
     out = _check_png(args.out)
-    model = load_diffusion_model(args.checkpoint, select_device(args.device))
-    channels, size, _ = model.image_shape
+    pipeline = load_pipeline(args.checkpoint, select_device(args.device))
+    channels, size, _ = pipeline.image_shape
     dataset = load_dataset(
         args.data,
         split="test",
@@ -215,10 +219,10 @@ def run_invert(args: argparse.Namespace) -> int:
         channels=channels,
         limit=args.n,
     )
-    x0 = dataset.images.to(model.device)  # (n, C, H, W)
-    labels = dataset.labels.to(model.device) if model.num_classes else None
-    x_T = model.invert(x0, args.steps, args.spacing, labels)
-    recon = model.reconstruct(x_T, args.steps, args.spacing, labels)
+    x0 = dataset.images.to(pipeline.device)  # (n, C, H, W)
+    cond = Conditioning(labels=dataset.labels) if pipeline.num_classes else None
+    x_T = pipeline.invert(x0, args.steps, args.spacing, cond)
+    recon = pipeline.reconstruct(x_T, args.steps, args.spacing, cond)
     mse = torch.mean((recon - x0) ** 2).item()
     save_grid(torch.cat([x0, x_T.clamp(-3, 3) / 3, recon]), out, nrow=len(x0))
     print(
@@ -230,9 +234,12 @@ def run_invert(args: argparse.Namespace) -> int:
 def run_interpolate(args: argparse.Namespace) -> int:
     _check_count("points", args.points)
     out = _check_png(args.out)
-    model = load_diffusion_model(args.checkpoint, select_device(args.device))
-    images = model.interpolate(
-        args.seed, args.seed_b, args.points, args.steps, args.spacing, args.label
+    pipeline = load_pipeline(args.checkpoint, select_device(args.device))
+    cond = None if args.label is None else Conditioning(labels=torch.tensor([args.label]))
+    if cond is not None:
+        pipeline.check_conditioning(cond, None)
+    images = pipeline.interpolate(
+        args.seed, args.seed_b, args.points, args.steps, args.spacing, cond
     )
     save_grid(images, out, nrow=args.points)
     print(f"wrote a {args.points}-point interpolation to {out.resolve()}")

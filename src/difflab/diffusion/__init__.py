@@ -3,10 +3,10 @@
 from difflab.diffusion.conditioning import NULL_LABEL, Conditioning
 from difflab.diffusion.denoiser import (
     PREDICTION_TYPES,
-    ClippedDenoiser,
     Denoiser,
     Network,
     Prediction,
+    eps_from_x0,
     prediction_to_eps_x0,
 )
 from difflab.diffusion.loss import denoising_loss, draw_noise, prediction_target
@@ -18,7 +18,6 @@ __all__ = [
     "PREDICTION_TYPES",
     "SCHEDULE_NAMES",
     "SPACING_NAMES",
-    "ClippedDenoiser",
     "Conditioning",
     "Denoiser",
     "Network",
@@ -26,6 +25,7 @@ __all__ = [
     "Prediction",
     "denoising_loss",
     "draw_noise",
+    "eps_from_x0",
     "prediction_target",
     "prediction_to_eps_x0",
     "timestep_sequence",

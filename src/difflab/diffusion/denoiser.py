@@ -81,22 +81,3 @@ class Denoiser:
         output = self.net(x_t, t, cond if cond is not None else Conditioning())
         alpha_bar = self.schedule.alpha_bar_at(t, x_t)  # (B, 1, 1, 1)
         return prediction_to_eps_x0(output.to(x_t.dtype), self.net.prediction, x_t, alpha_bar)
-
-
-class ClippedDenoiser:
-    """Static thresholding: clamp ``x0`` to [-1, 1] and recompute ``eps`` to match (DDPM practice).
-
-    A wrapper, so it stacks with guidance; do not use it for inversion (it is not invertible).
-    """
-
-    def __init__(self, inner: Denoiser | ClippedDenoiser, limit: float = 1.0) -> None:
-        self.inner = inner
-        self.schedule = inner.schedule
-        self.limit = limit
-
-    def __call__(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
-    ) -> Prediction:
-        x0 = self.inner(x_t, t, cond).x0.clamp(-self.limit, self.limit)
-        t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])
-        return Prediction(eps_from_x0(x_t, x0, self.schedule.alpha_bar_at(t, x_t)), x0)

@@ -5,8 +5,9 @@ The reference side (datasets, folders, statistics files and their cache) is
 
 * :func:`evaluate_samples`: the metrics of a tensor of generated images against reference
   statistics.
-* :func:`evaluate_model`: sample a diffusion checkpoint ``batch_size`` images at a time and
-  evaluate the samples (what ``difflab eval`` runs).
+* :func:`score_generator`: call a generator ``batch_size`` images at a time and score what it
+  returns (what ``difflab eval`` runs through :func:`difflab.pipelines.evaluate_pipeline`; metrics
+  never load or sample a model themselves).
 * :func:`compare`: the Fréchet distance (and precision/recall) between any two of statistics
   files, datasets and image folders (what ``difflab fd`` runs).
 
@@ -45,12 +46,10 @@ from difflab.metrics.reference import (
     parse_data,
     reference_stats,
 )
-from difflab.pipelines import DiffusionModel, load_diffusion_model
-from difflab.samplers import Guidance
 
 DEFAULT_SAMPLE_BATCH = 250
 SUBSET_SEED = 0
-CLASSIFIERS: dict[str, str] = {"mnist": "mnist-cnn", "fashion-mnist": "fashion-cnn"}
+LABEL_CLASSIFIERS: dict[str, str] = {"mnist": "mnist-cnn", "fashion-mnist": "fashion-cnn"}
 
 ProgressCallback = Callable[[int, int, torch.Tensor], None]
 
@@ -185,89 +184,43 @@ def evaluate_samples(
     return metrics_from_features(fake, reference, predicted, labels)
 
 
-def _batch_seed(seed: int, index: int) -> int:
-    """An independent seed for batch ``index`` of a run with ``seed`` (NumPy SeedSequence)."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+GenerateBatch = Callable[[int, int, torch.Tensor | None], torch.Tensor]
+"""``generate(index, count, labels)`` -> (count, C, H, W) images of batch ``index`` (labels (count,)
+or None)."""
 
 
-def evaluate_model(
-    checkpoint: str | Path | DiffusionModel,
-    n: int = 2000,
-    sampler: str = "ddim",
-    steps: int = 50,
-    eta: float = 0.0,
-    spacing: str = "uniform",
-    seed: int = 0,
-    batch_size: int = DEFAULT_SAMPLE_BATCH,
+def score_generator(
+    generate: GenerateBatch,
+    n: int,
+    reference: FeatureStats,
     *,
-    sigma_hat: bool = False,
-    clip_x0: bool = False,
-    guidance: Guidance | None = None,
-    features: str | FeatureExtractor | None = None,
-    reference: FeatureStats | str | Path | None = None,
+    batch_size: int = DEFAULT_SAMPLE_BATCH,
+    num_classes: int = 0,
+    label_classifier: str | None = None,
     callback: ProgressCallback | None = None,
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Sample ``n`` images from a diffusion checkpoint and evaluate them (``difflab eval``).
+    """Generate ``n`` images ``batch_size`` at a time and score them against ``reference``.
 
-    Sampling runs ``batch_size`` images at a time; batch ``i`` uses the seed
-    ``SeedSequence([seed, i])``, so a result depends on (seed, batch_size) and nothing else.
-    A class-conditional model (or an unconditional one under classifier guidance, K the
-    classifier's classes) is asked for the classes ``0, 1, ..., K-1, 0, 1, ...`` in turn, and its
-    label accuracy is judged by the feature CNN of its dataset (MNIST or Fashion-MNIST), never by
-    the guiding classifier.
-
-    Args:
-        checkpoint: a ``kind: diffusion`` checkpoint path, or a loaded
-            :class:`~difflab.pipelines.DiffusionModel` (to evaluate many settings of one model
-            without reloading it).
-        n: number of samples (≥ 2).
-        sampler, steps, eta, spacing, sigma_hat, clip_x0, guidance: as for
-            ``DiffusionModel.sample`` (classifier-free and/or classifier guidance).
-        seed: the run's seed.
-        batch_size: images sampled at once (bounds memory).
-        features: feature space; default the checkpoint dataset's (:func:`default_features`).
-        reference: reference statistics (object, ``.npz``, dataset or folder); default the
-            test split of the checkpoint's training data, prepared as in training (size,
-            padding), cached.
-        callback: called after each batch with ``(done, n, images)``, images the quantized batch.
-        device: where the feature networks run (sampling runs where the model's weights are).
+    Only features are kept between batches, so n is bounded by time, not memory. With
+    ``num_classes`` K > 0 the generator is asked for the classes ``0, 1, ..., K-1, 0, ...`` in
+    turn, and with ``label_classifier`` (a feature CNN name, e.g. ``"mnist-cnn"``) the label
+    accuracy is judged by that network.
 
     Returns:
-        The dict of :func:`evaluate_samples` plus ``checkpoint``, the sampling settings,
-        ``sample_seconds``, ``eval_seconds`` and ``images_per_second``.
+        The dict of :func:`evaluate_samples` plus ``sample_seconds`` (time spent in ``generate``).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise DifflabError(f"n must be at least 2 samples (a covariance needs two), got {n!r}.")
     if batch_size < 1:
         raise DifflabError(f"batch size must be at least 1, got {batch_size}.")
-    if isinstance(checkpoint, DiffusionModel):
-        model, checkpoint_name = checkpoint, ""
-    else:
-        model, checkpoint_name = load_diffusion_model(checkpoint), str(checkpoint)
-    start_time = time.perf_counter()
-    dataset = parse_data(model.meta["data"]["name"])
-    if reference is None:
-        data_config = model.meta.get("experiment", {}).get("data", {})
-        reference = reference_stats(
-            dataset,
-            features=features,
-            split="test",
-            image_size=data_config.get("image_size"),
-            pad_to_32=bool(data_config.get("pad_to_32", False)),
-            data_dir=data_config.get("data_dir"),
-            device=device,
-        )
-    else:
-        reference = load_stats_or_data(reference, features=features)
     extractor = extractor_for_space(reference.feature_space, device)
-    _check_image_size(torch.empty(0, *model.image_shape), reference)
-    num_classes = model.target_classes(guidance)
     classifier: FeatureExtractor | None = None
-    if num_classes and dataset.base in CLASSIFIERS:
-        name = CLASSIFIERS[dataset.base]
+    if num_classes and label_classifier is not None:
         classifier = (
-            extractor if extractor.name == name else build_feature_extractor(name, device=device)
+            extractor
+            if extractor.name == label_classifier
+            else build_feature_extractor(label_classifier, device=device)
         )
     all_labels = torch.arange(n) % num_classes if num_classes else None
     features_out, predictions = [], []
@@ -276,20 +229,10 @@ def evaluate_model(
         count = min(batch_size, n - start)
         labels = None if all_labels is None else all_labels[start : start + count]
         tick = time.perf_counter()
-        images = model.sample(
-            count,
-            sampler=sampler,
-            steps=steps,
-            eta=eta,
-            sigma_hat=sigma_hat,
-            spacing=spacing,
-            seed=_batch_seed(seed, index),
-            labels=labels,
-            clip_x0=clip_x0,
-            guidance=guidance,
-        )
+        images = quantize_images(generate(index, count, labels))  # (count, C, H, W)
         sample_seconds += time.perf_counter() - tick
-        images = quantize_images(images)  # (count, C, H, W)
+        if index == 0:
+            _check_image_size(images, reference)
         with torch.inference_mode():
             if classifier is extractor:
                 feats, logits = extractor.features_and_logits(images)
@@ -305,22 +248,7 @@ def evaluate_model(
     if predicted is None:
         all_labels = None  # no classifier for this dataset: no label accuracy
     result = metrics_from_features(torch.cat(features_out), reference, predicted, all_labels)
-    total = time.perf_counter() - start_time
-    result.update(
-        checkpoint=checkpoint_name,
-        sampler=sampler,
-        steps=steps,
-        eta=eta,
-        sigma_hat=sigma_hat,
-        spacing=spacing,
-        clip_x0=clip_x0,
-        guidance=guidance.describe() if guidance is not None else None,
-        seed=seed,
-        batch_size=batch_size,
-        sample_seconds=sample_seconds,
-        eval_seconds=total - sample_seconds,
-        images_per_second=n / sample_seconds if sample_seconds > 0 else None,
-    )
+    result["sample_seconds"] = sample_seconds
     return result
 
 

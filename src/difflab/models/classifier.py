@@ -159,3 +159,23 @@ class NoisyClassifier(nn.Module):
         h, _ = run_encoder(self.conv_in, self.down_blocks, x_t, emb)  # (B, C', s, s)
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)
         return self.pool(F.silu(self.norm_out(h)))  # (B, num_classes)
+
+
+def check_classifier_fits(
+    classifier: NoisyClassifier, sample_shape: tuple[int, int, int], labels: torch.Tensor
+) -> None:
+    """A DifflabError unless ``classifier`` reads x_t of ``sample_shape`` (C, H, W) and knows
+    every one of ``labels``."""
+    config = classifier.config
+    channels, size, _ = sample_shape
+    if (config.in_channels, config.image_size) != (channels, size):
+        raise DifflabError(
+            f"the classifier takes {config.in_channels}×{config.image_size}×{config.image_size} "
+            f"images but the model makes {channels}×{size}×{size} ones; use a classifier trained "
+            "on the model's data."
+        )
+    if bool(((labels < 0) | (labels >= config.num_classes)).any()):
+        raise DifflabError(
+            f"labels must lie in 0..{config.num_classes - 1} for the classifier's "
+            f"{config.num_classes} classes."
+        )

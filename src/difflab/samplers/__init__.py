@@ -1,4 +1,5 @@
-"""Samplers: short pure functions over a Denoiser (or any guidance wrapper around one)."""
+"""Samplers: short pure functions over a Denoiser (or any wrapper around one), their registry, and
+the wrappers a run stacks around the Denoiser (guidance and thresholding)."""
 
 from difflab.samplers.common import Callback, StepInfo
 from difflab.samplers.ddim import ddim_invert, ddim_sample, ddim_step, ddim_step_std
@@ -7,20 +8,33 @@ from difflab.samplers.guidance import (
     AncestralClassifierGuidance,
     ClassifierFreeGuidance,
     ClassifierGuidance,
-    Guidance,
     classifier_log_prob_grad,
 )
 from difflab.samplers.interpolation import interpolate, slerp
-
-SAMPLER_NAMES: tuple[str, ...] = ("ddim", "ddpm")
+from difflab.samplers.registry import (
+    SAMPLER_NAMES,
+    SAMPLERS,
+    SamplerOptions,
+    SamplerSpec,
+    get_sampler,
+)
+from difflab.samplers.stack import THRESHOLDS, WRAPPER_ORDER, Guidance
+from difflab.samplers.thresholding import DynamicThreshold, StaticThreshold
 
 __all__ = [
+    "SAMPLERS",
     "SAMPLER_NAMES",
+    "THRESHOLDS",
+    "WRAPPER_ORDER",
     "AncestralClassifierGuidance",
     "Callback",
     "ClassifierFreeGuidance",
     "ClassifierGuidance",
+    "DynamicThreshold",
     "Guidance",
+    "SamplerOptions",
+    "SamplerSpec",
+    "StaticThreshold",
     "StepInfo",
     "classifier_log_prob_grad",
     "ddim_invert",
@@ -28,6 +42,7 @@ __all__ = [
     "ddim_step",
     "ddim_step_std",
     "ddpm_sample",
+    "get_sampler",
     "interpolate",
     "slerp",
 ]

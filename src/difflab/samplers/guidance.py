@@ -31,14 +31,13 @@ without knowing they are there. With ``a = alpha_bar_t``, ``y`` the target label
 
 Target labels are ``cond.labels`` (B,), one per sample: the same Conditioning a class-conditional
 network reads, and one an unconditional network ignores. A sample labelled ``NULL_LABEL`` is not
-guided by a classifier. :class:`Guidance` says which of these a sampling run applies and stacks
-them in the standard order (CFG innermost, classifier guidance outside it).
+guided by a classifier. :class:`~difflab.samplers.stack.Guidance` says which of these a sampling
+run applies and stacks them in the fixed order.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -260,8 +259,9 @@ class ClassifierFreeGuidance:
     ``eps_hat = eps(x_t, ∅) + w · (eps(x_t, y) - eps(x_t, ∅))``, computed as
     ``(1 - w) eps_u + w eps_c`` so that w = 0 and w = 1 are exact; x0 is combined with the same
     weights, which keeps it consistent with eps_hat (x0 is affine in eps at fixed x_t). The
-    network must be class-conditional and trained with label dropout (its "no label" entry is
-    what :meth:`Conditioning.dropped` asks for). w = 0 and w = 1 need one branch only and run it
+    network must be conditional and trained with conditioning dropout (its "nothing" input, e.g.
+    the "no label" entry or an all-false token mask, is what :meth:`Conditioning.dropped` asks
+    for; fields that are never dropped, such as a control image, feed both branches). w = 0 and w = 1 need one branch only and run it
     alone. Ho & Salimans' guidance strength is ``w - 1``.
 
     Args:
@@ -277,8 +277,16 @@ class ClassifierFreeGuidance:
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> Prediction:
-        target_labels(cond, x_t, "classifier-free guidance")
-        assert cond is not None
+        if cond is None or cond.batch_size is None:
+            raise DifflabError(
+                "classifier-free guidance needs conditioning to drop (labels or tokens), one per "
+                "sample; pass Conditioning(labels=...) (on the command line: --label or --labels)."
+            )
+        if cond.batch_size != x_t.shape[0]:
+            raise DifflabError(
+                f"classifier-free guidance: conditioning for {cond.batch_size} samples but a "
+                f"batch of {x_t.shape[0]}; give one per sample."
+            )
         w = self.guidance_scale
         if w == 1:
             return self.inner(x_t, t, cond)
@@ -293,57 +301,3 @@ class ClassifierFreeGuidance:
         eps_uncond, eps_cond = both.eps.chunk(2)  # (B, C, H, W) each
         x0_uncond, x0_cond = both.x0.chunk(2)
         return Prediction((1 - w) * eps_uncond + w * eps_cond, (1 - w) * x0_uncond + w * x0_cond)
-
-
-@dataclass(frozen=True, eq=False)
-class Guidance:
-    """Which guidance a sampling run applies; :meth:`wrap` stacks the wrappers.
-
-    Attributes:
-        classifier: a noisy classifier ``(x_t, t) -> (B, K)`` logits, or None for no classifier
-            guidance.
-        classifier_scale: s ≥ 0 (used with a classifier).
-        guidance_scale: classifier-free weight w ≥ 0, or None for no classifier-free guidance.
-    """
-
-    classifier: NoisyClassifierLike | None = None
-    classifier_scale: float = 1.0
-    guidance_scale: float | None = None
-
-    def __post_init__(self) -> None:
-        checked_scale("classifier_scale", self.classifier_scale)
-        if self.guidance_scale is not None:
-            checked_scale("guidance_scale", self.guidance_scale)
-
-    def wrap(
-        self,
-        denoiser: DenoiserLike,
-        *,
-        sampler: str = "ddim",
-        timesteps: torch.Tensor | None = None,
-        variance: str = "posterior",
-    ) -> DenoiserLike:
-        """``denoiser`` wrapped in CFG (innermost), then classifier guidance.
-
-        Classifier guidance is Algorithm 1 for ``sampler == "ddpm"`` (which then needs the run's
-        ``timesteps`` and ``variance``) and Algorithm 2 for every other sampler.
-        """
-        if self.guidance_scale is not None:
-            denoiser = ClassifierFreeGuidance(denoiser, self.guidance_scale)
-        if self.classifier is not None:
-            if sampler == "ddpm":
-                denoiser = AncestralClassifierGuidance(
-                    denoiser, self.classifier, self.classifier_scale, timesteps, variance
-                )
-            else:
-                denoiser = ClassifierGuidance(denoiser, self.classifier, self.classifier_scale)
-        return denoiser
-
-    def describe(self) -> str:
-        """``"classifier scale 2, guidance scale 3"`` (or ``"no guidance"``)."""
-        parts = []
-        if self.classifier is not None:
-            parts.append(f"classifier scale {self.classifier_scale:g}")
-        if self.guidance_scale is not None:
-            parts.append(f"guidance scale {self.guidance_scale:g}")
-        return ", ".join(parts) or "no guidance"

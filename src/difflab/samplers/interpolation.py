@@ -45,6 +45,6 @@ def interpolate(
     path = slerp(
         z0.expand(num_points, *z0.shape[1:]), z1.expand(num_points, *z1.shape[1:]), weights
     )
-    if cond is not None and cond.labels is not None and cond.labels.numel() == 1:
-        cond = Conditioning(labels=cond.labels.expand(num_points))
+    if cond is not None and cond.batch_size == 1:
+        cond = cond[torch.zeros(num_points, dtype=torch.long)]  # one sample's, along the path
     return ddim_sample(denoiser, path, timesteps, cond, eta=0.0)

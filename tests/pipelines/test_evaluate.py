@@ -1,4 +1,4 @@
-"""evaluate_samples / evaluate_model / reference statistics from Python."""
+"""evaluate_samples / evaluate_pipeline / reference statistics from Python."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import torch
 
 from difflab.data import load_dataset
 from difflab.errors import DifflabError
-from difflab.metrics.evaluate import compare, evaluate_model, evaluate_samples, quantize_images
+from difflab.metrics.evaluate import compare, evaluate_samples, quantize_images
 from difflab.metrics.frechet import FeatureStats
 from difflab.metrics.reference import data_stats, parse_data, reference_stats, stats_cache_dir
 from difflab.models.classifier import NoisyClassifier, classifier_config
-from difflab.pipelines import DiffusionModel, load_diffusion_model
+from difflab.pipelines import DiffusionPipeline, evaluate_pipeline, load_pipeline
 from difflab.samplers import Guidance
 from tests.metrics.checkpoints import untrained_checkpoint
 
@@ -86,7 +86,7 @@ def conditional_mnist_checkpoint(tmp_path_factory):
 
 def test_evaluate_model_judges_labels(conditional_mnist_checkpoint, mnist_reference):
     seen = []
-    result = evaluate_model(
+    result = evaluate_pipeline(
         conditional_mnist_checkpoint,
         n=12,
         steps=2,
@@ -98,7 +98,7 @@ def test_evaluate_model_judges_labels(conditional_mnist_checkpoint, mnist_refere
     assert 0.0 <= result["label_accuracy"] <= 1.0  # an untrained model: labels are chance-level
     assert result["metric"] == "FD-MNIST" and result["n"] == 12 and result["fd"] > 0
     assert result["batch_size"] == 5 and result["sample_seconds"] > 0
-    again = evaluate_model(
+    again = evaluate_pipeline(
         conditional_mnist_checkpoint, n=12, steps=2, batch_size=5, reference=mnist_reference
     )
     assert again["fd"] == result["fd"]  # seeded per batch
@@ -106,10 +106,10 @@ def test_evaluate_model_judges_labels(conditional_mnist_checkpoint, mnist_refere
 
 def test_evaluate_model_refuses_too_few_samples(conditional_mnist_checkpoint):
     with pytest.raises(DifflabError, match="at least 2"):
-        evaluate_model(conditional_mnist_checkpoint, n=1)
+        evaluate_pipeline(conditional_mnist_checkpoint, n=1)
 
 
-def batch_sizes_seen(model: DiffusionModel) -> list[int]:
+def batch_sizes_seen(model: DiffusionPipeline) -> list[int]:
     """The batch size of every forward pass of ``model.net`` from now on."""
     seen: list[int] = []
     model.net.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
@@ -119,23 +119,23 @@ def batch_sizes_seen(model: DiffusionModel) -> list[int]:
 def test_evaluate_model_with_classifier_free_guidance(
     conditional_mnist_checkpoint, mnist_reference
 ):
-    model = load_diffusion_model(conditional_mnist_checkpoint)
+    model = load_pipeline(conditional_mnist_checkpoint)
     seen = batch_sizes_seen(model)
     options = dict(n=6, steps=2, batch_size=3, reference=mnist_reference)
-    plain = evaluate_model(model, **options)
+    plain = evaluate_pipeline(model, **options)
     assert plain["guidance"] is None and seen == [3, 3, 3, 3]
     seen.clear()
-    guided = evaluate_model(model, **options, guidance=Guidance(guidance_scale=3.0))
+    guided = evaluate_pipeline(model, **options, guidance=Guidance(guidance_scale=3.0))
     assert guided["guidance"] == "guidance scale 3"
     assert seen == [6, 6, 6, 6]  # conditional and unconditional branch in one batch
     assert guided["label_accuracy"] is not None
 
 
 def test_classifier_guidance_gives_an_unconditional_model_targets(tmp_path, mnist_reference):
-    model = load_diffusion_model(untrained_checkpoint(tmp_path / "m.safetensors", "mnist", 28))
+    model = load_pipeline(untrained_checkpoint(tmp_path / "m.safetensors", "mnist", 28))
     classifier = NoisyClassifier(classifier_config("classifier-tiny", num_classes=10))
     options = dict(n=6, steps=2, batch_size=3, reference=mnist_reference)
-    assert evaluate_model(model, **options)["label_accuracy"] is None
-    guided = evaluate_model(model, **options, guidance=Guidance(classifier, 2.0))
+    assert evaluate_pipeline(model, **options)["label_accuracy"] is None
+    guided = evaluate_pipeline(model, **options, guidance=Guidance(classifier, 2.0))
     assert guided["guidance"] == "classifier scale 2"
     assert 0.0 <= guided["label_accuracy"] <= 1.0  # judged by mnist-cnn, classes in turn

@@ -1,0 +1,111 @@
+"""Reading pipelines and noisy classifiers from checkpoints (paths or shipped names)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflab.diffusion import NoiseSchedule
+from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
+from difflab.io.weights import resolve_checkpoint
+from difflab.models import build_model
+from difflab.models.classifier import (
+    CLASSIFIER_ARCH,
+    CLASSIFIER_KIND,
+    NoisyClassifier,
+    check_classifier_fits,
+    classifier_config_from_dict,
+)
+from difflab.pipelines.description import ModelDescription
+from difflab.pipelines.diffusion import DiffusionPipeline
+
+
+def schedule_from_meta(diffusion: dict[str, Any]) -> NoiseSchedule:
+    """The schedule a checkpoint's ``diffusion`` entry describes."""
+    return NoiseSchedule.from_name(
+        diffusion["schedule"],
+        diffusion["num_timesteps"],
+        diffusion.get("beta_start"),
+        diffusion.get("beta_end"),
+    )
+
+
+def load_pipeline(
+    checkpoint: str | Path, device: str | torch.device = "cpu", precision: str = "fp32"
+) -> DiffusionPipeline:
+    """Load a ``kind: diffusion`` checkpoint: a path, or a shipped name such as ``"mnist_ddim"``.
+
+    The EMA weights are used when the file holds them (a training state), else the model's.
+    """
+    path = resolve_checkpoint(checkpoint)
+    tensors, meta = load_checkpoint(path, kind="diffusion")
+    description = ModelDescription.from_meta(meta, path)
+    net = build_model(description.arch, description.config)
+    weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
+    load_weights_strict(net, weights, path)
+    schedule = schedule_from_meta(meta["diffusion"])
+    return DiffusionPipeline(net.to(device).eval(), schedule, description, precision=precision)
+
+
+def load_noisy_classifier(
+    checkpoint: str | Path,
+    device: str | torch.device = "cpu",
+    *,
+    pipeline: DiffusionPipeline | None = None,
+) -> NoisyClassifier:
+    """Load a ``kind: classifier`` checkpoint (from ``difflab train`` of a classifier config).
+
+    With ``pipeline``, also check that the classifier fits it: same sample channels and size, and
+    trained on the noise of the same schedule (the same alpha_bar for every t).
+
+    Returns:
+        The classifier in eval mode with frozen weights (guidance differentiates only x_t).
+    """
+    path = resolve_checkpoint(checkpoint)
+    tensors, meta = load_checkpoint(path)
+    if meta.get("kind") != CLASSIFIER_KIND:
+        raise DifflabError(
+            f"{path} holds a {meta.get('kind')!r} checkpoint, not a noisy classifier; give the "
+            "model.safetensors of `difflab train configs/mnist_classifier.yaml`."
+        )
+    for key in ("arch", "model", "diffusion", "data"):
+        if key not in meta:
+            raise DifflabError(
+                f"{path} lacks the {key!r} entry of a classifier checkpoint; retrain it with difflab."
+            )
+    if meta["arch"] != CLASSIFIER_ARCH:
+        raise DifflabError(
+            f"{path} is a classifier of unknown architecture {meta['arch']!r}; expected "
+            f"{CLASSIFIER_ARCH!r}."
+        )
+    net = NoisyClassifier(classifier_config_from_dict(meta["model"], f"{path}: model"))
+    load_weights_strict(net, split_prefix(tensors, "model"), path)
+    net = net.to(device).eval().requires_grad_(False)
+    net.meta = meta
+    if pipeline is not None:
+        _check_classifier_fits(path, net, meta, pipeline)
+    return net
+
+
+def _check_classifier_fits(
+    path: Path, net: NoisyClassifier, meta: dict[str, Any], pipeline: DiffusionPipeline
+) -> None:
+    try:
+        check_classifier_fits(net, pipeline.description.sample_shape, torch.empty(0))
+    except DifflabError as error:
+        raise DifflabError(f"{path}: {error}") from None
+    schedule = schedule_from_meta(meta["diffusion"])
+    same = schedule.num_timesteps == pipeline.schedule.num_timesteps and torch.allclose(
+        schedule.alpha_bar, pipeline.schedule.alpha_bar
+    )
+    if not same:
+        mine = pipeline.description.diffusion
+        raise DifflabError(
+            f"{path} was trained on the noise of a {meta['diffusion']['schedule']} schedule with "
+            f"T = {meta['diffusion']['num_timesteps']} but the model uses {mine.schedule} with "
+            f"T = {pipeline.schedule.num_timesteps}; train the classifier with the model's "
+            "diffusion section."
+        )
