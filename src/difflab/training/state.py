@@ -31,6 +31,7 @@ from difflab.io.checkpoint import (
     with_prefix,
 )
 from difflab.io.process_group import SINGLE, Distributed, check_same_config, on_main, rank_seed
+from difflab.models.registry import ARCHITECTURES, config_from_dict
 from difflab.training.data_order import BatchStream
 from difflab.training.distributed import data_parallel
 from difflab.training.ema import EMA
@@ -94,6 +95,15 @@ def save_run_state(
     save_checkpoint(out_dir / MODEL_FILE, with_prefix(run.ema.state_dict(), "model"), model_meta)
 
 
+def _comparable(meta: dict[str, Any], section: str) -> Any:
+    """A section of a run's JSON in a form equal for equal configs: a model config is rebuilt, so
+    fields a run of an older version did not store take the values that version used."""
+    value = meta.get(section)
+    if section == "model" and isinstance(value, dict) and meta.get("arch") in ARCHITECTURES:
+        return config_to_dict(config_from_dict(meta["arch"], value))
+    return value
+
+
 def restore_run_state(
     run: ResumableRun, path: Path, kind: str, current_meta: dict[str, Any]
 ) -> dict[str, Any]:
@@ -103,7 +113,7 @@ def restore_run_state(
     """
     tensors, meta = load_checkpoint(path, kind=kind)
     for section in MODEL_SECTIONS:
-        if meta.get(section) != current_meta.get(section):
+        if _comparable(meta, section) != _comparable(current_meta, section):
             raise DifflabError(
                 f"{path} was trained with a different {section} config than the one given; "
                 "resume with the same config or use a new train.out_dir."
