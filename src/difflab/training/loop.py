@@ -19,17 +19,15 @@ from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig
 from difflab.data import load_configured_split
 from difflab.diffusion import (
     Conditioning,
-    Denoiser,
     NoiseSchedule,
     denoising_loss,
     draw_noise,
-    timestep_sequence,
 )
 from difflab.errors import DifflabError
 from difflab.io.images import save_grid
 from difflab.io.process_group import SINGLE, Distributed
 from difflab.models import build_model, model_config
-from difflab.samplers import ddim_sample
+from difflab.pipelines import DiffusionPipeline, ModelDescription
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
 from difflab.training.state import (
@@ -41,6 +39,8 @@ from difflab.training.state import (
     save_run_state,
 )
 from difflab.training.update import run_training
+
+SAMPLE_SEED = 1234  # the fixed x_T of every sample grid of a run
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -59,7 +59,7 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
     model_values.setdefault("in_channels", dataset.channels)
     model_values.setdefault("out_channels", dataset.channels)
     arch, net_config = model_config(preset, **model_values)
-    if getattr(net_config, "num_classes", 0) and dataset.num_classes == 0:
+    if net_config.num_classes and dataset.num_classes == 0:
         raise DifflabError(
             f"model.num_classes is {net_config.num_classes} but dataset {dataset.name!r} has no labels; set model.num_classes=0."
         )
@@ -109,7 +109,7 @@ def check_train_config(train: Any, net_config: Any) -> None:
             raise DifflabError(f"train.{name} must be at least 1, got {getattr(train, name)}.")
     if not 0 <= train.label_dropout < 1:
         raise DifflabError(f"train.label_dropout must lie in [0, 1), got {train.label_dropout}.")
-    if train.label_dropout > 0 and not getattr(net_config, "num_classes", 0):
+    if train.label_dropout > 0 and not net_config.num_classes:
         raise DifflabError(
             "train.label_dropout needs a class-conditional model; set model.num_classes."
         )
@@ -138,7 +138,7 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
     part = run.group.shard(len(index))
     x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
     cond = Conditioning()
-    if getattr(run.net.config, "num_classes", 0):
+    if run.net.config.num_classes:
         drop = torch.rand(index.shape, generator=run.generator) < run.config.train.label_dropout
         labels = run.dataset.labels[index]  # (B,)
         cond = Conditioning(labels=labels[part]).drop(drop[part]).to(run.device)
@@ -148,20 +148,15 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
     return denoising_loss(run.forward_module(), run.schedule, x0, cond, noise=noise), {}
 
 
-@torch.no_grad()
 def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     """DDIM samples of the EMA model with a fixed seed, so grids of successive steps compare."""
-    size, channels = run.dataset.image_size, run.dataset.channels
-    generator = torch.Generator().manual_seed(1234)
-    x_T = torch.randn(count, channels, size, size, generator=generator).to(run.device)
-    cond = Conditioning()
-    num_classes = getattr(run.net.config, "num_classes", 0)
-    if num_classes:
-        cond = Conditioning(labels=torch.arange(count, device=run.device) % num_classes)
-    timesteps = timestep_sequence(
-        run.schedule.num_timesteps, min(run.config.train.sample_steps, run.schedule.num_timesteps)
-    )
-    images = ddim_sample(Denoiser(run.ema.module, run.schedule), x_T, timesteps, cond, eta=0.0)
+    description = ModelDescription.from_meta(model_meta(run), path)
+    pipeline = DiffusionPipeline(run.ema.module, run.schedule, description)
+    cond = None
+    if description.num_classes:
+        cond = Conditioning(labels=torch.arange(count) % description.num_classes)
+    steps = min(run.config.train.sample_steps, run.schedule.num_timesteps)
+    images = pipeline.generate(count, cond, seed=SAMPLE_SEED, steps=steps)
     save_grid(images, path, nrow=int(math.sqrt(count)))
 
 
