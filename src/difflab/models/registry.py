@@ -24,6 +24,19 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
         "unet",
         dict(base_channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,)),
     ),
+    # for tests of cross-attention (Latent Diffusion): unet-tiny whose attention sites at 14x14
+    # and in the middle are transformer blocks reading tokens of width 16
+    "unet-tiny-text": (
+        "unet",
+        dict(
+            base_channels=8,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(14,),
+            num_heads=2,
+            context_dim=16,
+        ),
+    ),
     # the shipped MNIST model: 28x28 -> 14 -> 7, attention at 7x7
     "unet-mnist": (
         "unet",

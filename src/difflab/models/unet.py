@@ -3,6 +3,10 @@
 Residual blocks with scale-shift norm, self-attention at chosen resolutions, stride-2 down and
 nearest up sampling, skip connections between mirrored levels, and an optional class embedding
 whose extra last row is the reserved "no label" entry used by classifier-free guidance.
+
+With ``context_dim > 0`` the attention at those resolutions (and in the middle) becomes Latent
+Diffusion's transformer block (Rombach et al. 2022, sec. 3.3): self-attention, cross-attention to
+the token sequence ``cond.tokens`` (B, L, context_dim) under ``cond.token_mask``, feed-forward.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from difflab.nn import (
     Downsample,
     ResBlock,
     SpatialSelfAttention,
+    SpatialTransformer,
     TimestepEmbedding,
     Upsample,
     group_norm,
@@ -35,11 +40,17 @@ class UNetConfig:
         base_channels: width of the first level; level i has ``base_channels * channel_mult[i]``.
         channel_mult: one multiplier per resolution level (len - 1 downsamplings).
         num_res_blocks: residual blocks per level on the way down (one more on the way up).
-        attention_resolutions: feature-map sizes (pixels) at which self-attention is applied.
+        attention_resolutions: feature-map sizes (pixels) at which self-attention is applied
+            (transformer blocks with cross-attention when ``context_dim > 0``).
         num_heads: attention heads (``head_channels`` > 0 overrides it: heads = width / head_channels).
         dropout: dropout probability inside residual blocks.
         num_classes: class-conditional when > 0; the embedding gets ``num_classes + 1`` rows.
         prediction: what the network predicts: "eps", "x0" or "v".
+        scale_shift_norm: residual blocks scale and shift their norm by the embedding (ADM) rather
+            than add it.
+        context_dim: D, the width of the conditioning tokens ``cond.tokens`` (B, L, D); 0 = no
+            cross-attention (the plain ADM U-Net, as every checkpoint saved before this field).
+        transformer_depth: transformer blocks per attention site when ``context_dim > 0``.
     """
 
     image_size: int = 28
@@ -55,6 +66,8 @@ class UNetConfig:
     num_classes: int = 0
     prediction: str = "eps"
     scale_shift_norm: bool = True
+    context_dim: int = 0
+    transformer_depth: int = 1
 
 
 class EncoderSizes(Protocol):
@@ -82,11 +95,33 @@ def attention_heads(c: EncoderSizes, channels: int) -> int:
     return channels // c.head_channels if c.head_channels > 0 else c.num_heads
 
 
-def attention_at(c: EncoderSizes, channels: int, size: int) -> nn.Module:
-    """Self-attention if ``size`` (pixels) is one of the config's attention resolutions, else identity."""
+def attention_block(
+    c: EncoderSizes, channels: int, context_dim: int = 0, depth: int = 1
+) -> nn.Module:
+    """Self-attention, or a transformer block cross-attending to width-``context_dim`` tokens."""
+    heads = attention_heads(c, channels)
+    if context_dim > 0:
+        return SpatialTransformer(channels, context_dim, heads, depth)
+    return SpatialSelfAttention(channels, heads)
+
+
+def attention_at(
+    c: EncoderSizes, channels: int, size: int, context_dim: int = 0, depth: int = 1
+) -> nn.Module:
+    """:func:`attention_block` if ``size`` (pixels) is one of the config's attention resolutions,
+    else the identity."""
     if size not in c.attention_resolutions:
         return nn.Identity()
-    return SpatialSelfAttention(channels, attention_heads(c, channels))
+    return attention_block(c, channels, context_dim, depth)
+
+
+def attend(
+    attention: nn.Module, h: torch.Tensor, tokens: torch.Tensor | None, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """Run an attention site on h (B, C, H, W): a transformer block also reads the tokens."""
+    if isinstance(attention, SpatialTransformer):
+        return attention(h, tokens, mask)
+    return attention(h)
 
 
 class EncoderLayers(NamedTuple):
@@ -99,8 +134,14 @@ class EncoderLayers(NamedTuple):
     size: int  # side (pixels) at the bottom
 
 
-def build_encoder(c: EncoderSizes, emb_dim: int) -> EncoderLayers:
-    """conv_in, then per level ``num_res_blocks`` x (ResBlock, attention) and a stride-2 Downsample."""
+def build_encoder(
+    c: EncoderSizes, emb_dim: int, context_dim: int = 0, transformer_depth: int = 1
+) -> EncoderLayers:
+    """conv_in, then per level ``num_res_blocks`` x (ResBlock, attention) and a stride-2 Downsample.
+
+    ``context_dim > 0`` makes the attention sites transformer blocks of ``transformer_depth``
+    blocks that cross-attend to tokens of that width.
+    """
     conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
     down_blocks = nn.ModuleList()
     skip_channels = [c.base_channels]
@@ -110,7 +151,10 @@ def build_encoder(c: EncoderSizes, emb_dim: int) -> EncoderLayers:
             out_ch = c.base_channels * mult
             down_blocks.append(
                 nn.ModuleList(
-                    [residual_block(c, ch, out_ch, emb_dim), attention_at(c, out_ch, size)]
+                    [
+                        residual_block(c, ch, out_ch, emb_dim),
+                        attention_at(c, out_ch, size, context_dim, transformer_depth),
+                    ]
                 )
             )
             ch = out_ch
@@ -123,9 +167,17 @@ def build_encoder(c: EncoderSizes, emb_dim: int) -> EncoderLayers:
 
 
 def run_encoder(
-    conv_in: nn.Module, down_blocks: nn.ModuleList, x: torch.Tensor, emb: torch.Tensor
+    conv_in: nn.Module,
+    down_blocks: nn.ModuleList,
+    x: torch.Tensor,
+    emb: torch.Tensor,
+    tokens: torch.Tensor | None = None,
+    token_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """x (B, C_in, H, W), emb (B, E) -> (bottom activation (B, C, h, w), every skip activation)."""
+    """x (B, C_in, H, W), emb (B, E) -> (bottom activation (B, C, h, w), every skip activation).
+
+    tokens (B, L, D) and token_mask (B, L) feed the transformer blocks, if the encoder has any.
+    """
     h = conv_in(x)  # (B, C0, H, W)
     skips = [h]
     for layer in down_blocks:
@@ -133,7 +185,7 @@ def run_encoder(
             h = layer(h)  # (B, C, ceil(H/2), ceil(W/2))
         else:
             res, attn = layer
-            h = attn(res(h, emb))
+            h = attend(attn, res(h, emb), tokens, token_mask)
         skips.append(h)
     return h, skips
 
@@ -146,16 +198,25 @@ class UNet(nn.Module):
         self.config = config
         self.prediction = config.prediction
         c = config
+        if c.context_dim < 0:
+            raise DifflabError(
+                f"model.context_dim must be >= 0 (0 = no cross-attention), got {c.context_dim}."
+            )
+        if c.transformer_depth < 1 or (c.transformer_depth != 1 and c.context_dim == 0):
+            raise DifflabError(
+                f"model.transformer_depth={c.transformer_depth}: it must be >= 1 and applies only "
+                "with cross-attention; set context_dim > 0 or leave transformer_depth at 1."
+            )
         emb_dim = 4 * c.base_channels
         self.time_embed = TimestepEmbedding(c.base_channels, emb_dim)
         # rows 0..num_classes-1 are classes, row num_classes is "no label"
         self.label_embed = nn.Embedding(c.num_classes + 1, emb_dim) if c.num_classes > 0 else None
-        encoder = build_encoder(c, emb_dim)
+        encoder = build_encoder(c, emb_dim, c.context_dim, c.transformer_depth)
         self.conv_in = encoder.conv_in
         self.down_blocks = encoder.down_blocks
         skip_channels, ch, size = list(encoder.skip_channels), encoder.channels, encoder.size
         self.mid_block1 = residual_block(c, ch, ch, emb_dim)
-        self.mid_attention = SpatialSelfAttention(ch, attention_heads(c, ch))
+        self.mid_attention = attention_block(c, ch, c.context_dim, c.transformer_depth)
         self.mid_block2 = residual_block(c, ch, ch, emb_dim)
         self.up_blocks = (
             nn.ModuleList()
@@ -170,7 +231,7 @@ class UNet(nn.Module):
                     nn.ModuleList(
                         [
                             residual_block(c, ch + skip_channels.pop(), out_ch, emb_dim),
-                            attention_at(c, out_ch, size),
+                            attention_at(c, out_ch, size, c.context_dim, c.transformer_depth),
                             upsample,
                         ]
                     )
@@ -181,6 +242,12 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    @property
+    def conditioning_fields(self) -> tuple[str, ...]:
+        """The :class:`~difflab.diffusion.Conditioning` fields this network reads."""
+        fields = ("labels",) if self.config.num_classes > 0 else ()
+        return fields + (("tokens", "token_mask") if self.config.context_dim > 0 else ())
 
     def embed(self, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Timestep (+ class) embedding, (B, 4 * base_channels)."""
@@ -197,14 +264,47 @@ class UNet(nn.Module):
             emb = emb + self.label_embed(rows)
         return emb
 
+    def context(
+        self, cond: Conditioning, x_t: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(tokens (B, L, D) in x_t's dtype, token_mask (B, L) bool), checked; (None, None) when
+        the network has no cross-attention (tokens given to it are ignored)."""
+        D = self.config.context_dim
+        if D == 0:
+            return None, None
+        tokens, mask = cond.tokens, cond.token_mask
+        if tokens is None or mask is None:
+            raise DifflabError(
+                f"this U-Net cross-attends to tokens of width {D} (context_dim={D}), but the "
+                f"conditioning has none; pass Conditioning(tokens=(B, L, {D}) floats, "
+                "token_mask=(B, L) bools), all-False masks for no caption."
+            )
+        B = x_t.shape[0]
+        if tokens.ndim != 3 or tokens.shape[0] != B or tokens.shape[2] != D:
+            raise DifflabError(
+                f"conditioning tokens have shape {tuple(tokens.shape)}, but this U-Net reads "
+                f"(B={B}, L, {D}) (context_dim={D}); give one sequence per sample, of width {D}."
+            )
+        if mask.shape != tokens.shape[:2]:
+            raise DifflabError(
+                f"token_mask has shape {tuple(mask.shape)}; it must be {tuple(tokens.shape[:2])}, "
+                "one bool per token."
+            )
+        return tokens.to(x_t.dtype), mask.to(torch.bool)
+
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> torch.Tensor:
-        emb = self.embed(t, cond if cond is not None else Conditioning())  # (B, E)
-        h, skips = run_encoder(self.conv_in, self.down_blocks, x_t, emb)  # (B, C, h, w)
-        h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)
+        cond = cond if cond is not None else Conditioning()
+        emb = self.embed(t, cond)  # (B, E)
+        tokens, mask = self.context(cond, x_t)  # (B, L, D), (B, L) or None
+        h, skips = run_encoder(
+            self.conv_in, self.down_blocks, x_t, emb, tokens, mask
+        )  # (B, C, h, w)
+        h = attend(self.mid_attention, self.mid_block1(h, emb), tokens, mask)
+        h = self.mid_block2(h, emb)
         for res, attn, upsample in self.up_blocks:
-            h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))  # (B, C, H', W')
+            h = attend(attn, res(torch.cat([h, skips.pop()], dim=1), emb), tokens, mask)
             if isinstance(upsample, Upsample):
                 h = upsample(h, skips[-1].shape[-2:])
         return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))  # (B, out_channels, H, W)

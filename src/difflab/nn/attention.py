@@ -1,4 +1,4 @@
-"""Multi-head self-attention: one kernel choice for every model, and the U-Net's pixel attention."""
+"""Multi-head attention: one kernel choice for every model, and the U-Net's pixel attention."""
 
 from __future__ import annotations
 
@@ -12,8 +12,15 @@ MATH_ATTENTION_MAX_BYTES = 256 * 2**20
 """Largest (B, heads, T, T) score tensor the low-precision CPU path materialises (256 MiB)."""
 
 
-def packed_attention(qkv: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
-    """Multi-head softmax attention ``softmax(q k^T / sqrt(d)) v`` of packed queries, keys, values.
+def multihead_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    key_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Multi-head softmax attention ``softmax(q k^T / sqrt(d)) v`` of T queries over S keys.
 
     The kernel is chosen by what is fastest on the device and dtype (``make bench-attention``,
     ``benchmarks/results/attention_kernels.md``: PyTorch 2.13 on this project's CPU, batch 128,
@@ -30,24 +37,50 @@ def packed_attention(qkv: torch.Tensor, *, causal: bool = False) -> torch.Tensor
       N(0, 4) inputs). Above ``MATH_ATTENTION_MAX_BYTES`` of scores the fused kernel runs in
       float32 instead, to bound memory.
 
+    Args:
+        q: (B, T, heads, d) queries.
+        k, v: (B, S, heads, d) keys and values.
+        causal: query i attends only to keys 0..i (an autoregressive model; needs T == S).
+        key_mask: (B, S) bool, True where a key takes part (False: padding, weight exactly 0).
+            Every query must keep at least one key, else its softmax is over an empty set
+            (:class:`~difflab.nn.transformer.CrossAttention` appends a null key for this).
+
+    Returns:
+        (B, T, heads, d) in the dtype of ``q``.
+    """
+    if causal and key_mask is not None:
+        raise ValueError("attention: give causal=True or a key_mask, not both.")
+    q, k, v = (a.transpose(1, 2) for a in (q, k, v))  # (B, heads, T or S, d)
+    mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, S)
+    low_precision_cpu = q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16)
+    if not low_precision_cpu:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        return out.transpose(1, 2)
+    (B, heads, T, _), S = q.shape, k.shape[2]
+    if B * heads * T * S * q.element_size() > MATH_ATTENTION_MAX_BYTES:
+        with torch.autocast("cpu", enabled=False):
+            out = F.scaled_dot_product_attention(
+                q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal
+            )
+        return out.transpose(1, 2).to(q.dtype)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, heads, T, S)
+    if causal:
+        future = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(1)  # (T, S)
+        scores = scores.masked_fill(future, float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(dim=-1) @ v).transpose(1, 2)  # (B, T, heads, d)
+
+
+def packed_attention(qkv: torch.Tensor, *, causal: bool = False) -> torch.Tensor:
+    """Self-attention of packed queries, keys, values: :func:`multihead_attention` on ``qkv``.
+
     ``causal=True`` lets token i attend only to tokens 0..i (an autoregressive model).
 
     Shapes: qkv (B, T, 3, heads, D/heads) -> (B, T, heads, D/heads), in the dtype of ``qkv``.
     """
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, T, D/heads)
-    low_precision_cpu = qkv.device.type == "cpu" and qkv.dtype in (torch.bfloat16, torch.float16)
-    if not low_precision_cpu:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2)
-    B, T, _, heads, _ = qkv.shape
-    if B * heads * T * T * qkv.element_size() > MATH_ATTENTION_MAX_BYTES:
-        with torch.autocast("cpu", enabled=False):
-            out = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
-        return out.transpose(1, 2).to(qkv.dtype)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, heads, T, T)
-    if causal:
-        future = torch.ones(T, T, dtype=torch.bool, device=qkv.device).triu(1)  # (T, T)
-        scores = scores.masked_fill(future, float("-inf"))
-    return (scores.softmax(dim=-1) @ v).transpose(1, 2)  # (B, T, heads, D/heads)
+    q, k, v = qkv.unbind(2)  # each (B, T, heads, D/heads)
+    return multihead_attention(q, k, v, causal=causal)
 
 
 class SpatialSelfAttention(nn.Module):
