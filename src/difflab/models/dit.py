@@ -301,6 +301,8 @@ class DiT(nn.Module):
         check_dit_config(config)
         self.config = config
         self.prediction = config.prediction
+        # the Conditioning fields this network reads
+        self.conditioning_fields: tuple[str, ...] = ("labels",) if config.num_classes else ()
         c = config
         D = c.hidden_size
         self.output_channels = c.out_channels * (2 if c.learn_sigma else 1)

@@ -254,7 +254,7 @@ class DiffusionPipeline:
                     denoiser, self.noise(count, part_seed), timesteps, part, options, generator,
                     callback,
                 )  # fmt: skip
-                images.append(self.decode(x).float())
+                images.append(self.decode(x))
             if progress is not None:
                 progress(start + count, n)
         return torch.cat(images)
