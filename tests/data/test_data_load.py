@@ -17,7 +17,7 @@ from difflab.errors import DifflabError
 
 
 def test_dataset_names():
-    assert DATASET_NAMES == ("mnist", "fashion-mnist", "digits", "folder")
+    assert DATASET_NAMES == ("mnist", "fashion-mnist", "digits", "folder", "emoji")
 
 
 def test_unknown_name_lists_the_names():

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from difflab.data import load_dataset
+from difflab.data.emoji import emoji_sources_fingerprint
 from difflab.data.folder import common_square_size, index_folder, load_image, probe_image
 from difflab.data.transforms import images_from_uint8
 from difflab.errors import DifflabError
@@ -31,12 +32,13 @@ from difflab.metrics.features import (
 )
 from difflab.metrics.frechet import FeatureStats
 
-BUILTIN_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "digits")
+BUILTIN_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "digits", "emoji")
 DATA_SPLITS: tuple[str, ...] = ("train", "test", "all")
 DEFAULT_FEATURES: dict[str, str] = {
     "mnist": "mnist-cnn",
     "fashion-mnist": "fashion-cnn",
     "digits": "mnist-cnn",
+    "emoji": "vgg16",  # colour: FD-VGG16
 }
 GENERAL_FEATURES = "vgg16"  # for image folders and anything else
 DEFAULT_FEATURE_BATCH = 500
@@ -50,7 +52,7 @@ KEEP_FEATURES = 10_000  # feature rows a statistics file keeps for precision/rec
 class DataSpec:
     """A parsed data argument: a built-in dataset (with an optional split) or an image folder."""
 
-    name: str  # "mnist", "fashion-mnist", "digits" or "folder:<path>"
+    name: str  # "mnist", "fashion-mnist", "digits", "emoji" or "folder:<path>"
     split: str | None  # "train", "test", "all" or None (the default of the caller)
 
     @property
@@ -83,7 +85,7 @@ def parse_data(text: str) -> DataSpec:
     if path.exists():
         raise DifflabError(
             f"{path} is a file, not a folder of images, a dataset name or a statistics file "
-            "(.npz); pass a folder, mnist, fashion-mnist or digits."
+            "(.npz); pass a folder, mnist, fashion-mnist, digits or emoji."
         )
     raise DifflabError(
         f"{text!r} is neither a dataset ({', '.join(BUILTIN_DATASETS)}) nor an existing folder "
@@ -266,6 +268,8 @@ def reference_stats(
     if spec.base not in BUILTIN_DATASETS or data_dir is not None:
         return compute()
     key = repr((spec.name, split, limit, image_size, pad_to_32, KEEP_FEATURES, extractor.space.id))
+    if spec.name == "emoji":  # its images come from system packages that apt may update
+        key += emoji_sources_fingerprint()
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     path = stats_cache_dir() / f"{spec.name}-{split or 'test'}-{extractor.name}-{digest}.npz"
     if path.is_file():
