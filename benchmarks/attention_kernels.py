@@ -11,33 +11,26 @@ U-Net's 7x7 and 14x14 maps), batch 128, 4 heads of width 64, three ways to atten
 
 Each is timed forward only (no grad) and forward + backward, interleaved, median of
 ``--repeats``; and its error against a float64 reference (RMS and max over all outputs, inputs
-N(0, 4)). Writes ``benchmarks/results/attention_kernels.{json,md}``.
+N(0, 4)). Writes ``attention_kernels.{json,md}`` (``--quick``: 16 tokens, batch 16, one repeat).
 
-    python benchmarks/attention_kernels.py --threads 1     # about a minute
+    python benchmarks/attention_kernels.py --threads 1     # about a minute; make bench-attention
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from common import (
-    RESULTS_DIR,
-    interleaved_timings,
-    machine_info,
-    markdown_table,
-    write_json,
-    write_text,
-)
+import common as bench
 from difflab.nn import packed_attention
 
 NAME = "attention_kernels"
 BATCH, HEADS, HEAD_DIM = 128, 4, 64
 TOKENS = (16, 49, 196)
+MODES = ("forward", "forward+backward")
 
 
 def fused(qkv: torch.Tensor) -> torch.Tensor:
@@ -68,99 +61,73 @@ def timings(qkv: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
     """Median seconds per call of each kernel, forward and forward + backward."""
     inputs = {name: qkv.to(dtype).requires_grad_() for name, (_, dtype) in KERNELS.items()}
 
-    def forward(name: str) -> Callable[[], Any]:
-        def run() -> None:
-            with torch.no_grad():
-                KERNELS[name][0](inputs[name])
+    def call(name: str, mode: str) -> Callable[[], Any]:
+        kernel, x = KERNELS[name][0], inputs[name]
 
-        return run
-
-    def training(name: str) -> Callable[[], Any]:
         def run() -> None:
-            inputs[name].grad = None
-            KERNELS[name][0](inputs[name]).float().sum().backward()
+            if mode == "forward":
+                with torch.no_grad():
+                    kernel(x)
+            else:
+                x.grad = None
+                kernel(x).float().sum().backward()
 
         return run
 
     out: dict[str, dict[str, float]] = {name: {} for name in KERNELS}
-    for mode, make in (("forward", forward), ("forward+backward", training)):
-        timed = interleaved_timings(
-            {name: make(name) for name in KERNELS}, warmup=1, repeats=repeats
+    for mode in MODES:
+        timed = bench.interleaved_timings(
+            {n: call(n, mode) for n in KERNELS}, warmup=1, repeats=repeats
         )
         for name, timing in timed.items():
             out[name][mode] = timing.median
     return out
 
 
-def run(tokens: Sequence[int], repeats: int) -> dict[str, Any]:
+def measure(tokens: Sequence[int], batch: int, repeats: int) -> dict[str, Any]:
+    """Timings and errors of every kernel at every token count."""
     generator = torch.Generator().manual_seed(0)
     cases = []
     for T in tokens:
-        qkv = 2 * torch.randn(BATCH, T, 3, HEADS, HEAD_DIM, generator=generator)
-        cases.append({"tokens": T, "seconds": timings(qkv, repeats), "error": errors(qkv)})
-        fastest = min(
-            cases[-1]["seconds"], key=lambda n: cases[-1]["seconds"][n]["forward+backward"]
-        )
+        qkv = 2 * torch.randn(batch, T, 3, HEADS, HEAD_DIM, generator=generator)
+        seconds = timings(qkv, repeats)
+        cases.append({"tokens": T, "seconds": seconds, "error": errors(qkv)})
+        fastest = min(seconds, key=lambda n: seconds[n]["forward+backward"])
         print(f"[{NAME}] {T} tokens: fastest forward+backward {fastest}")
     return {
         "name": NAME,
-        "machine": machine_info(),
-        "shape": {"batch": BATCH, "heads": HEADS, "head_dim": HEAD_DIM},
+        "machine": bench.machine_info(),
+        "shape": {"batch": batch, "heads": HEADS, "head_dim": HEAD_DIM},
         "repeats": repeats,
         "cases": cases,
     }
 
 
-def markdown(report: dict[str, Any]) -> str:
-    rows = []
-    for case in report["cases"]:
-        for name in KERNELS:
-            seconds, error = case["seconds"][name], case["error"][name]
-            rows.append(
-                [
-                    case["tokens"],
-                    name,
-                    seconds["forward"] * 1e3,
-                    seconds["forward+backward"] * 1e3,
-                    error["rms"],
-                    error["max"],
-                ]
-            )
-    machine = report["machine"]
+def render_markdown(report: dict[str, Any]) -> str:
+    """The table of every kernel and token count, from the JSON alone."""
+    rows = [
+        [case["tokens"], name, *(case["seconds"][name][m] * 1e3 for m in MODES),
+         case["error"][name]["rms"], case["error"][name]["max"]]
+        for case in report["cases"]
+        for name in case["seconds"]
+    ]  # fmt: skip
     shape = report["shape"]
-    return "\n".join(
-        [
-            "# Attention kernels on the CPU",
-            "",
-            f"Batch {shape['batch']}, {shape['heads']} heads of width {shape['head_dim']}; median "
-            f"of {report['repeats']} interleaved runs; error against float64 on N(0, 4) inputs.",
-            "",
-            markdown_table(
-                ["tokens", "kernel", "forward ms", "fwd+bwd ms", "RMS error", "max error"], rows
-            ),
-            "",
-            f"Machine: {machine['cpu_model']}, {machine['torch_threads']} torch threads, "
-            f"torch {machine['torch']}, {machine['date']}.",
-        ]
+    headers = ["tokens", "kernel", "forward ms", "fwd+bwd ms", "RMS error", "max error"]
+    return bench.sections(
+        "# Attention kernels on the CPU",
+        f"Batch {shape['batch']}, {shape['heads']} heads of width {shape['head_dim']}; median "
+        f"of {report['repeats']} interleaved runs; error against float64 on N(0, 4) inputs.",
+        bench.markdown_table(headers, rows),
+        f"Machine: {bench.machine_line(report['machine'])}",
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--threads", type=int, help="torch threads")
+    parser = bench.bench_parser(__doc__, "16 tokens, batch 16, one repeat")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="16 tokens, one repeat")
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    report = run((16,) if args.quick else TOKENS, 1 if args.quick else args.repeats)
-    stem = NAME + ("_quick" if args.quick else "")
-    for path in (
-        write_json(RESULTS_DIR / f"{stem}.json", report),
-        write_text(RESULTS_DIR / f"{stem}.md", markdown(report)),
-    ):
-        print(f"wrote {path}")
-    return 0
+    args = bench.parse(parser, argv)
+    tokens, batch, repeats = ((16,), 16, 1) if args.quick else (TOKENS, BATCH, args.repeats)
+    return bench.publish(args, NAME, lambda: measure(tokens, batch, repeats), render_markdown)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,12 @@ Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023), reprod
 1. **Scaling** (the paper's Table 4 / Figure 6 shape): class-conditional DiTs of two widths x two
    patch sizes (``dit-mnist-{s,b}-{7,4}``; ``--with-patch-2`` adds ``-2``) are trained through
    difflab's own training loop (``configs/dit_mnist.yaml``: bf16, label dropout 0.1) on the same
-   number of images, then sampled (DDIM, ``--sample-steps``, one seed) and scored by FD-MNIST,
-   without guidance (w = 1) and with classifier-free guidance (w = ``--guidance-scale``). Goal:
-   FD falls as forward GFLOPs rise, whether they come from width or from smaller patches; each
-   pair is a pass/fail line. The paper's ImageNet-256 FIDs (400K steps, no guidance) are printed
-   beside ours with their Gflops (a multiply-add counted once; ours count it twice).
+   number of images, then scored by ``evaluate_pipeline`` (DDIM, ``--sample-steps``, bf16, one
+   seed) by FD-MNIST, without guidance (w = 1) and with classifier-free guidance
+   (w = ``--guidance-scale``). Goal: FD falls as forward GFLOPs rise, whether they come from width
+   or from smaller patches; each pair is a pass/fail line. The paper's ImageNet-256 FIDs (400K
+   steps, no guidance) are printed beside ours with their Gflops (a multiply-add counted once;
+   ours count it twice).
 2. **Speed**: training images/s (one step: loss, backward, AdamW) and DDIM sampling time of
    difflab's ``DiT`` vs diffusers' ``DiTTransformer2DModel`` at the same config (width, depth,
    heads, patch, MLP ratio 4, exact GELU on both, 10 classes), timed interleaved in one run, in
@@ -26,74 +27,56 @@ Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023), reprod
    and label accuracy with and without guidance, sampled as in part 1.
 
 The inputs of part 2 are synthetic (random images); parts 1 and 3 train on MNIST. Runs are kept
-in ``runs/dit_scaling/<label>`` and reused when complete (resumed when not), so a long study can
-be stopped and continued; each model's scores are kept beside its run (``scores.json``). A run of
-some parts (``--parts speed``) keeps the other parts of the earlier result file, each with the
-machine and settings it ran with, and ``--models`` lets two processes share parts 1 and 3 (a
-later full run reuses their work). ``--plan-only`` prints the models, their GFLOPs and the training FLOPs
-of the plan, and stops.
+in ``runs/dit_scaling/<label>`` and reused when complete (resumed when not); each model's scores
+are kept beside its run (``scores.json``). A run of some parts (``--parts speed``) keeps the other
+parts of the earlier result file, each with the machine and settings it ran with; ``--models``
+lets two processes share parts 1 and 3. ``--plan-only`` prints the models, their GFLOPs and the
+training FLOPs of the plan, and stops.
 
     python benchmarks/dit_scaling.py                      # make bench-dit (hours on 2 cores)
     python benchmarks/dit_scaling.py --parts speed        # only the diffusers comparison
     python benchmarks/dit_scaling.py --quick              # smoke test: tiny models, a few steps
 
-Writes ``benchmarks/results/dit_scaling.{json,md,png}``; ``--quick`` writes only
-``dit_scaling_quick.{json,md,png}`` (its numbers measure nothing) and keeps its runs in a
-temporary folder.
+Writes ``dit_scaling.{json,md,png}``; ``--quick`` writes ``dit_scaling_quick.*`` (its numbers
+measure nothing) and keeps its runs in a temporary folder.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
-import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from common import (
-    RESULTS_DIR,
-    Timing,
-    interleaved_timings,
-    machine_info,
-    markdown_table,
-    matmul_gflops,
-    write_json,
-    write_text,
-)
+import common as bench
 from difflab.config import load_config
-from difflab.diffusion import (
-    Conditioning,
-    Denoiser,
-    NoiseSchedule,
-    denoising_loss,
-    timestep_sequence,
-)
-from difflab.metrics.evaluate import evaluate_samples
 from difflab.models import DiTConfig, build_model, count_flops, forward_gflops, model_config
-from difflab.pipelines import load_diffusion_model
-from difflab.samplers import ClassifierFreeGuidance, ddim_sample
+from difflab.pipelines import evaluate_pipeline, load_pipeline
+from difflab.samplers import Guidance
 from difflab.training.loop import train
 
 NAME = "dit_scaling"
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "configs" / "dit_mnist.yaml"
-RUNS_DIR = REPO / "runs" / "dit_scaling"
+CONFIG = bench.REPO / "configs" / "dit_mnist.yaml"
+RUNS_DIR = bench.REPO / "runs" / "dit_scaling"
 PARTS = ("scaling", "speed", "unet", "shipped")
-SHIPPED = REPO / "weights" / "dit_mnist_s4.safetensors"
+PART_KEYS: dict[str, tuple[str, ...]] = {
+    "scaling": ("scaling",),
+    "speed": ("speed", "bf16_matmul"),
+    "unet": ("unet_vs_dit",),
+    "shipped": ("shipped",),
+}  # the report keys each part writes
+SHIPPED = bench.REPO / "weights" / "dit_mnist_s4.safetensors"
 PRECISIONS = ("fp32", "bf16")
 NUM_CLASSES = 10
-NUM_TIMESTEPS = 1000
 SPEED_GOAL = 1.5  # difflab >= 1.5x diffusers
 PEAK_GOAL = 0.40  # >= 40 % of the bf16 matmul GFLOP/s
 UNET_PRESET = "unet-mnist"
@@ -136,25 +119,21 @@ class Model:
         return model_config(self.preset, **{**values, **self.overrides})
 
 
-def dit(width: str, patch: int) -> Model:
-    return Model(f"{width}/{patch}", f"dit-mnist-{width.lower()}-{patch}", width=width, patch=patch)
+def dit(name: str) -> Model:
+    """``"B/4"`` -> the preset dit-mnist-b-4."""
+    width, patch = name.split("/")
+    return Model(name, f"dit-mnist-{width.lower()}-{patch}", width=width, patch=int(patch))
 
 
 def unet_model(preset: str) -> Model:
     """The U-Net of part 3, trained at the learning rate of its own recipe (configs/mnist.yaml):
     the DiT recipe's large rate is tuned for transformers, and the comparison is of backbones."""
-    lr = load_config(REPO / "configs" / "mnist.yaml").train.lr
-    return Model("U-Net", preset, train_overrides={"lr": lr})
+    return Model("U-Net", preset, train_overrides={"lr": load_config(bench.REPO / "configs" / "mnist.yaml").train.lr})  # fmt: skip
 
 
 def tiny_dit(width: int, patch: int) -> Model:
-    return Model(
-        f"w{width}/{patch}",
-        "dit-tiny",
-        dict(hidden_size=width, patch_size=patch),
-        str(width),
-        patch,
-    )
+    overrides = dict(hidden_size=width, patch_size=patch)
+    return Model(f"w{width}/{patch}", "dit-tiny", overrides, str(width), patch)
 
 
 @dataclass(frozen=True)
@@ -163,17 +142,10 @@ class Settings:
 
     quick: bool = False
     parts: tuple[str, ...] = PARTS
-    scaling: tuple[Model, ...] = (dit("S", 7), dit("S", 4), dit("B", 7), dit("B", 4))
-    unet_candidates: tuple[Model, ...] = (
-        dit("S", 7),
-        dit("S", 4),
-        dit("S", 2),
-        dit("B", 7),
-        dit("B", 4),
-        dit("B", 2),
-    )
+    scaling: tuple[Model, ...] = tuple(dit(n) for n in ("S/7", "S/4", "B/7", "B/4"))
+    unet_candidates: tuple[Model, ...] = tuple(dit(n) for n in ("S/7", "S/4", "S/2", "B/7", "B/4", "B/2"))  # fmt: skip
     unet: Model = field(default_factory=lambda: unet_model(UNET_PRESET))
-    speed: tuple[Model, ...] = (dit("S", 4), dit("B", 4), dit("B", 2))
+    speed: tuple[Model, ...] = tuple(dit(n) for n in ("S/4", "B/4", "B/2"))
     only: tuple[str, ...] = ()  # labels parts 1 and 3 are limited to (--models); () = all
     # training (parts 1 and 3): the same number of images for every model
     train_images: int = 384_000
@@ -198,25 +170,25 @@ class Settings:
     @classmethod
     def quick_run(cls, parts: tuple[str, ...]) -> Settings:
         """A smoke test of every code path: tiny DiTs, a few steps, a few samples."""
-        tiny = (tiny_dit(32, 7), tiny_dit(32, 4), tiny_dit(64, 7), tiny_dit(64, 4))
+        tiny = (tiny_dit(32, 7), tiny_dit(32, 4), tiny_dit(64, 7))
         return cls(
             quick=True,
             parts=parts,
             scaling=tiny,
             unet_candidates=tiny,
             unet=unet_model("unet-tiny"),
-            speed=(tiny_dit(32, 4),),
-            train_images=48,
+            speed=(tiny_dit(32, 7),),
+            train_images=32,
             batch_size=16,
-            data_limit=256,
-            sample_n=24,
-            sample_steps=3,
-            sample_batch=24,
-            speed_batch=8,
+            data_limit=64,
+            sample_n=12,
+            sample_steps=2,
+            sample_batch=12,
+            speed_batch=4,
             speed_steps_per_repeat=1,
-            speed_repeats=2,
-            speed_sample_n=4,
-            speed_sample_steps=3,
+            speed_repeats=1,
+            speed_sample_n=2,
+            speed_sample_steps=2,
             speed_sampling_repeats=1,
             matmul_size=256,
         )
@@ -226,20 +198,11 @@ class Settings:
         return max(1, self.train_images // self.batch_size)
 
 
-def autocast(precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 CPU autocast for ``"bf16"``, nothing for ``"fp32"``."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def parameter_count(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def model_facts(model: Model) -> dict[str, Any]:
     """Preset, config, parameters and forward GFLOPs (one image) of a study model."""
     arch, config = model.config()
     with torch.device("meta"):
-        parameters = parameter_count(build_model(arch, config))
+        parameters = bench.parameter_count(build_model(arch, config))
     return {
         "label": model.label,
         "preset": model.preset,
@@ -250,34 +213,28 @@ def model_facts(model: Model) -> dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------- parts 1 and 3
-
-
-def run_dir(model: Model, runs_dir: Path) -> Path:
-    return runs_dir / model.label.replace("/", "-")
+# ----------------------------------------------------------------------------- parts 1, 3, 4
 
 
 def train_model(model: Model, settings: Settings, runs_dir: Path) -> dict[str, Any]:
     """Train ``model`` with configs/dit_mnist.yaml for ``settings.train_steps`` steps (or reuse).
 
-    Returns ``{"checkpoint", "train_seconds", "train_images_per_second", "reused"}``; the timing
-    of a run is stored beside it (``benchmark.json``) so that a reused run still reports it.
+    Returns ``{"checkpoint", "train_seconds", "train_images_per_second", "reused", ...}``; the
+    timing of a run is stored beside it (``benchmark.json``) so that a reused run still reports it.
     """
-    out_dir = run_dir(model, runs_dir)
-    record = out_dir / "benchmark.json"
-    if record.exists():
-        done = json.loads(record.read_text())
-        if done.get("steps") == settings.train_steps:
-            return {**done, "reused": True}
+    out_dir = runs_dir / model.label.replace("/", "-")
+    record, steps = out_dir / "benchmark.json", settings.train_steps
+    if record.exists() and bench.read_json(record).get("steps") == steps:
+        return {**bench.read_json(record), "reused": True}
     overrides = [
         f"model.preset={model.preset}",
-        f"train.steps={settings.train_steps}",
+        f"train.steps={steps}",
         f"train.batch_size={settings.batch_size}",
         f"train.out_dir={out_dir}",
         f"train.seed={settings.seed}",
-        f"train.sample_every={settings.train_steps}",
-        f"train.checkpoint_every={max(1, settings.train_steps // 10)}",
-        f"train.log_every={max(1, settings.train_steps // 20)}",
+        f"train.sample_every={steps}",
+        f"train.checkpoint_every={max(1, steps // 10)}",
+        f"train.log_every={max(1, steps // 20)}",
         f"train.sample_steps={settings.sample_steps}",
         *(f"model.{key}={json.dumps(value)}" for key, value in model.overrides.items()),
         *(f"train.{key}={json.dumps(value)}" for key, value in model.train_overrides.items()),
@@ -286,81 +243,69 @@ def train_model(model: Model, settings: Settings, runs_dir: Path) -> dict[str, A
         overrides.append(f"data.limit={settings.data_limit}")
     if settings.quick:
         overrides.append("train.warmup_steps=0")
-    config = load_config(CONFIG, overrides)
     resume = (out_dir / "checkpoints" / "last.safetensors").exists()
     start = time.perf_counter()
-    checkpoint = train(config, resume=resume, progress=not settings.quick)
+    checkpoint = train(load_config(CONFIG, overrides), resume=resume, progress=not settings.quick)
     seconds = time.perf_counter() - start
     done = {
         "checkpoint": str(checkpoint),
-        "steps": settings.train_steps,
-        "images": settings.train_steps * settings.batch_size,
+        "steps": steps,
+        "images": steps * settings.batch_size,
         "train_seconds": seconds,
         "train_images_per_second": None if resume else settings.train_images / seconds,
         "resumed": resume,
     }
-    write_json(record, done)
+    bench.write_json(record, done)
     return {**done, "reused": False}
 
 
-@torch.no_grad()
-def sample_and_score(
-    checkpoint: str, settings: Settings, guidance_scale: float, clip_x0: bool = False
+def score(
+    checkpoint: str | Path, settings: Settings, guidance_scale: float, clip_x0: bool = False
 ) -> dict[str, Any]:
-    """FD-MNIST (+ label accuracy) of ``sample_n`` DDIM samples at classifier-free weight w,
-    optionally with x0 clamped to [-1, 1] at every step (static thresholding)."""
-    model = load_diffusion_model(checkpoint)
-    denoiser = model.denoiser(clip_x0)
-    guided = denoiser if guidance_scale == 1 else ClassifierFreeGuidance(denoiser, guidance_scale)
-    labels = torch.arange(settings.sample_n) % NUM_CLASSES
-    timesteps = model.timesteps(settings.sample_steps)
-    batches, start = [], time.perf_counter()
-    for index, first in enumerate(range(0, settings.sample_n, settings.sample_batch)):
-        batch = labels[first : first + settings.sample_batch]
-        x_T = model.noise(len(batch), settings.seed + index)
-        with autocast("bf16"):
-            images = ddim_sample(guided, x_T, timesteps, Conditioning(labels=batch), eta=0.0)
-        batches.append(images.float())
-    seconds = time.perf_counter() - start
-    metrics = evaluate_samples(torch.cat(batches), "mnist", labels=labels)
-    return {
-        "guidance_scale": guidance_scale,
-        "clip_x0": clip_x0,
-        "fd": metrics["fd"],
-        "precision": metrics.get("precision"),
-        "recall": metrics.get("recall"),
-        "label_accuracy": metrics.get("label_accuracy"),
-        "n": settings.sample_n,
-        "sample_seconds": seconds,
-    }
+    """FD-MNIST (+ precision, recall, label accuracy) of ``sample_n`` DDIM samples in bf16 at
+    classifier-free weight w (1: none), optionally with x0 clamped to [-1, 1] at every step."""
+    guidance = Guidance(
+        guidance_scale=None if guidance_scale == 1 else guidance_scale,
+        threshold="static" if clip_x0 else None,
+    )
+    result = evaluate_pipeline(
+        load_pipeline(checkpoint, precision="bf16"),
+        n=settings.sample_n,
+        steps=settings.sample_steps,
+        seed=settings.seed,
+        batch_size=settings.sample_batch,
+        guidance=guidance if guidance.wrappers else None,
+    )
+    keys = ("fd", "precision", "recall", "label_accuracy", "n", "sample_seconds")
+    return {"guidance_scale": guidance_scale, "clip_x0": clip_x0, **{k: result[k] for k in keys}}
 
 
 def stored_score(
     checkpoint: str, settings: Settings, guidance_scale: float, clip_x0: bool = False
 ) -> dict[str, Any]:
-    """:func:`sample_and_score` of a finished run, kept in ``scores.json`` beside it.
+    """:func:`score` of a finished run, kept in ``scores.json`` beside it.
 
     The key holds everything the score depends on (training steps, n, DDIM steps, w, seed), so a
     rerun of the report, or a run of another part that evaluates the same model, samples nothing.
     """
     store = Path(checkpoint).parent / "scores.json"
-    scores = json.loads(store.read_text()) if store.exists() else {}
+    scores = bench.read_json(store) if store.exists() else {}
     key = (
         f"train_steps={settings.train_steps},n={settings.sample_n},"
         f"sample_steps={settings.sample_steps},w={guidance_scale:g},seed={settings.seed}"
         + (",clip_x0" if clip_x0 else "")
     )
     if key not in scores:
-        scores[key] = sample_and_score(checkpoint, settings, guidance_scale, clip_x0)
-        write_json(store, scores)
+        scores[key] = score(checkpoint, settings, guidance_scale, clip_x0)
+        bench.write_json(store, scores)
     return scores[key]
 
 
 def study(
     models: Sequence[Model], settings: Settings, runs_dir: Path, clip_x0: bool = False
 ) -> list[dict[str, Any]]:
-    """Train (or reuse) and evaluate each model, with and without guidance (and, with
-    ``clip_x0``, also without guidance but with x0 clamped: key ``"w=1 clip"``)."""
+    """Train (or reuse) and score each model, with and without guidance (and, with ``clip_x0``,
+    also without guidance but with x0 clamped: key ``"w=1 clip"``)."""
     rows = []
     for model in models:
         if settings.only and model.label not in settings.only:
@@ -369,20 +314,12 @@ def study(
         run = train_model(model, settings, runs_dir)
         if run["reused"]:
             print(f"[{NAME}] {model.label}: reused the finished run {run['checkpoint']}")
-        scores = {
-            f"w={w:g}": stored_score(run["checkpoint"], settings, w)
-            for w in (1.0, settings.guidance_scale)
-        }
+        scores = {f"w={w:g}": stored_score(run["checkpoint"], settings, w) for w in (1.0, settings.guidance_scale)}  # fmt: skip
         if clip_x0:
             scores["w=1 clip"] = stored_score(run["checkpoint"], settings, 1.0, clip_x0=True)
+        print(f"[{NAME}] {model.label}: " + ", ".join(f"FD {k} {v['fd']:.2f}" for k, v in scores.items()))  # fmt: skip
         row = {**model_facts(model), "width": model.width, "patch": model.patch, **run}
-        row["train_overrides"] = model.train_overrides
-        row["scores"] = scores
-        print(
-            f"[{NAME}] {model.label}: "
-            + ", ".join(f"FD {key} {value['fd']:.2f}" for key, value in scores.items())
-        )
-        rows.append(row)
+        rows.append({**row, "train_overrides": model.train_overrides, "scores": scores})
     return rows
 
 
@@ -415,8 +352,7 @@ def matched_dit(settings: Settings) -> Model:
     """The DiT candidate nearest to the U-Net in forward GFLOPs (by log ratio)."""
     target = model_facts(settings.unet)["gflops"]
     return min(
-        settings.unet_candidates,
-        key=lambda m: abs(math.log(model_facts(m)["gflops"] / target)),
+        settings.unet_candidates, key=lambda m: abs(math.log(model_facts(m)["gflops"] / target))
     )
 
 
@@ -440,213 +376,102 @@ def diffusers_twin(config: DiTConfig) -> nn.Module:
     )
 
 
-def train_step_fns(
-    ours: nn.Module, theirs: nn.Module, x0: torch.Tensor, labels: torch.Tensor, precision: str
-) -> dict[str, Callable[[], float]]:
-    """One training step per call for each library: eps loss at random t, backward, AdamW.
-
-    Both drop 10 % of the labels (difflab in the step, as its training loop does; diffusers in
-    its label embedding, ``class_dropout_prob=0.1``, active in training mode).
-    """
-    schedule = NoiseSchedule.from_name("linear", NUM_TIMESTEPS)
-    from diffusers import DDPMScheduler
-
-    scheduler = DDPMScheduler(num_train_timesteps=NUM_TIMESTEPS, beta_schedule="linear")
-    generator = torch.Generator().manual_seed(0)
-    fns: dict[str, Callable[[], float]] = {}
-    for lib, net in (("difflab", ours), ("diffusers", theirs)):
-        net.train()
-        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-
-        def step(net: nn.Module = net, optimizer: torch.optim.Optimizer = optimizer) -> float:
-            optimizer.zero_grad(set_to_none=True)
-            if net is ours:
-                drop = torch.rand(labels.shape, generator=generator) < 0.1
-                cond = Conditioning(labels=labels).drop(drop)
-                with autocast(precision):
-                    loss = denoising_loss(net, schedule, x0, cond, generator=generator)
-            else:
-                t = torch.randint(0, NUM_TIMESTEPS, (x0.shape[0],), generator=generator)
-                noise = torch.randn(x0.shape, generator=generator)
-                x_t = scheduler.add_noise(x0, noise, t)
-                with autocast(precision):
-                    output = net(x_t, t, class_labels=labels).sample
-                loss = F.mse_loss(output.float(), noise)
-            loss.backward()
-            optimizer.step()
-            return float(loss.detach())
-
-        fns[lib] = step
-    return fns
-
-
-def sampling_fns(
-    ours: nn.Module, theirs: nn.Module, x_T: torch.Tensor, labels: torch.Tensor, settings: Settings
-) -> dict[str, Callable[[], torch.Tensor]]:
-    """One DDIM run (eta = 0, bf16 autocast) per call for each library."""
-    from diffusers import DDIMScheduler
-
-    schedule = NoiseSchedule.from_name("linear", NUM_TIMESTEPS)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=NUM_TIMESTEPS, beta_schedule="linear", clip_sample=False
-    )
-    ours.eval()
-    theirs.eval()
-    steps = settings.speed_sample_steps
-    denoiser = Denoiser(ours, schedule)
-    timesteps = timestep_sequence(NUM_TIMESTEPS, steps)
-
-    def difflab_run() -> torch.Tensor:
-        with torch.no_grad(), autocast("bf16"):
-            return ddim_sample(denoiser, x_T, timesteps, Conditioning(labels=labels), eta=0.0)
-
-    def diffusers_run() -> torch.Tensor:
-        with torch.no_grad(), autocast("bf16"):
-            scheduler.set_timesteps(steps)
-            x = x_T
-            for t in scheduler.timesteps:
-                eps = theirs(x, t.expand(len(x)), class_labels=labels).sample
-                x = scheduler.step(eps.float(), t, x, eta=0.0).prev_sample
-            return x
-
-    return {"difflab": difflab_run, "diffusers": diffusers_run}
-
-
-def repeated(fn: Callable[[], Any], times: int) -> Callable[[], None]:
-    def run() -> None:
-        for _ in range(times):
-            fn()
-
-    return run
-
-
-def rate(timing: Timing, items: float) -> dict[str, float]:
-    rates = [items / s for s in timing.samples]
-    spread = statistics.stdev(rates) if len(rates) > 1 else 0.0
-    return {"median": items / timing.median, "std": spread, "min": min(rates), "max": max(rates)}
-
-
 def speed(model: Model, settings: Settings, peak_gflops: float) -> dict[str, Any]:
-    """Training images/s (fp32, bf16) and DDIM seconds of both libraries for one config."""
+    """Training images/s (fp32, bf16) and bf16 DDIM seconds of both libraries for one config."""
     arch, config = model.config()
     torch.manual_seed(settings.seed)
     ours, theirs = build_model(arch, config), diffusers_twin(config)
     generator = torch.Generator().manual_seed(settings.seed)
-    shape = (settings.speed_batch, config.in_channels, config.image_size, config.image_size)
-    x0 = torch.rand(shape, generator=generator) * 2 - 1
-    labels = torch.randint(0, NUM_CLASSES, (settings.speed_batch,), generator=generator)
+    size, batch = config.image_size, settings.speed_batch
+    x0 = torch.rand((batch, config.in_channels, size, size), generator=generator) * 2 - 1
+    labels = torch.randint(0, NUM_CLASSES, (batch,), generator=generator)
+    flops = {
+        lib: count_flops(step) / batch
+        for lib, step in bench.race_train_steps(ours, theirs, x0, labels, "fp32").items()
+    }
+    parameters = {
+        "difflab": bench.parameter_count(ours),
+        "diffusers": bench.parameter_count(theirs),
+    }
     result: dict[str, Any] = {
         "label": model.label,
         "preset": model.preset,
-        "parameters": {"difflab": parameter_count(ours), "diffusers": parameter_count(theirs)},
-        "training": {},
+        "parameters": parameters,
     }
-    flops_per_step = {
-        lib: count_flops(fn) for lib, fn in train_step_fns(ours, theirs, x0, labels, "fp32").items()
-    }
-    result["train_flops_per_image"] = {
-        lib: flops / settings.speed_batch for lib, flops in flops_per_step.items()
-    }
-    per_repeat = settings.speed_steps_per_repeat
+    result |= {"training": {}, "train_flops_per_image": flops}
+    images = batch * settings.speed_steps_per_repeat
     for precision in PRECISIONS:
-        fns = train_step_fns(ours, theirs, x0, labels, precision)
-        timings = interleaved_timings(
-            {lib: repeated(fn, per_repeat) for lib, fn in fns.items()},
+        steps = bench.race_train_steps(ours, theirs, x0, labels, precision)
+        timings = bench.interleaved_timings(
+            {
+                lib: bench.repeated(step, settings.speed_steps_per_repeat)
+                for lib, step in steps.items()
+            },
             warmup=settings.speed_warmup,
             repeats=settings.speed_repeats,
         )
-        images = settings.speed_batch * per_repeat
-        rates = {lib: rate(timing, images) for lib, timing in timings.items()}
-        achieved = {
-            lib: flops_per_step[lib] * per_repeat / timings[lib].median / 1e9 for lib in rates
-        }
+        rates = {lib: timing.rates(images) for lib, timing in timings.items()}
+        achieved = {lib: flops[lib] * rates[lib]["median"] / 1e9 for lib in rates}
         result["training"][precision] = {
             "images_per_second": rates,
             "ratio": rates["difflab"]["median"] / rates["diffusers"]["median"],
             "achieved_gflops": achieved,
             "share_of_bf16_matmul": {lib: g / peak_gflops for lib, g in achieved.items()},
         }
-    x_T = torch.randn(
-        settings.speed_sample_n, config.in_channels, config.image_size, config.image_size
-    )
-    sample_labels = torch.arange(settings.speed_sample_n) % NUM_CLASSES
-    timings = interleaved_timings(
-        sampling_fns(ours, theirs, x_T, sample_labels, settings),
-        warmup=1,
-        repeats=settings.speed_sampling_repeats,
-    )
+    n, steps = settings.speed_sample_n, settings.speed_sample_steps
+    sample_labels = torch.arange(n) % NUM_CLASSES
+    runs = bench.race_samplers(ours, theirs, n, steps, sample_labels, "bf16", settings.seed)
+    timings = bench.interleaved_timings(runs, warmup=1, repeats=settings.speed_sampling_repeats)
     result["sampling_bf16"] = {
-        "images": settings.speed_sample_n,
-        "steps": settings.speed_sample_steps,
+        "images": n,
+        "steps": steps,
         "seconds": {lib: t.median for lib, t in timings.items()},
         "ratio": timings["diffusers"].median / timings["difflab"].median,
     }
     return result
 
 
-# ----------------------------------------------------------------------------- report
+# ----------------------------------------------------------------------------- the report
 
 
-PART_KEYS: dict[str, tuple[str, ...]] = {
-    "scaling": ("scaling",),
-    "speed": ("speed", "bf16_matmul"),
-    "unet": ("unet_vs_dit",),
-    "shipped": ("shipped",),
-}
-"""The report keys each part writes."""
-
-
-def run(settings: Settings, runs_dir: Path) -> dict[str, Any]:
+def measure(settings: Settings, runs_dir: Path) -> dict[str, Any]:
     """The report of the parts in ``settings.parts``; ``report["runs"][part]`` records the
     machine, settings and training recipe each part ran with."""
+    models = ("scaling", "unet_candidates", "unet", "speed", "only")
     about = {
-        "machine": machine_info(("diffusers",)),
-        "settings": {
-            k: v
-            for k, v in dataclasses.asdict(settings).items()
-            if k not in ("scaling", "unet_candidates", "unet", "speed", "only")
-        },
+        "machine": bench.machine_info(("diffusers",)),
+        "settings": {k: v for k, v in dataclasses.asdict(settings).items() if k not in models},
         "recipe": dataclasses.asdict(load_config(CONFIG).train),
     }
     report: dict[str, Any] = {
         "name": NAME,
         "quick": settings.quick,
         "paper_table4": {k: {"gflops": g, "fid_400k": f} for k, (g, f) in PAPER_TABLE4.items()},
-        "runs": {part: about for part in settings.parts},
+        "runs": dict.fromkeys(settings.parts, about),
     }
     if "scaling" in settings.parts:
         rows = study(settings.scaling, settings, runs_dir)
-        report["scaling"] = {
-            "rows": rows,
-            "checks": scaling_checks(rows, settings.guidance_scale),
-        }
+        report["scaling"] = {"rows": rows, "checks": scaling_checks(rows, settings.guidance_scale)}
     if "speed" in settings.parts:
-        peak = matmul_gflops(torch.bfloat16, settings.matmul_size)
-        report["bf16_matmul"] = peak
-        report["speed"] = [speed(m, settings, peak["gflops"]) for m in settings.speed]
+        report["bf16_matmul"] = bench.matmul_gflops(torch.bfloat16, settings.matmul_size)
+        peak = report["bf16_matmul"]["gflops"]
+        report["speed"] = [speed(m, settings, peak) for m in settings.speed]
     if "unet" in settings.parts:
         pair = (settings.unet, matched_dit(settings))
         report["unet_vs_dit"] = study(pair, settings, runs_dir, clip_x0=True)
     if "shipped" in settings.parts:
-        report["shipped"] = {
-            "checkpoint": str(SHIPPED.relative_to(REPO)),
-            "scores": {
-                f"w={w:g}": sample_and_score(str(SHIPPED), settings, w)
-                for w in (1.0, settings.guidance_scale)
-            },
-        }
+        ws = (1.0, settings.guidance_scale)
+        scores = {f"w={w:g}": score(SHIPPED, settings, w) for w in ws}
+        report["shipped"] = {"checkpoint": str(SHIPPED.relative_to(bench.REPO)), "scores": scores}
     return report
 
 
 def merge_earlier_parts(report: dict[str, Any], path: Path) -> dict[str, Any]:
-    """``report`` plus the parts it did not run, taken from the earlier report at ``path``.
-
-    So ``--parts speed`` reruns one part without dropping the others from the result files;
-    each part keeps the machine and settings it ran with (``report["runs"]``).
-    """
+    """``report`` plus the parts it did not run, taken from the earlier report at ``path``, so
+    ``--parts speed`` reruns one part without dropping the others from the result files."""
     if not path.is_file():
         return report
-    earlier = json.loads(path.read_text())
+    earlier = bench.read_json(path)
     merged = {**report, "runs": dict(report["runs"])}
     for part, keys in PART_KEYS.items():
         if part in report["runs"] or part not in earlier.get("runs", {}):
@@ -659,14 +484,14 @@ def merge_earlier_parts(report: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def training_line(about: dict[str, Any]) -> str:
     """How parts 1 and 3 trained and scored their models."""
-    settings, recipe = about["settings"], about["recipe"]
-    steps = max(1, settings["train_images"] // settings["batch_size"])
+    s, recipe = about["settings"], about["recipe"]
+    steps = max(1, s["train_images"] // s["batch_size"])
     return (
-        f"Training: {steps * settings['batch_size']} images per model ({steps} steps of "
-        f"{settings['batch_size']}), configs/dit_mnist.yaml (lr {recipe['lr']:g}, warm-up "
+        f"Training: {steps * s['batch_size']} images per model ({steps} steps of "
+        f"{s['batch_size']}), configs/dit_mnist.yaml (lr {recipe['lr']:g}, warm-up "
         f"{recipe['warmup_steps']}, EMA {recipe['ema_decay']:g}, bf16). Scores: FD-MNIST, "
-        f"precision/recall and label accuracy of {settings['sample_n']} samples (classes in "
-        f"turn), DDIM-{settings['sample_steps']}, EMA weights, seed {settings['seed']}."
+        f"precision/recall and label accuracy of {s['sample_n']} samples (classes in "
+        f"turn), DDIM-{s['sample_steps']}, EMA weights, seed {s['seed']}."
     )
 
 
@@ -674,235 +499,172 @@ def guidance_key(report: dict[str, Any], part: str) -> str:
     return f"w={report['runs'][part]['settings']['guidance_scale']:g}"
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [f"# DiT on MNIST{' (quick: numbers measure nothing)' if report['quick'] else ''}", ""]
-    if "scaling" in report:
-        rows = report["scaling"]["rows"]
-        w = guidance_key(report, "scaling")
-        lines += [
-            "## Scaling: FD-MNIST vs forward GFLOPs",
-            "",
-            training_line(report["runs"]["scaling"]),
-            "",
-            markdown_table(
-                [
-                    "model",
-                    "preset",
-                    "params (M)",
-                    "GFLOPs",
-                    "FD w=1",
-                    f"FD {w}",
-                    "acc w=1",
-                    f"acc {w}",
-                ],
-                [
-                    [
-                        r["label"],
-                        r["preset"],
-                        r["parameters"] / 1e6,
-                        r["gflops"],
-                        r["scores"]["w=1"]["fd"],
-                        r["scores"][w]["fd"],
-                        r["scores"]["w=1"]["label_accuracy"],
-                        r["scores"][w]["label_accuracy"],
-                    ]
-                    for r in rows
-                ],
-            ),
-            "",
-            *(
-                f"- {'PASS' if c['passed'] else 'FAIL'} ({c['guidance']}, {c['factor']}): "
-                f"{c['from']} -> {c['to']}: FD {c['fd'][0]:.2f} -> {c['fd'][1]:.2f}"
-                for c in report["scaling"]["checks"]
-            ),
-            "",
-            "The paper (ImageNet 256, FID-50K at 400K steps, no guidance; Gflops count a "
-            "multiply-add once, ours twice):",
-            "",
-            markdown_table(
-                ["DiT", "Gflops (paper)", "FID (paper)"],
-                [[k, g, f] for k, (g, f) in PAPER_TABLE4.items()],
-            ),
-            "",
-        ]
-    if "speed" in report:
-        rows = []
-        for s in report["speed"]:
-            for precision, t in s["training"].items():
-                ips = t["images_per_second"]
-                rows.append(
-                    [
-                        s["label"],
-                        f"train {precision} (img/s)",
-                        ips["difflab"]["median"],
-                        ips["diffusers"]["median"],
-                        t["ratio"],
-                        t["share_of_bf16_matmul"]["difflab"],
-                    ]
-                )
-            samp = s["sampling_bf16"]
+def scaling_markdown(report: dict[str, Any]) -> list[str]:
+    rows, w = report["scaling"]["rows"], guidance_key(report, "scaling")
+    headers = ["model", "preset", "params (M)", "GFLOPs", "FD w=1", f"FD {w}", "acc w=1", f"acc {w}"]  # fmt: skip
+    body = [
+        [r["label"], r["preset"], r["parameters"] / 1e6, r["gflops"]]
+        + [r["scores"][k][m] for m in ("fd", "label_accuracy") for k in ("w=1", w)]
+        for r in rows
+    ]
+    checks = [
+        f"- {'PASS' if c['passed'] else 'FAIL'} ({c['guidance']}, {c['factor']}): "
+        f"{c['from']} -> {c['to']}: FD {c['fd'][0]:.2f} -> {c['fd'][1]:.2f}"
+        for c in report["scaling"]["checks"]
+    ]
+    paper = [[k, v["gflops"], v["fid_400k"]] for k, v in report["paper_table4"].items()]
+    return [
+        "## Scaling: FD-MNIST vs forward GFLOPs",
+        "",
+        training_line(report["runs"]["scaling"]),
+        "",
+        bench.markdown_table(headers, body),
+        "",
+        *checks,
+        "",
+        "The paper (ImageNet 256, FID-50K at 400K steps, no guidance; Gflops count a "
+        "multiply-add once, ours twice):",
+        "",
+        bench.markdown_table(["DiT", "Gflops (paper)", "FID (paper)"], paper),
+        "",
+    ]
+
+
+def speed_markdown(report: dict[str, Any]) -> list[str]:
+    rows = []
+    for s in report["speed"]:
+        for precision, t in s["training"].items():
+            ips = t["images_per_second"]
             rows.append(
-                [
-                    s["label"],
-                    f"DDIM-{samp['steps']} x {samp['images']} bf16 (s)",
-                    samp["seconds"]["difflab"],
-                    samp["seconds"]["diffusers"],
-                    samp["ratio"],
-                    "",
-                ]
-            )
-        peak = report["bf16_matmul"]["gflops"]
-        lines += [
-            f"## Speed vs diffusers DiTTransformer2DModel (goal >= {SPEED_GOAL}x, >= "
-            f"{PEAK_GOAL:.0%} of the bf16 matmul: {peak:.0f} GFLOP/s)",
-            "",
-            markdown_table(
-                ["model", "measure", "difflab", "diffusers", "ratio", "difflab share of peak"],
-                rows,
-            ),
-            "",
+                [s["label"], f"train {precision} (img/s)", ips["difflab"]["median"],
+                 ips["diffusers"]["median"], t["ratio"], t["share_of_bf16_matmul"]["difflab"]]
+            )  # fmt: skip
+        samp = s["sampling_bf16"]
+        measure = f"DDIM-{samp['steps']} x {samp['images']} bf16 (s)"
+        seconds = samp["seconds"]
+        rows.append([s["label"], measure, seconds["difflab"], seconds["diffusers"], samp["ratio"], ""])  # fmt: skip
+    headers = ["model", "measure", "difflab", "diffusers", "ratio", "difflab share of peak"]
+    return [
+        f"## Speed vs diffusers DiTTransformer2DModel (goal >= {SPEED_GOAL}x, >= "
+        f"{PEAK_GOAL:.0%} of the bf16 matmul: {report['bf16_matmul']['gflops']:.0f} GFLOP/s)",
+        "",
+        bench.markdown_table(headers, rows),
+        "",
+    ]
+
+
+def unet_markdown(report: dict[str, Any]) -> list[str]:
+    w, recipe_lr = guidance_key(report, "unet"), report["runs"]["unet"]["recipe"]["lr"]
+    headers = ["model", "preset", "GFLOPs", "lr", "FD w=1", f"FD {w}", "FD w=1, x0 clamped"]
+    headers += ["acc w=1", "train s", "sample s (w=1)"]
+    body = [
+        [
+            r["label"],
+            r["preset"],
+            r["gflops"],
+            r.get("train_overrides", {}).get("lr", recipe_lr),
+            r["scores"]["w=1"]["fd"],
+            r["scores"][w]["fd"],
+            r["scores"].get("w=1 clip", {}).get("fd", ""),
+            r["scores"]["w=1"]["label_accuracy"],
+            r["train_seconds"],
+            r["scores"]["w=1"]["sample_seconds"],
         ]
-    if "unet_vs_dit" in report:
-        w = guidance_key(report, "unet")
-        lines += [
-            "## DiT vs U-Net at matched GFLOPs",
-            "",
-            training_line(report["runs"]["unet"]),
-            "",
-            markdown_table(
-                [
-                    "model",
-                    "preset",
-                    "GFLOPs",
-                    "lr",
-                    "FD w=1",
-                    f"FD {w}",
-                    "FD w=1, x0 clamped",
-                    "acc w=1",
-                    "train s",
-                    "sample s (w=1)",
-                ],
-                [
-                    [
-                        r["label"],
-                        r["preset"],
-                        r["gflops"],
-                        r.get("train_overrides", {}).get(
-                            "lr", report["runs"]["unet"]["recipe"]["lr"]
-                        ),
-                        r["scores"]["w=1"]["fd"],
-                        r["scores"][w]["fd"],
-                        r["scores"].get("w=1 clip", {}).get("fd", ""),
-                        r["scores"]["w=1"]["label_accuracy"],
-                        r["train_seconds"],
-                        r["scores"]["w=1"]["sample_seconds"],
-                    ]
-                    for r in report["unet_vs_dit"]
-                ],
-            ),
-            "",
-            "x0 clamped: DDIM with the predicted x0 clamped to [-1, 1] at every step (static "
-            "thresholding, `--clip-x0`), which keeps a trajectory whose early x0 estimate "
-            "overshoots from saturating to a white square. train s: wall time of the run, with the "
-            "threads of the machine line below (another run may have shared the machine).",
-            "",
-        ]
-    if "shipped" in report:
-        scores = report["shipped"]["scores"]
-        lines += [
-            f"## The shipped checkpoint {report['shipped']['checkpoint']}",
-            "",
-            markdown_table(
-                ["w", "FD-MNIST", "precision", "recall", "label accuracy", "sample s"],
-                [
-                    [
-                        key,
-                        v["fd"],
-                        v["precision"],
-                        v["recall"],
-                        v["label_accuracy"],
-                        v["sample_seconds"],
-                    ]
-                    for key, v in scores.items()
-                ],
-            ),
-            "",
-        ]
+        for r in report["unet_vs_dit"]
+    ]
+    return [
+        "## DiT vs U-Net at matched GFLOPs",
+        "",
+        training_line(report["runs"]["unet"]),
+        "",
+        bench.markdown_table(headers, body),
+        "",
+        "x0 clamped: DDIM with the predicted x0 clamped to [-1, 1] at every step (static "
+        "thresholding, `--clip-x0`), which keeps a trajectory whose early x0 estimate "
+        "overshoots from saturating to a white square. train s: wall time of the run, with the "
+        "threads of the machine line below (another run may have shared the machine).",
+        "",
+    ]
+
+
+def shipped_markdown(report: dict[str, Any]) -> list[str]:
+    keys = ("fd", "precision", "recall", "label_accuracy", "sample_seconds")
+    body = [[w, *(v[k] for k in keys)] for w, v in report["shipped"]["scores"].items()]
+    headers = ["w", "FD-MNIST", "precision", "recall", "label accuracy", "sample s"]
+    return [
+        f"## The shipped checkpoint {report['shipped']['checkpoint']}",
+        "",
+        bench.markdown_table(headers, body),
+        "",
+    ]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report of every part the JSON holds, from the JSON alone."""
+    lines = [f"# DiT on MNIST{' (quick: numbers measure nothing)' if report['quick'] else ''}", ""]
+    for key, part in (
+        ("scaling", scaling_markdown),
+        ("speed", speed_markdown),
+        ("unet_vs_dit", unet_markdown),
+        ("shipped", shipped_markdown),
+    ):
+        lines += part(report) if key in report else []
     lines.append("Where and when each part ran:")
     for part, about in report["runs"].items():
-        machine = about["machine"]
+        m = about["machine"]
         lines.append(
-            f"- {part}: {machine['cpu_model']}, {machine['torch_threads']} torch threads, "
-            f"torch {machine['torch']}, diffusers {machine.get('diffusers')}, {machine['date']}."
+            f"- {part}: {m['cpu_model']}, {m['torch_threads']} torch threads, "
+            f"torch {m['torch']}, diffusers {m.get('diffusers')}, {m['date']}."
         )
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: Path) -> Path | None:
+def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """FD vs GFLOPs (ours, w = 1 and CFG) beside the paper's FID vs Gflops (log x)."""
     if "scaling" not in report:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        return []
     from matplotlib.ticker import NullFormatter
 
     rows = report["scaling"]["rows"]
     order = ["S", "B", "L", "XL"]  # the paper's, for matching colours; others (tiny) after
-    widths = sorted(
-        {r["width"] for r in rows},
-        key=lambda w: (w not in order, order.index(w) if w in order else 0, w),
-    )
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    widths = sorted({r["width"] for r in rows}, key=lambda w: (w not in order, order.index(w) if w in order else 0, w))  # fmt: skip
+    fig, axes = bench.pyplot().subplots(1, 3, figsize=(14, 4.2))
     for ax, key in zip(axes[:2], ("w=1", guidance_key(report, "scaling")), strict=True):
         for colour, width in enumerate(widths):
             series = sorted((r for r in rows if r["width"] == width), key=lambda r: r["gflops"])
-            ax.plot(
-                [r["gflops"] for r in series],
-                [r["scores"][key]["fd"] for r in series],
-                marker="o",
-                color=f"C{colour}",  # the paper panel's colour of the same width
-                label=f"width {width}",
-            )
-            for r in series:
-                ax.annotate(r["label"], (r["gflops"], r["scores"][key]["fd"]), fontsize=8)
+            gflops, fd = [r["gflops"] for r in series], [r["scores"][key]["fd"] for r in series]
+            ax.plot(gflops, fd, marker="o", color=f"C{colour}", label=f"width {width}")
+            for r, x, y in zip(series, gflops, fd, strict=True):
+                ax.annotate(r["label"], (x, y), fontsize=8)
         ax.set_xscale("log")
         ticks = sorted(r["gflops"] for r in rows)
         ax.set_xticks(ticks, [f"{g:.2g}" for g in ticks])  # the models' own GFLOPs
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel("forward GFLOPs per image (multiply-add = 2)")
-        ax.set_ylabel("FD-MNIST")
+        ax.set(xlabel="forward GFLOPs per image (multiply-add = 2)", ylabel="FD-MNIST")
         ax.set_title(f"difflab DiT on MNIST, {key}")
         ax.legend(fontsize="small")
-    for size in ("S", "B", "L", "XL"):
-        points = [PAPER_TABLE4[f"{size}/{p}"] for p in (8, 4, 2)]
+    paper = report["paper_table4"]
+    for size in order:
+        points = [(paper[f"{size}/{p}"]["gflops"], paper[f"{size}/{p}"]["fid_400k"]) for p in (8, 4, 2)]  # fmt: skip
         axes[2].plot(*zip(*points, strict=True), marker="o", label=f"DiT-{size}")
     axes[2].set_xscale("log")
-    axes[2].set_xlabel("Gflops (multiply-add = 1)")
-    axes[2].set_ylabel("FID-50K")
+    axes[2].set(xlabel="Gflops (multiply-add = 1)", ylabel="FID-50K")
     axes[2].set_title("paper: ImageNet 256, 400K steps")
     axes[2].legend(fontsize="small")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return [
+        bench.save_figure(fig, out_dir / f"{bench.stem_of(NAME, report['quick'])}.png", dpi=110)
+    ]
+
+
+# ----------------------------------------------------------------------------- main
 
 
 def plan(settings: Settings) -> str:
     """The models of the run with their GFLOPs and the training FLOPs they will take."""
     lines = [f"{NAME} plan ({'quick' if settings.quick else 'full'}): parts {settings.parts}"]
-    models: list[Model] = []
-    if "scaling" in settings.parts:
-        models += settings.scaling
-    if "unet" in settings.parts:
-        models += [settings.unet, matched_dit(settings)]
-    seen = set()
-    for model in models:
-        if model.label in seen:
-            continue
-        seen.add(model.label)
+    models: list[Model] = list(settings.scaling) if "scaling" in settings.parts else []
+    models += [settings.unet, matched_dit(settings)] if "unet" in settings.parts else []
+    for model in {m.label: m for m in models}.values():
         facts = model_facts(model)
         # training ~ 3 forward passes per image (forward + backward), sampling 3 per step (CFG: 2)
         train_tflops = 3 * facts["gflops"] * settings.train_steps * settings.batch_size / 1e3
@@ -917,30 +679,13 @@ def plan(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-def result_stem(quick: bool) -> str:
-    return NAME + ("_quick" if quick else "")
-
-
-def write_outputs(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    stem = result_stem(report["quick"])
-    paths = [
-        write_json(out_dir / f"{stem}.json", report),
-        write_text(out_dir / f"{stem}.md", markdown(report)),
-    ]
-    figure = plot(report, out_dir / f"{stem}.png")
-    return paths + ([figure] if figure else [])
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test (tiny models, few steps)")
+    parser = bench.bench_parser(__doc__, "smoke test (tiny models, few steps)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
     parser.add_argument("--with-patch-2", action="store_true", help="add S/2 and B/2 to part 1")
     parser.add_argument("--train-images", type=int, help="training images per model")
     parser.add_argument("--n", type=int, help="samples per FD")
-    parser.add_argument(
-        "--speed-models", help="comma list of part-2 models, e.g. S/4,B/4 (default S/4,B/4,B/2)"
-    )
+    parser.add_argument("--speed-models", help="part-2 models, e.g. S/4,B/4 (default S/4,B/4,B/2)")
     parser.add_argument(
         "--models",
         help="comma list of the labels parts 1 and 3 train and score, e.g. S/7,B/4 or U-Net "
@@ -948,60 +693,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--sample-steps", type=int, help="DDIM steps for the FD samples")
     parser.add_argument("--guidance-scale", type=float, help="classifier-free weight w")
-    parser.add_argument("--threads", type=int, help="torch threads")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
-    return parser.parse_args(argv)
+    return bench.parse(parser, argv)
 
 
 def make_settings(args: argparse.Namespace) -> Settings:
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
+    parts = bench.comma_list(args.parts)
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         raise SystemExit(f"unknown part {unknown[0]!r}; choose from {', '.join(PARTS)}.")
     settings = Settings.quick_run(parts) if args.quick else Settings(parts=parts)
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = {"only": bench.comma_list(args.models)}
     if args.with_patch_2 and not args.quick:
-        changes["scaling"] = (*settings.scaling, dit("S", 2), dit("B", 2))
+        changes["scaling"] = (*settings.scaling, dit("S/2"), dit("B/2"))
     elif not args.quick:
         # without /2 models in part 1, part 3 picks its DiT among those part 1 trains (and reuses
         # that run) instead of training a /2 model only for the comparison
         changes["unet_candidates"] = settings.scaling
     if args.speed_models and not args.quick:
-        chosen = [name.strip() for name in args.speed_models.split(",") if name.strip()]
-        changes["speed"] = tuple(
-            dit(name.split("/")[0], int(name.split("/")[1])) for name in chosen
-        )
-    if args.models:
-        changes["only"] = tuple(name.strip() for name in args.models.split(",") if name.strip())
-    for name, value in (
-        ("train_images", args.train_images),
-        ("sample_n", args.n),
-        ("sample_steps", args.sample_steps),
-        ("guidance_scale", args.guidance_scale),
-    ):
-        if value is not None:
-            changes[name] = value
+        changes["speed"] = tuple(dit(name) for name in bench.comma_list(args.speed_models))
+    given = {"train_images": args.train_images, "sample_n": args.n}
+    given |= {"sample_steps": args.sample_steps, "guidance_scale": args.guidance_scale}
+    changes |= {name: value for name, value in given.items() if value is not None}
     return dataclasses.replace(settings, **changes)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     settings = make_settings(args)
-    print(plan(settings))
+    if not args.render_only:
+        print(plan(settings))
     if args.plan_only:
         return 0
-    if settings.quick:
+
+    def report() -> dict[str, Any]:
+        earlier = args.out_dir / f"{bench.stem_of(NAME, settings.quick)}.json"
+        if not settings.quick:
+            return merge_earlier_parts(measure(settings, RUNS_DIR), earlier)
         with tempfile.TemporaryDirectory(prefix="dit_scaling_quick_") as runs:
-            report = run(settings, Path(runs))
-    else:
-        report = run(settings, RUNS_DIR)
-    report = merge_earlier_parts(report, args.out_dir / f"{result_stem(settings.quick)}.json")
-    for path in write_outputs(report, args.out_dir):
-        print(f"wrote {path}")
-    return 0
+            return merge_earlier_parts(measure(settings, Path(runs)), earlier)
+
+    return bench.publish(args, NAME, report, render_markdown, figures)
 
 
 if __name__ == "__main__":

@@ -11,35 +11,26 @@ and forward+backward (gradient w.r.t. one input, as in a perceptual loss):
   run with the same weights through a stand-in ``torchvision.models``
   (``tests/metrics/test_lpips_reference.py``; the real torchvision is never imported).
 
-Also an ablation: difflab without channels_last. Writes ``benchmarks/results/lpips_speed.json``
-and ``.md``. ``--quick`` runs only the 64×64 cases with one repetition (a smoke test);
-``--threads 1`` gives steadier numbers on a machine shared with other jobs (with 2 threads,
-every small op waits for a busy core at its OpenMP barrier).
+Also an ablation: difflab without channels_last. Writes ``lpips_speed.{json,md}``. ``--quick``
+runs only the 64×64 cases, batch 4, one repetition (a smoke test); ``--threads 1`` gives steadier
+numbers on a machine shared with other jobs.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # for tests.metrics.test_lpips_reference (the reference harness)
+import common as bench
+from difflab.metrics.lpips import LPIPS, unit_normalize
 
-from tests.metrics.test_lpips_reference import reference_lpips  # noqa: E402
-
-from difflab.io.atomic import write_bytes_atomic  # noqa: E402
-from difflab.metrics.lpips import LPIPS, unit_normalize  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
+NAME = "lpips_speed"
 BATCH = 32
+PEAK_SIZE = 1536
 
 
 class NCHWLPIPS(LPIPS):
@@ -57,23 +48,23 @@ class MatmulPeak:
     the best rate seen is the reference for "share of peak".
     """
 
-    def __init__(self, n: int = 1536) -> None:
+    def __init__(self, n: int = PEAK_SIZE) -> None:
         self.a, self.b, self.n = torch.randn(n, n), torch.randn(n, n), n
         self.best = 0.0
 
     def __call__(self) -> None:
-        start = time.perf_counter()
-        self.a @ self.b
-        self.best = max(self.best, 2 * self.n**3 / (time.perf_counter() - start) / 1e9)
+        seconds = bench.time_once(lambda: self.a @ self.b)
+        self.best = max(self.best, 2 * self.n**3 / seconds / 1e9)
 
 
 def step_fn(
     metric: torch.nn.Module, x0: torch.Tensor, x1: torch.Tensor, backward: bool
-) -> Callable:
+) -> Callable[[], None]:
+    """One LPIPS call on the batch (with a backward pass to ``x1`` when ``backward``)."""
+
     def step() -> None:
         if backward:
-            x = x1.detach().requires_grad_(True)
-            metric(x0, x).sum().backward()
+            metric(x0, x1.detach().requires_grad_(True)).sum().backward()
         else:
             with torch.no_grad():
                 metric(x0, x1)
@@ -81,14 +72,7 @@ def step_fn(
     return step
 
 
-def count_flops(step: Callable[[], None]) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter:
-        step()
-    return counter.get_total_flops()
-
-
-def seconds_per_step(
+def best_seconds_each(
     steps: dict[str, Callable[[], None]], reps: int, peak: MatmulPeak
 ) -> dict[str, float]:
     """Best time of each step over ``reps`` rounds after one warm-up; the steps (and a matmul
@@ -99,24 +83,14 @@ def seconds_per_step(
     for _ in range(reps):
         peak()
         for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            best[name] = min(best[name], time.perf_counter() - start)
+            best[name] = min(best[name], bench.time_once(step))
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="64×64 only, one repetition")
-    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
-    )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    reps = 1 if args.quick else args.reps
-    sizes = (64,) if args.quick else (64, 256)
+def measure(sizes: Sequence[int], batch: int, reps: int, quick: bool) -> dict[str, Any]:
+    """Every (net, size, mode) row, timed against the reference implementation."""
+    sys.path.insert(0, str(bench.REPO))  # the reference harness lives in the tests
+    from tests.metrics.test_lpips_reference import reference_lpips
 
     torch.manual_seed(0)
     peak = MatmulPeak()
@@ -128,52 +102,45 @@ def main() -> None:
         ours, reference = LPIPS(net), reference_lpips(net)
         nchw = NCHWLPIPS(net) if net == "alex" else None
         for size in sizes:
-            x0 = torch.rand(BATCH, 3, size, size) * 2 - 1
+            x0 = torch.rand(batch, 3, size, size) * 2 - 1
             x1 = (x0 + 0.2 * torch.randn_like(x0)).clamp(-1, 1)
             for backward in (False, True):
                 mode = "forward+backward" if backward else "forward"
-                flops = count_flops(step_fn(ours, x0, x1, backward))
-                row = {"net": net, "size": size, "batch": BATCH, "mode": mode, "gflop": flops / 1e9}
+                flops = bench.count_flops(step_fn(ours, x0, x1, backward))
+                row: dict[str, Any] = {"net": net, "size": size, "batch": batch, "mode": mode}
+                row["gflop"] = flops / 1e9
                 impls = {"difflab": ours, "reference": reference}
                 if nchw is not None and not backward:
                     impls["difflab_nchw"] = nchw
                 steps = {name: step_fn(m, x0, x1, backward) for name, m in impls.items()}
-                for name, seconds in seconds_per_step(steps, reps, peak).items():
-                    row[f"{name}_pairs_per_s"] = BATCH / seconds
+                for name, seconds in best_seconds_each(steps, reps, peak).items():
+                    row[f"{name}_pairs_per_s"] = batch / seconds
                     row[f"{name}_gflops"] = flops / seconds / 1e9
-                row["speedup_vs_reference"] = (
-                    row["difflab_pairs_per_s"] / row["reference_pairs_per_s"]
-                )
+                row["speedup_vs_reference"] = row["difflab_pairs_per_s"] / row["reference_pairs_per_s"]  # fmt: skip
                 rows.append(row)
                 print(
                     f"{net:4s} {size:3d}² {mode:16s} difflab {row['difflab_pairs_per_s']:7.1f} "
-                    f"pairs/s ({row['difflab_gflops']:5.0f} GFLOP/s)"
-                    f"  reference {row['reference_pairs_per_s']:7.1f}  ×"
-                    f"{row['speedup_vs_reference']:.2f}"
-                    + (
-                        f"  (no channels_last: {row['difflab_nchw_pairs_per_s']:.1f})"
-                        if "difflab_nchw_pairs_per_s" in row
-                        else ""
-                    )
+                    f"pairs/s ({row['difflab_gflops']:5.0f} GFLOP/s)  reference "
+                    f"{row['reference_pairs_per_s']:7.1f}  ×{row['speedup_vs_reference']:.2f}"
                 )
-
     for row in rows:  # share of the best matmul rate seen during the whole run
         row["share_of_peak"] = row["difflab_gflops"] / peak.best
-    meta = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
+    machine = bench.machine_info(["lpips"])
+    meta = {"torch": torch.__version__, "threads": torch.get_num_threads()}
+    meta |= {
         "machine": platform.machine(),
-        "processor": platform.processor() or platform.platform(),
-        "matmul_peak_gflops": peak.best,
-        "reps": reps,
-        "quick": args.quick,
+        "processor": platform.processor() or machine["platform"],
     }
-    name = "lpips_speed_quick" if args.quick else "lpips_speed"
-    payload = json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
-    write_bytes_atomic(RESULTS / f"{name}.json", payload.encode())
+    meta |= {"matmul_peak_gflops": peak.best, "reps": reps, "quick": quick}
+    return {"meta": meta, "rows": rows, "machine": machine}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The table of every row, and the channels_last ablation, from the JSON alone."""
+    meta, rows = report["meta"], report["rows"]
     lines = [
-        f"fp32 matmul peak {peak.best:.0f} GFLOP/s, {meta['threads']} threads, torch {meta['torch']}; "
-        f"batch {BATCH} pairs.",
+        f"fp32 matmul peak {meta['matmul_peak_gflops']:.0f} GFLOP/s, {meta['threads']} threads, "
+        f"torch {meta['torch']}; batch {rows[0]['batch']} pairs.",
         "",
         "| net | size | mode | difflab pairs/s | GFLOP/s | share of peak | reference pairs/s | speed-up |",
         "|---|---|---|---|---|---|---|---|",
@@ -184,15 +151,26 @@ def main() -> None:
             f"{r['difflab_gflops']:.0f} | {100 * r['share_of_peak']:.0f} % | "
             f"{r['reference_pairs_per_s']:.1f} | ×{r['speedup_vs_reference']:.2f} |"
         )
-    ablation = [r for r in rows if "difflab_nchw_pairs_per_s" in r]
+    ablation = [
+        f"{r['size']}²: {r['difflab_pairs_per_s']:.1f} vs {r['difflab_nchw_pairs_per_s']:.1f} "
+        "pairs/s without"
+        for r in rows
+        if "difflab_nchw_pairs_per_s" in r
+    ]
     if ablation:
-        lines += ["", "channels_last ablation (alex, forward): " + ", ".join(
-            f"{r['size']}²: {r['difflab_pairs_per_s']:.1f} vs {r['difflab_nchw_pairs_per_s']:.1f} "
-            "pairs/s without" for r in ablation
-        )]  # fmt: skip
-    write_bytes_atomic(RESULTS / f"{name}.md", ("\n".join(lines) + "\n").encode())
-    print(f"results in {RESULTS / (name + '.json')} and .md")
+        lines += ["", "channels_last ablation (alex, forward): " + ", ".join(ablation)]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = bench.bench_parser(__doc__, "64×64 only, batch 4, one repetition")
+    parser.add_argument("--reps", type=int, default=3, help="timed repetitions per case")
+    args = bench.parse(parser, argv)
+    sizes, batch, reps = ((64,), 4, 1) if args.quick else ((64, 256), BATCH, args.reps)
+    return bench.publish(
+        args, NAME, lambda: measure(sizes, batch, reps, args.quick), render_markdown
+    )
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
