@@ -412,7 +412,9 @@ class StoredImages:
         return len(self._dataset)
 
     def __getitem__(self, index: Index) -> torch.Tensor:
-        return self._dataset.read(index)[0]
+        images = self._dataset.read(index)[0]  # (B, C, S, S)
+        single = isinstance(index, int) or (isinstance(index, torch.Tensor) and index.ndim == 0)
+        return images[0] if single else images
 
 
 class StreamingImageDataset(torch.utils.data.Dataset):
