@@ -25,9 +25,11 @@ PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
 
 
 class Network(Protocol):
-    """The backbone contract: ``net(x_t, t, cond) -> (B, C, H, W)`` plus what it predicts."""
+    """The backbone contract: ``net(x_t, t, cond) -> (B, C, H, W)`` plus what it predicts and
+    which :class:`Conditioning` fields it reads (the others it ignores)."""
 
     prediction: str
+    conditioning_fields: tuple[str, ...]
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor: ...
 

@@ -55,12 +55,17 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
+CONTEXT_TOKENS = 16
+"""Token sequence length a cross-attending network is counted with (all tokens real)."""
+
+
 def forward_flops(arch: str, config: Any, batch_size: int = 1) -> int:
     """FLOPs of one forward pass of architecture ``arch`` with ``config`` on ``batch_size`` images.
 
     The network is built on PyTorch's "meta" device: no memory is allocated and nothing is
     computed, so even DiT-XL/2 is counted in a fraction of a second. The count is taken on the
-    unconditional twin of the config (a class embedding is a lookup: 0 FLOPs either way).
+    unconditional twin of the config (a class embedding is a lookup: 0 FLOPs either way); a
+    network that cross-attends to tokens (``context_dim > 0``) reads :data:`CONTEXT_TOKENS` of them.
 
     Args:
         arch: an entry of :data:`difflab.models.ARCHITECTURES`.
@@ -72,8 +77,14 @@ def forward_flops(arch: str, config: Any, batch_size: int = 1) -> int:
         net = build_model(arch, config).eval()
         x_t = torch.empty(batch_size, config.in_channels, config.image_size, config.image_size)
         t = torch.zeros(batch_size, dtype=torch.long)
+        cond = Conditioning()
+        if getattr(config, "context_dim", 0):
+            cond = Conditioning(
+                tokens=torch.empty(batch_size, CONTEXT_TOKENS, config.context_dim),
+                token_mask=torch.ones(batch_size, CONTEXT_TOKENS, dtype=torch.bool),
+            )
     with torch.no_grad():
-        return count_flops(lambda: net(x_t, t, Conditioning()))
+        return count_flops(lambda: net(x_t, t, cond))
 
 
 def forward_gflops(arch: str, config: Any) -> float:

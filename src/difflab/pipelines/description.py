@@ -55,9 +55,9 @@ class ModelDescription:
     source: str
     step: int | None = None
 
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any], path: str | Path) -> ModelDescription:
-        """Parse a ``kind: diffusion`` checkpoint's JSON; a DifflabError names what is wrong."""
+    @staticmethod
+    def architecture(meta: dict[str, Any], path: str | Path) -> tuple[str, Any]:
+        """``(arch, config dataclass)`` of a checkpoint's JSON, checked."""
         for key in REQUIRED_KEYS:
             if key not in meta:
                 raise DifflabError(
@@ -71,7 +71,17 @@ class ModelDescription:
                 f"{', '.join(ARCHITECTURES)}: check that the file was written by this version "
                 "of difflab."
             )
-        config = config_from_dict(arch, meta["model"])
+        return arch, config_from_dict(arch, meta["model"])
+
+    @classmethod
+    def from_meta(
+        cls, meta: dict[str, Any], path: str | Path, conditioning_fields: tuple[str, ...]
+    ) -> ModelDescription:
+        """Parse a ``kind: diffusion`` checkpoint's JSON; a DifflabError names what is wrong.
+
+        ``conditioning_fields`` come from the network built from it (``net.conditioning_fields``).
+        """
+        arch, config = cls.architecture(meta, path)
         diffusion = dataclass_from_dict(DiffusionConfig, meta["diffusion"], f"{path}: diffusion")
         data = meta["data"]
         try:
@@ -91,7 +101,7 @@ class ModelDescription:
             image_shape=image_shape,
             sample_shape=sample_shape,
             num_classes=num_classes,
-            conditioning_fields=("labels",) if num_classes else (),
+            conditioning_fields=tuple(conditioning_fields),
             dropout_trained=None if dropout is None else float(dropout) > 0,
             dataset=str(data.get("name", "unknown")),
             data_config=dict(meta.get("experiment", {}).get("data", {})),
@@ -103,8 +113,9 @@ class ModelDescription:
     def for_network(cls, net: Any, diffusion: DiffusionConfig | None = None) -> ModelDescription:
         """The description of a network built in Python (not read from a checkpoint).
 
-        ``net.config`` must give ``in_channels``, ``image_size`` and ``num_classes`` (every
-        difflab backbone's config does); its "nothing" branch counts as trained.
+        ``net.config`` must give ``in_channels``, ``image_size`` and ``num_classes``, and ``net``
+        its ``conditioning_fields`` (every difflab backbone does); its "nothing" branch counts as
+        trained.
         """
         config = net.config
         shape = (int(config.in_channels), int(config.image_size), int(config.image_size))
@@ -116,7 +127,7 @@ class ModelDescription:
             image_shape=shape,
             sample_shape=shape,
             num_classes=num_classes,
-            conditioning_fields=("labels",) if num_classes else (),
+            conditioning_fields=tuple(net.conditioning_fields),
             dropout_trained=None,
             dataset="unknown",
             data_config={},

@@ -42,8 +42,9 @@ def load_pipeline(
     """
     path = resolve_checkpoint(checkpoint)
     tensors, meta = load_checkpoint(path, kind="diffusion")
-    description = ModelDescription.from_meta(meta, path)
-    net = build_model(description.arch, description.config)
+    arch, config = ModelDescription.architecture(meta, path)
+    net = build_model(arch, config)
+    description = ModelDescription.from_meta(meta, path, net.conditioning_fields)
     weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
     load_weights_strict(net, weights, path)
     schedule = schedule_from_meta(meta["diffusion"])

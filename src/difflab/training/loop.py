@@ -150,7 +150,7 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
 
 def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     """DDIM samples of the EMA model with a fixed seed, so grids of successive steps compare."""
-    description = ModelDescription.from_meta(model_meta(run), path)
+    description = ModelDescription.from_meta(model_meta(run), path, run.net.conditioning_fields)
     pipeline = DiffusionPipeline(run.ema.module, run.schedule, description)
     cond = None
     if description.num_classes:
