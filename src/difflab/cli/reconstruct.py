@@ -1,4 +1,5 @@
-"""``difflab reconstruct CKPT``: dataset images through a VQ-VAE, originals above reconstructions."""
+"""``difflab reconstruct CKPT``: dataset images through an autoencoder (a VQ-VAE or a perceptual
+autoencoder), originals above reconstructions, and the reconstruction error."""
 
 from __future__ import annotations
 
@@ -7,18 +8,31 @@ from pathlib import Path
 
 import torch
 
-from difflab.data import load_dataset
+from difflab.autoencoders import AUTOENCODER_KIND, VQVAE_KIND, load_autoencoder
+from difflab.data import ImageDataset, load_dataset
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.images import save_grid
 from difflab.pipelines.vqvae import load_vqvae
+from difflab.training.autoencoder_loop import (
+    autoencoder_stats,
+    latent_summary,
+    reconstruct,
+    stats_summary,
+)
 from difflab.training.vqvae_loop import reconstruction_stats
+
+KINDS = (VQVAE_KIND, AUTOENCODER_KIND)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "reconstruct", help="encode and decode dataset images with a VQ-VAE checkpoint"
+        "reconstruct",
+        help="encode and decode dataset images with a VQ-VAE or perceptual autoencoder checkpoint",
     )
-    parser.add_argument("checkpoint", help="a VQ-VAE checkpoint (kind: vqvae)")
+    parser.add_argument(
+        "checkpoint", help="an autoencoder checkpoint (kind: vqvae or kind: autoencoder)"
+    )
     parser.add_argument("--data", default="mnist", help="dataset name or image folder")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--split", choices=("train", "test"), default="test")
@@ -31,30 +45,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run)
 
 
+def _dataset(args: argparse.Namespace, image_size: int, channels: int) -> ImageDataset:
+    return load_dataset(
+        args.data,
+        split=args.split,
+        data_dir=args.data_dir,
+        image_size=image_size,
+        channels=channels,
+        limit=args.n,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise DifflabError(f"--n must be at least 1, got {args.n}.")
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise DifflabError(f"--out {args.out} must end in .png.")
-    model = load_vqvae(args.checkpoint)
-    config = model.config
-    dataset = load_dataset(
-        args.data,
-        split=args.split,
-        data_dir=args.data_dir,
-        image_size=config.image_size,
-        channels=config.in_channels,
-        limit=args.n,
-    )
-    images = dataset.images  # (n, C, H, W)
-    stats = reconstruction_stats(model, images)
-    with torch.no_grad():
-        recon = model(images).reconstruction.clamp(-1, 1)
+    meta = load_checkpoint_meta(args.checkpoint)
+    kind = meta.get("kind")
+    if kind not in KINDS:
+        raise DifflabError(
+            f"{args.checkpoint} holds a {kind!r} checkpoint; difflab reconstruct takes an "
+            "autoencoder (kind: vqvae or kind: autoencoder)."
+        )
+    if kind == AUTOENCODER_KIND:
+        model = load_autoencoder(args.checkpoint)
+        dataset = _dataset(args, model.config.image_size, model.config.in_channels)
+        images = dataset.images  # (n, C, H, W)
+        summary = f"{stats_summary(autoencoder_stats(model, images))}; {latent_summary(meta)}"
+        recon = reconstruct(model, images)
+    else:
+        vqvae = load_vqvae(args.checkpoint)
+        dataset = _dataset(args, vqvae.config.image_size, vqvae.config.in_channels)
+        images = dataset.images  # (n, C, H, W)
+        stats = reconstruction_stats(vqvae, images)
+        with torch.no_grad():
+            recon = vqvae(images).reconstruction.clamp(-1, 1)
+        summary = (
+            f"MSE {stats['mse']:.5f}, PSNR {stats['psnr']:.2f} dB, "
+            f"{100 * stats['codebook_usage']:.1f} % of codes used"
+        )
     save_grid(torch.cat([images, recon]), out, nrow=8)
     print(
-        f"reconstructed {len(images)} {dataset.name} images: MSE {stats['mse']:.5f}, PSNR "
-        f"{stats['psnr']:.2f} dB, {100 * stats['codebook_usage']:.1f} % of codes used; "
-        f"originals above reconstructions in {out.resolve()}"
+        f"reconstructed {len(images)} {dataset.name} images: {summary}; originals above "
+        f"reconstructions in {out.resolve()}"
     )
     return 0

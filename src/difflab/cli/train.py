@@ -1,4 +1,5 @@
-"""``difflab train CONFIG [key=value ...] [--resume] [--device D]``: a diffusion model or a noisy classifier.
+"""``difflab train CONFIG [key=value ...] [--resume] [--device D]``: any trainable kind of model
+(a diffusion model, a noisy classifier, a VQ-VAE and its prior, a perceptual autoencoder).
 
 Under ``torchrun --nproc_per_node N -m difflab train ...`` the processes train one model together
 (see :mod:`difflab.io.process_group`); only rank 0 prints.
@@ -16,17 +17,22 @@ from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.device import select_device
 from difflab.io.process_group import process_group
 from difflab.training import train
+from difflab.training.autoencoder_loop import (
+    latent_summary,
+    stats_summary,
+    train_autoencoder,
+)
 from difflab.training.classifier_loop import train_classifier
 from difflab.training.vqvae_loop import train_prior, train_vqvae
 
-KINDS: tuple[str, ...] = ("diffusion", "classifier", "vqvae", "vqvae_prior")
+KINDS: tuple[str, ...] = ("diffusion", "classifier", "vqvae", "vqvae_prior", "autoencoder")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train a diffusion model, a noisy classifier, a VQ-VAE or a VQ-VAE prior (the "
-        "config's kind)",
+        help="train a diffusion model, a noisy classifier, a VQ-VAE, a VQ-VAE prior or a "
+        "perceptual autoencoder (the config's kind)",
     )
     parser.add_argument("config", help="YAML experiment file, e.g. configs/mnist.yaml")
     parser.add_argument(
@@ -73,7 +79,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def train_autoencoder_kind(config: Any, options: dict[str, Any]) -> list[str]:
-    """Train a VQ-VAE or its prior; the lines that report the result (on rank 0)."""
+    """Train a VQ-VAE, its prior or a perceptual autoencoder; the lines that report the result
+    (on rank 0)."""
+    if config.kind == "autoencoder":
+        path = train_autoencoder(config, **options)
+        report = [f"trained autoencoder: {path}"]
+        meta = load_checkpoint_meta(path) if options["group"].is_main else {}
+        if meta:
+            report.append(f"test split: {stats_summary(meta['test'])}; {latent_summary(meta)}")
+        return report
     if config.kind == "vqvae":
         path = train_vqvae(config, **options)
         report = [f"trained VQ-VAE: {path}"]
