@@ -13,7 +13,7 @@ EMOJI_LIST := /usr/share/unicode/emoji/emoji-test.txt
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention
+.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick
 
 install: $(STAMP)
 
@@ -52,6 +52,16 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 bench: bench-unet
+
+# Every benchmark takes --quick (a smoke test of all its code paths, seconds to a minute; outputs
+# named *_quick), --out-dir, --threads, and --render-only (redo the markdown and plots from the
+# JSON of an earlier run, measuring nothing). bench-quick runs all quick modes into
+# outputs/bench-quick (a few minutes on 2 cores; tests/benchmarks runs them too).
+BENCH_SCRIPTS := attention_kernels fd_floor ddim_tables ddim_inversion guidance_table \
+	unet_vs_diffusers dit_scaling vqvae_table lpips_speed
+bench-quick: install
+	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py --quick --out-dir outputs/bench-quick || exit 1; done
+	$(PY) benchmarks/gpu_throughput.py --device cpu --quick --out outputs/bench-quick/gpu_throughput_quick.json
 
 # DiT: scaling study, speed vs diffusers, DiT vs U-Net, the shipped checkpoint. The defaults take
 # hours on 2 cores; the README's run: --train-images 256000 --n 1000 --sample-steps 25

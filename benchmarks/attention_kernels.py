@@ -106,11 +106,16 @@ def measure(tokens: Sequence[int], batch: int, repeats: int) -> dict[str, Any]:
 def render_markdown(report: dict[str, Any]) -> str:
     """The table of every kernel and token count, from the JSON alone."""
     rows = [
-        [case["tokens"], name, *(case["seconds"][name][m] * 1e3 for m in MODES),
-         case["error"][name]["rms"], case["error"][name]["max"]]
+        [
+            case["tokens"],
+            name,
+            *(case["seconds"][name][m] * 1e3 for m in MODES),
+            case["error"][name]["rms"],
+            case["error"][name]["max"],
+        ]
         for case in report["cases"]
         for name in case["seconds"]
-    ]  # fmt: skip
+    ]
     shape = report["shape"]
     headers = ["tokens", "kernel", "forward ms", "fwd+bwd ms", "RMS error", "max error"]
     return bench.sections(

@@ -7,8 +7,8 @@ Song, Meng & Ermon, "Denoising Diffusion Implicit Models" (ICLR 2021):
   uniform spacing, ``--n`` samples per cell (the S = 1000 column ``--n-1000``; ``--skip-1000-eta``
   keeps only η = 0 and η = 1 there), each cell ``evaluate_pipeline`` of the loaded pipeline.
   Every cell uses seed 0, so all cells start from the same x_T per batch (common random
-  numbers). The standard error of one cell comes from ``--seeds`` seeds of S = 50, η = 0. The paper's CIFAR-10
-  FIDs are printed beside ours (other data and features: compare shapes, not values).
+  numbers). The standard error of one cell comes from ``--seeds`` seeds of S = 50, η = 0. The
+  paper's CIFAR-10 FIDs are printed beside ours (other data and features: compare shapes).
 * **Table 2 shape**: per-dimension MSE of DDIM inversion (x0 → x_T with S steps) followed by
   generation (x_T → x0, same S) on the first ``--n-inversion`` MNIST test digits, for
   S ∈ {10, 20, 50, 100, 200, 500, 1000}, on the paper's [0, 1] scale ([-1, 1] MSE / 4; "scaled
@@ -133,7 +133,7 @@ class Settings:
         return SE_STEPS if SE_STEPS in self.steps else sorted(self.steps)[len(self.steps) // 2]
 
 
-QUICK = Settings(n=8, n_full=8, seeds=2, n_inversion=4, steps=QUICK_STEPS)
+QUICK = Settings(n=8, n_full=8, seeds=2, n_inversion=4, steps=QUICK_STEPS, batch_size=8)
 QUICK = dataclasses.replace(QUICK, inversion_steps=QUICK_STEPS, interpolation_steps=2, quick=True)
 
 
@@ -649,7 +649,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-1000-eta", action="store_true", help="at S=1000 only η=0, η=1")
     parser.add_argument("--seeds", type=int, help=f"seeds of the SE cell ({Settings.seeds})")
     parser.add_argument("--n-inversion", type=int, help=f"Table 2 digits ({Settings.n_inversion})")
-    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    parser.add_argument("--batch-size", type=int, help=f"images sampled at once ({BATCH_SIZE})")
     parser.add_argument("--bf16", action="store_true", help="U-Net under bf16 autocast")
     parser.add_argument("--time-budget-min", type=float, help="scale n to fit this many minutes")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
@@ -665,12 +665,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def make_settings(args: argparse.Namespace, num_timesteps: int) -> Settings:
     """Settings from the arguments; the quick grid with ``--quick``."""
     given = {"n": args.n, "n_full": args.n_1000, "seeds": args.seeds}
-    given["n_inversion"] = args.n_inversion
+    given |= {"n_inversion": args.n_inversion, "batch_size": args.batch_size}
     settings = dataclasses.replace(
         QUICK if args.quick else Settings(),
         **{key: value for key, value in given.items() if value is not None},
         skip_full_eta=args.skip_1000_eta,
-        batch_size=args.batch_size,
         bf16=args.bf16,
     )
     if max(settings.steps + settings.inversion_steps) > num_timesteps:
@@ -688,7 +687,8 @@ def command_line(args: argparse.Namespace, settings: Settings) -> str:
         "--skip-1000-eta": s.skip_full_eta,
         "--bf16": s.bf16,
         "--quick": s.quick,
-        f"--batch-size {s.batch_size}": s.batch_size != BATCH_SIZE,
+        f"--batch-size {s.batch_size}": s.batch_size
+        != (QUICK if s.quick else Settings()).batch_size,
         f"--threads {args.threads}": bool(args.threads),
     }
     return " ".join(

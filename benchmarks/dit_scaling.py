@@ -128,7 +128,11 @@ def dit(name: str) -> Model:
 def unet_model(preset: str) -> Model:
     """The U-Net of part 3, trained at the learning rate of its own recipe (configs/mnist.yaml):
     the DiT recipe's large rate is tuned for transformers, and the comparison is of backbones."""
-    return Model("U-Net", preset, train_overrides={"lr": load_config(bench.REPO / "configs" / "mnist.yaml").train.lr})  # fmt: skip
+    return Model(
+        "U-Net",
+        preset,
+        train_overrides={"lr": load_config(bench.REPO / "configs" / "mnist.yaml").train.lr},
+    )
 
 
 def tiny_dit(width: int, patch: int) -> Model:
@@ -143,7 +147,9 @@ class Settings:
     quick: bool = False
     parts: tuple[str, ...] = PARTS
     scaling: tuple[Model, ...] = tuple(dit(n) for n in ("S/7", "S/4", "B/7", "B/4"))
-    unet_candidates: tuple[Model, ...] = tuple(dit(n) for n in ("S/7", "S/4", "S/2", "B/7", "B/4", "B/2"))  # fmt: skip
+    unet_candidates: tuple[Model, ...] = tuple(
+        dit(n) for n in ("S/7", "S/4", "S/2", "B/7", "B/4", "B/2")
+    )
     unet: Model = field(default_factory=lambda: unet_model(UNET_PRESET))
     speed: tuple[Model, ...] = tuple(dit(n) for n in ("S/4", "B/4", "B/2"))
     only: tuple[str, ...] = ()  # labels parts 1 and 3 are limited to (--models); () = all
@@ -314,10 +320,16 @@ def study(
         run = train_model(model, settings, runs_dir)
         if run["reused"]:
             print(f"[{NAME}] {model.label}: reused the finished run {run['checkpoint']}")
-        scores = {f"w={w:g}": stored_score(run["checkpoint"], settings, w) for w in (1.0, settings.guidance_scale)}  # fmt: skip
+        scores = {
+            f"w={w:g}": stored_score(run["checkpoint"], settings, w)
+            for w in (1.0, settings.guidance_scale)
+        }
         if clip_x0:
             scores["w=1 clip"] = stored_score(run["checkpoint"], settings, 1.0, clip_x0=True)
-        print(f"[{NAME}] {model.label}: " + ", ".join(f"FD {k} {v['fd']:.2f}" for k, v in scores.items()))  # fmt: skip
+        print(
+            f"[{NAME}] {model.label}: "
+            + ", ".join(f"FD {k} {v['fd']:.2f}" for k, v in scores.items())
+        )
         row = {**model_facts(model), "width": model.width, "patch": model.patch, **run}
         rows.append({**row, "train_overrides": model.train_overrides, "scores": scores})
     return rows
@@ -360,7 +372,7 @@ def matched_dit(settings: Settings) -> Model:
 
 
 def diffusers_twin(config: DiTConfig) -> nn.Module:
-    """diffusers' ``DiTTransformer2DModel`` with the widths, depth, heads and patch of ``config``."""
+    """diffusers' ``DiTTransformer2DModel`` with the width, depth, heads and patch of ``config``."""
     from diffusers import DiTTransformer2DModel
 
     return DiTTransformer2DModel(
@@ -501,7 +513,16 @@ def guidance_key(report: dict[str, Any], part: str) -> str:
 
 def scaling_markdown(report: dict[str, Any]) -> list[str]:
     rows, w = report["scaling"]["rows"], guidance_key(report, "scaling")
-    headers = ["model", "preset", "params (M)", "GFLOPs", "FD w=1", f"FD {w}", "acc w=1", f"acc {w}"]  # fmt: skip
+    headers = [
+        "model",
+        "preset",
+        "params (M)",
+        "GFLOPs",
+        "FD w=1",
+        f"FD {w}",
+        "acc w=1",
+        f"acc {w}",
+    ]
     body = [
         [r["label"], r["preset"], r["parameters"] / 1e6, r["gflops"]]
         + [r["scores"][k][m] for m in ("fd", "label_accuracy") for k in ("w=1", w)]
@@ -536,13 +557,21 @@ def speed_markdown(report: dict[str, Any]) -> list[str]:
         for precision, t in s["training"].items():
             ips = t["images_per_second"]
             rows.append(
-                [s["label"], f"train {precision} (img/s)", ips["difflab"]["median"],
-                 ips["diffusers"]["median"], t["ratio"], t["share_of_bf16_matmul"]["difflab"]]
-            )  # fmt: skip
+                [
+                    s["label"],
+                    f"train {precision} (img/s)",
+                    ips["difflab"]["median"],
+                    ips["diffusers"]["median"],
+                    t["ratio"],
+                    t["share_of_bf16_matmul"]["difflab"],
+                ]
+            )
         samp = s["sampling_bf16"]
         measure = f"DDIM-{samp['steps']} x {samp['images']} bf16 (s)"
         seconds = samp["seconds"]
-        rows.append([s["label"], measure, seconds["difflab"], seconds["diffusers"], samp["ratio"], ""])  # fmt: skip
+        rows.append(
+            [s["label"], measure, seconds["difflab"], seconds["diffusers"], samp["ratio"], ""]
+        )
     headers = ["model", "measure", "difflab", "diffusers", "ratio", "difflab share of peak"]
     return [
         f"## Speed vs diffusers DiTTransformer2DModel (goal >= {SPEED_GOAL}x, >= "
@@ -627,7 +656,10 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
 
     rows = report["scaling"]["rows"]
     order = ["S", "B", "L", "XL"]  # the paper's, for matching colours; others (tiny) after
-    widths = sorted({r["width"] for r in rows}, key=lambda w: (w not in order, order.index(w) if w in order else 0, w))  # fmt: skip
+    widths = sorted(
+        {r["width"] for r in rows},
+        key=lambda w: (w not in order, order.index(w) if w in order else 0, w),
+    )
     fig, axes = bench.pyplot().subplots(1, 3, figsize=(14, 4.2))
     for ax, key in zip(axes[:2], ("w=1", guidance_key(report, "scaling")), strict=True):
         for colour, width in enumerate(widths):
@@ -645,7 +677,9 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.legend(fontsize="small")
     paper = report["paper_table4"]
     for size in order:
-        points = [(paper[f"{size}/{p}"]["gflops"], paper[f"{size}/{p}"]["fid_400k"]) for p in (8, 4, 2)]  # fmt: skip
+        points = [
+            (paper[f"{size}/{p}"]["gflops"], paper[f"{size}/{p}"]["fid_400k"]) for p in (8, 4, 2)
+        ]
         axes[2].plot(*zip(*points, strict=True), marker="o", label=f"DiT-{size}")
     axes[2].set_xscale("log")
     axes[2].set(xlabel="Gflops (multiply-add = 1)", ylabel="FID-50K")

@@ -98,7 +98,8 @@ def measure(data: str, sizes: Sequence[int], train_limit: int | None) -> dict[st
         means = {key: statistics.fmean(values) for key, values in cells.items()}
         print(
             f"n={n}: FD vs test(10k) {means['fd_vs_test_full']:.3f}, FD vs test(n) "
-            f"{means['fd_vs_test_same_n']:.3f}, P {means['precision']:.3f}, R {means['recall']:.3f}",
+            f"{means['fd_vs_test_same_n']:.3f}, P {means['precision']:.3f}, "
+            f"R {means['recall']:.3f}",
             flush=True,
         )
     return {
@@ -126,10 +127,13 @@ def render_markdown(result: dict[str, Any]) -> str:
         return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
 
     table = [
-        [row["n"], *(cell(row[key], 4 if key == "label_accuracy" else 3) for key in COLUMNS),
-         result["repeats"][str(row["n"])]]
+        [
+            row["n"],
+            *(cell(row[key], 4 if key == "label_accuracy" else 3) for key in COLUMNS),
+            result["repeats"][str(row["n"])],
+        ]
         for row in result["rows"]
-    ]  # fmt: skip
+    ]
     flag = "" if result["data"] == "mnist" else f" --data {result['data']}"
     limit = result.get("train_limit")
     subset = f" (the first {limit} only)" if limit else ""

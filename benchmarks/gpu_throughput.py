@@ -64,7 +64,9 @@ def training_step(
 def sampling_run(device: torch.device, count: int, steps: int, bf16: bool) -> Callable[[], Any]:
     """One DDIM run of a fresh ``unet-mnist`` pipeline on ``device``."""
     torch.manual_seed(0)
-    pipeline = bench.race_pipeline(build_model(*model_config(PRESET)).to(device), "bf16" if bf16 else "fp32")  # fmt: skip
+    pipeline = bench.race_pipeline(
+        build_model(*model_config(PRESET)).to(device), "bf16" if bf16 else "fp32"
+    )
     return lambda: pipeline.generate(count, seed=0, steps=steps, eta=0.0)
 
 

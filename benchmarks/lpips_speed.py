@@ -116,7 +116,9 @@ def measure(sizes: Sequence[int], batch: int, reps: int, quick: bool) -> dict[st
                 for name, seconds in best_seconds_each(steps, reps, peak).items():
                     row[f"{name}_pairs_per_s"] = batch / seconds
                     row[f"{name}_gflops"] = flops / seconds / 1e9
-                row["speedup_vs_reference"] = row["difflab_pairs_per_s"] / row["reference_pairs_per_s"]  # fmt: skip
+                row["speedup_vs_reference"] = (
+                    row["difflab_pairs_per_s"] / row["reference_pairs_per_s"]
+                )
                 rows.append(row)
                 print(
                     f"{net:4s} {size:3d}² {mode:16s} difflab {row['difflab_pairs_per_s']:7.1f} "

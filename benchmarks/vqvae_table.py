@@ -1,4 +1,4 @@
-"""VQ-VAE on MNIST and Fashion-MNIST: reconstruction, codebook health, the prior, quantiser speed (issue 6).
+"""VQ-VAE on MNIST and Fashion-MNIST: reconstruction, codebook health, prior, quantiser speed.
 
 van den Oord et al., "Neural Discrete Representation Learning" (NeurIPS 2017), measured in parts:
 
@@ -129,8 +129,16 @@ def part_ablation(steps: int, quick: bool, run_root: Path) -> list[dict[str, Any
             model = load_vqvae(out_dir / "model.safetensors")
             stats = reconstruction_stats(model, test.images)
             restarts = int(model.quantizer.restarts)
-            rows.append({"dataset": dataset, "variant": variant, "steps": steps, **stats,
-                         "restarts": restarts, "train_seconds": seconds})  # fmt: skip
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "variant": variant,
+                    "steps": steps,
+                    **stats,
+                    "restarts": restarts,
+                    "train_seconds": seconds,
+                }
+            )
             print(
                 f"{dataset:14s} {variant:28s} PSNR {stats['psnr']:.2f} dB, usage "
                 f"{100 * stats['codebook_usage']:.1f} %, perplexity {stats['perplexity']:.0f}"
@@ -138,14 +146,16 @@ def part_ablation(steps: int, quick: bool, run_root: Path) -> list[dict[str, Any
     return rows
 
 
-def part_speed(repeats: int) -> dict[str, Any]:
+def part_speed(warmup: int, repeats: int) -> dict[str, Any]:
     """Training- and eval-mode quantisation: difflab vs vector-quantize-pytorch, same settings."""
     from vector_quantize_pytorch import VectorQuantize
 
     torch.manual_seed(0)
     num_codes, code_dim, batch, side = 512, 64, 128, 7
     ours = VectorQuantizer(num_codes, code_dim, update="ema", ema_decay=0.99)
-    theirs = VectorQuantize(dim=code_dim, codebook_size=num_codes, decay=0.99, commitment_weight=0.25)  # fmt: skip
+    theirs = VectorQuantize(
+        dim=code_dim, codebook_size=num_codes, decay=0.99, commitment_weight=0.25
+    )
     z_ours = torch.randn(batch, code_dim, side, side, requires_grad=True)  # (B, D, h, w)
     z_theirs = z_ours.detach().permute(0, 2, 3, 1).reshape(batch, side * side, code_dim)
     z_theirs.requires_grad_(True)  # (B, h*w, D): their layout
@@ -172,7 +182,7 @@ def part_speed(repeats: int) -> dict[str, Any]:
         "difflab eval": eval_ours,
         "vector-quantize-pytorch eval": eval_theirs,
     }
-    timings = bench.interleaved_timings(calls, warmup=3, repeats=repeats)
+    timings = bench.interleaved_timings(calls, warmup=warmup, repeats=repeats)
     ms = {name: 1000 * timing.median for name, timing in timings.items()}
     result = {
         "num_codes": num_codes,
@@ -195,15 +205,32 @@ def models_markdown(models: dict[str, Any]) -> list[str]:
         models["samples"],
     )
     rows = [
-        ["weights/vqvae_mnist (7x7, K=512)", f"{rec['mse']:.5f}", f"{rec['psnr']:.2f}",
-         f"{100 * rec['codebook_usage']:.1f} %", f"{rec['perplexity']:.0f}", "", ""],
-        ["weights/vqvae_prior_mnist", "", "", "", "",
-         bench.fmt(prior.get("bits_per_code"), 3, ""), bench.fmt(prior.get("bits_per_image_dim"), 4, "")],
-    ]  # fmt: skip
+        [
+            "weights/vqvae_mnist (7x7, K=512)",
+            f"{rec['mse']:.5f}",
+            f"{rec['psnr']:.2f}",
+            f"{100 * rec['codebook_usage']:.1f} %",
+            f"{rec['perplexity']:.0f}",
+            "",
+            "",
+        ],
+        [
+            "weights/vqvae_prior_mnist",
+            "",
+            "",
+            "",
+            "",
+            bench.fmt(prior.get("bits_per_code"), 3, ""),
+            bench.fmt(prior.get("bits_per_image_dim"), 4, ""),
+        ],
+    ]
     generators = (
         ("VQ-VAE + prior (labels 0..9)", samples["vqvae_prior"]),
-        (f"diffusion mnist_ddim, DDIM-{samples['diffusion_ddim']['steps']}", samples["diffusion_ddim"]),
-    )  # fmt: skip
+        (
+            f"diffusion mnist_ddim, DDIM-{samples['diffusion_ddim']['steps']}",
+            samples["diffusion_ddim"],
+        ),
+    )
     keys = ("fd", "precision", "recall", "label_accuracy")
     sample_rows = [
         [name, *(bench.fmt(row[k], 3, "") for k in keys), f"{row['seconds']:.1f}"]
@@ -231,10 +258,17 @@ def models_markdown(models: dict[str, Any]) -> list[str]:
 
 def ablation_markdown(ablation: list[dict[str, Any]]) -> list[str]:
     rows = [
-        [r["dataset"], r["variant"], f"{r['mse']:.5f}", f"{r['psnr']:.2f}",
-         f"{100 * r['codebook_usage']:.1f} %", f"{r['perplexity']:.0f}", r["restarts"]]
+        [
+            r["dataset"],
+            r["variant"],
+            f"{r['mse']:.5f}",
+            f"{r['psnr']:.2f}",
+            f"{100 * r['codebook_usage']:.1f} %",
+            f"{r['perplexity']:.0f}",
+            r["restarts"],
+        ]
         for r in ablation
-    ]  # fmt: skip
+    ]
     goals = ", ".join(
         f"{r['dataset']} {r['variant']}: {'met' if r['codebook_usage'] >= USAGE_GOAL else 'MISSED'}"
         for r in ablation
@@ -256,10 +290,14 @@ def ablation_markdown(ablation: list[dict[str, Any]]) -> list[str]:
 def speed_markdown(speed: dict[str, Any]) -> list[str]:
     ms = speed["ms"]
     rows = [
-        [mode, f"{ms[f'difflab {mode}']:.2f}", f"{ms[f'vector-quantize-pytorch {mode}']:.2f}",
-         f"{speed[f'{mode}_speedup']:.2f}x"]
+        [
+            mode,
+            f"{ms[f'difflab {mode}']:.2f}",
+            f"{ms[f'vector-quantize-pytorch {mode}']:.2f}",
+            f"{speed[f'{mode}_speedup']:.2f}x",
+        ]
         for mode in ("train", "eval")
-    ]  # fmt: skip
+    ]
     return [
         f"## Quantiser speed (K = {speed['num_codes']}, D = {speed['code_dim']}, "
         f"{speed['vectors']} vectors, EMA codebook; median ms per call)",
@@ -319,7 +357,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if "speed" in parts and importlib.util.find_spec(PEER) is None:
         report["speed_skipped"] = f"{PEER} is not installed; `make install` installs it"
     elif "speed" in parts:
-        report["speed"] = part_speed(3 if args.quick else args.repeats)
+        report["speed"] = part_speed(*((1, 1) if args.quick else (3, args.repeats)))
     return report
 
 
@@ -327,7 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = bench.bench_parser(__doc__, "smoke test: tiny sizes")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {PARTS}")
     parser.add_argument("--n", type=int, default=1000, help="samples per FD")
-    parser.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of the diffusion model")  # fmt: skip
+    parser.add_argument(
+        "--sample-steps", type=int, default=50, help="DDIM steps of the diffusion model"
+    )
     parser.add_argument(
         "--ablation-steps", type=int, default=600, help="training steps per variant"
     )

@@ -3,7 +3,8 @@
 The quick modes run in this process (one torch and diffusers import for all of them) from the
 repository root, writing into ``tmp_path``; ``--render-only`` must then reproduce the markdown from
 the JSON alone. The committed ``benchmarks/results/*.json`` must re-render to the committed
-markdown, so a report can always be redone without rerunning its benchmark.
+markdown, so a report can always be redone without rerunning its benchmark. (``gpu_throughput.py
+--quick`` runs in ``tests/training/test_device.py``.)
 """
 
 from __future__ import annotations
@@ -63,19 +64,12 @@ def test_attention_kernels(tmp_path):
     assert "| 16 | packed bf16 |" in markdown
 
 
+@pytest.mark.slow  # the first to need the MNIST test statistics: it computes them for all
 def test_fd_floor(tmp_path, at_repo_root):
     report, markdown = run_quick("fd_floor", tmp_path)
     assert [row["n"] for row in report["rows"]] == [50, 100]
     assert all(0 <= row["precision"]["mean"] <= 1 for row in report["rows"])
     assert "FD-MNIST vs test (10k)" in markdown and "the first 300 only" in markdown
-
-
-@pytest.mark.slow
-def test_gpu_throughput_on_the_cpu(tmp_path):
-    out = tmp_path / "gpu.json"
-    assert benchmark("gpu_throughput").main(["--device", "cpu", "--quick", "--out", str(out)]) == 0
-    report = json.loads(out.read_text())
-    assert report["device"] == "cpu" and report["sampling"]["fp32"]["seconds"] > 0
 
 
 @pytest.mark.slow
