@@ -28,7 +28,8 @@ class ModelDescription:
         arch: the architecture name (``"unet"``, ``"dit"``).
         config: the architecture's config dataclass.
         diffusion: the schedule it was trained with.
-        image_shape: (C, H, W) of the images the pipeline returns.
+        image_shape: (C, H, W) of the images the pipeline returns (decoded ones for a latent
+            model: its checkpoint's ``autoencoder.image_shape``).
         sample_shape: (C, H, W) of what the network denoises (the latent shape under an
             autoencoder stage; the image shape in pixel space).
         num_classes: K > 0 for a class-conditional model, else 0.
@@ -91,6 +92,8 @@ class ModelDescription:
                 f"{path}: the data entry must give channels and image_size; re-export it."
             ) from None
         sample_shape = (config.in_channels, config.image_size, config.image_size)
+        if isinstance(meta.get("autoencoder"), dict) and "image_shape" in meta["autoencoder"]:
+            image_shape = tuple(int(v) for v in meta["autoencoder"]["image_shape"])  # decoded
         num_classes = int(config.num_classes)
         trained = meta.get("experiment", {}).get("train", {})
         dropout = trained.get("label_dropout")

@@ -21,6 +21,7 @@ from difflab.models.classifier import (
 )
 from difflab.pipelines.description import ModelDescription
 from difflab.pipelines.diffusion import DiffusionPipeline
+from difflab.pipelines.latent import latent_stage_of
 
 
 def schedule_from_meta(diffusion: dict[str, Any]) -> NoiseSchedule:
@@ -48,7 +49,12 @@ def load_pipeline(
     weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
     load_weights_strict(net, weights, path)
     schedule = schedule_from_meta(meta["diffusion"])
-    return DiffusionPipeline(net.to(device).eval(), schedule, description, precision=precision)
+    autoencoder = None
+    if "autoencoder" in meta:
+        autoencoder = latent_stage_of(meta["autoencoder"], path).autoencoder.to(device)
+    return DiffusionPipeline(
+        net.to(device).eval(), schedule, description, autoencoder, precision=precision
+    )
 
 
 def load_noisy_classifier(

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig
-from difflab.data import load_configured_split
+from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig, config_to_dict
+from difflab.data import ImageDataset, load_configured_split
 from difflab.diffusion import (
     Conditioning,
     NoiseSchedule,
@@ -28,8 +28,10 @@ from difflab.io.images import save_grid
 from difflab.io.process_group import SINGLE, Distributed
 from difflab.models import build_model, model_config
 from difflab.pipelines import DiffusionPipeline, ModelDescription
+from difflab.pipelines.latent import LatentStage, open_latent_stage
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
+from difflab.training.latent_cache import cached_latents
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
@@ -49,11 +51,21 @@ class TrainingRun(ResumableRun):
 
     arch: str
     schedule: NoiseSchedule
+    latent_stage: LatentStage | None = None  # latent diffusion: the frozen autoencoder
 
 
 def build_run(config: ExperimentConfig) -> TrainingRun:
-    """Load the data and build model, schedule, EMA and optimizer from a config."""
+    """Load the data and build model, schedule, EMA and optimizer from a config.
+
+    With ``autoencoder: PATH`` the model is a latent diffusion model (Rombach et al. 2022): the
+    training images are encoded once (cached, :mod:`difflab.training.latent_cache`) and the
+    network's size and channels are the latents'.
+    """
     dataset = load_configured_split(config.data, "train")
+    latent_stage = None
+    if config.autoencoder:
+        latent_stage = open_latent_stage(config.autoencoder)
+        dataset = latent_dataset(dataset, latent_stage, config)
     preset, model_values = config.model_preset("unet-mnist")
     model_values.setdefault("image_size", dataset.image_size)
     model_values.setdefault("in_channels", dataset.channels)
@@ -77,7 +89,23 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
         optimizer=build_optimizer(net, train),
         stream=BatchStream(len(dataset), train.batch_size, train.seed),
         generator=torch.Generator().manual_seed(train.seed + 1),
+        latent_stage=latent_stage,
     )
+
+
+def latent_dataset(dataset: Any, stage: LatentStage, config: ExperimentConfig) -> ImageDataset:
+    """The training split as scaled latents ``E(x) * latent_scale`` (cached on disk), with the
+    dataset's labels and name."""
+    if (dataset.channels, dataset.image_size, dataset.image_size) != stage.image_shape:
+        c, size, _ = stage.image_shape
+        raise DifflabError(
+            f"the autoencoder {stage.path} takes {c}×{size}×{size} images but the data are "
+            f"{dataset.channels}×{dataset.image_size}×{dataset.image_size}; set data.image_size "
+            "and data.channels to the autoencoder's."
+        )
+    key = {"autoencoder": stage.sha256, "data": config_to_dict(config.data), "split": "train"}
+    latents, _ = cached_latents(stage.autoencoder, dataset.images, len(dataset), key)
+    return ImageDataset(dataset.name, latents, dataset.labels.clone(), dataset.class_names)
 
 
 def build_schedule(diffusion: DiffusionConfig) -> NoiseSchedule:
@@ -121,7 +149,10 @@ def check_train_config(train: Any, net_config: Any) -> None:
 
 def model_meta(run: TrainingRun) -> dict[str, Any]:
     """The JSON that describes the model of a run (stored in every checkpoint it writes)."""
-    return run_meta(run, "diffusion", run.arch)
+    meta = run_meta(run, "diffusion", run.arch)
+    if run.latent_stage is not None:
+        meta["autoencoder"] = run.latent_stage.meta()
+    return meta
 
 
 def save_training_state(run: TrainingRun, out_dir: Path) -> None:
@@ -130,7 +161,13 @@ def save_training_state(run: TrainingRun, out_dir: Path) -> None:
 
 
 def restore_training_state(run: TrainingRun, path: Path) -> None:
-    restore_run_state(run, path, "diffusion", model_meta(run))
+    stored = restore_run_state(run, path, "diffusion", model_meta(run))
+    mine = None if run.latent_stage is None else run.latent_stage.sha256
+    if stored.get("autoencoder", {}).get("sha256") != mine:
+        raise DifflabError(
+            f"{path} was trained on the latents of another autoencoder than "
+            f"{run.config.autoencoder}; resume with the same one or use a new train.out_dir."
+        )
 
 
 def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -151,7 +188,10 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
 def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     """DDIM samples of the EMA model with a fixed seed, so grids of successive steps compare."""
     description = ModelDescription.from_meta(model_meta(run), path, run.net.conditioning_fields)
-    pipeline = DiffusionPipeline(run.ema.module, run.schedule, description)
+    autoencoder = None
+    if run.latent_stage is not None:
+        autoencoder = run.latent_stage.autoencoder.to(run.device)
+    pipeline = DiffusionPipeline(run.ema.module, run.schedule, description, autoencoder)
     cond = None
     if description.num_classes:
         cond = Conditioning(labels=torch.arange(count) % description.num_classes)
