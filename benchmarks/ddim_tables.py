@@ -726,7 +726,7 @@ def plan_run(
     print("plan:")
     predicted = bench.print_plan(planned)
     if budget and predicted > budget * 60 * 1.05:
-        print(f"  note: the minimum n (={MIN_FD_N}) does not fit the budget.")
+        print(f"  note: the smallest n allowed (n={settings.n}) does not fit the budget.")
     parts = {name: part["evaluations"] for name, part in bench.plan_parts(planned).items()}
     about = {"rate": rates.sampling, "rate_fp32": rates.inversion, "parts": parts}
     about |= {"total": sum(parts.values()), "predicted_seconds": predicted}

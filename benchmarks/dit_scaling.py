@@ -85,20 +85,12 @@ UNET_PRESET = "unet-mnist"
 # (a multiply-add counted once). The Gflops agree with ours / 2 to 0.5 % (tests/models/test_dit.py
 # checks eight of them); the FIDs were transcribed by hand: check them against the paper's Table 4
 # before quoting them.
-PAPER_TABLE4: dict[str, tuple[float, float]] = {
-    "S/8": (0.36, 153.60),
-    "S/4": (1.41, 100.41),
-    "S/2": (6.06, 68.40),
-    "B/8": (1.42, 122.74),
-    "B/4": (5.56, 68.38),
-    "B/2": (23.01, 43.47),
-    "L/8": (5.01, 118.87),
-    "L/4": (19.70, 45.64),
-    "L/2": (80.71, 23.33),
-    "XL/8": (7.39, 106.41),
-    "XL/4": (29.05, 43.01),
-    "XL/2": (118.64, 19.47),
-}
+PAPER_TABLE4: dict[str, tuple[float, float]] = {  # model: (Gflops, FID-50K)
+    "S/8": (0.36, 153.60), "S/4": (1.41, 100.41), "S/2": (6.06, 68.40),
+    "B/8": (1.42, 122.74), "B/4": (5.56, 68.38), "B/2": (23.01, 43.47),
+    "L/8": (5.01, 118.87), "L/4": (19.70, 45.64), "L/2": (80.71, 23.33),
+    "XL/8": (7.39, 106.41), "XL/4": (29.05, 43.01), "XL/2": (118.64, 19.47),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -508,21 +500,15 @@ def training_line(about: dict[str, Any]) -> str:
 
 
 def guidance_key(report: dict[str, Any], part: str) -> str:
+    """``"w=2"``: the key of a part's guided scores."""
     return f"w={report['runs'][part]['settings']['guidance_scale']:g}"
 
 
-def scaling_markdown(report: dict[str, Any]) -> list[str]:
+def scaling_markdown(report: dict[str, Any]) -> str:
+    """Part 1: FD and label accuracy per model, the pass/fail pairs, the paper's Table 4."""
     rows, w = report["scaling"]["rows"], guidance_key(report, "scaling")
-    headers = [
-        "model",
-        "preset",
-        "params (M)",
-        "GFLOPs",
-        "FD w=1",
-        f"FD {w}",
-        "acc w=1",
-        f"acc {w}",
-    ]
+    headers = ["model", "preset", "params (M)", "GFLOPs", "FD w=1", f"FD {w}", "acc w=1"]
+    headers.append(f"acc {w}")
     body = [
         [r["label"], r["preset"], r["parameters"] / 1e6, r["gflops"]]
         + [r["scores"][k][m] for m in ("fd", "label_accuracy") for k in ("w=1", w)]
@@ -534,24 +520,19 @@ def scaling_markdown(report: dict[str, Any]) -> list[str]:
         for c in report["scaling"]["checks"]
     ]
     paper = [[k, v["gflops"], v["fid_400k"]] for k, v in report["paper_table4"].items()]
-    return [
+    return bench.sections(
         "## Scaling: FD-MNIST vs forward GFLOPs",
-        "",
         training_line(report["runs"]["scaling"]),
-        "",
         bench.markdown_table(headers, body),
-        "",
-        *checks,
-        "",
+        checks,
         "The paper (ImageNet 256, FID-50K at 400K steps, no guidance; Gflops count a "
         "multiply-add once, ours twice):",
-        "",
         bench.markdown_table(["DiT", "Gflops (paper)", "FID (paper)"], paper),
-        "",
-    ]
+    )
 
 
-def speed_markdown(report: dict[str, Any]) -> list[str]:
+def speed_markdown(report: dict[str, Any]) -> str:
+    """Part 2: training images/s and DDIM seconds of both libraries, per model."""
     rows = []
     for s in report["speed"]:
         for precision, t in s["training"].items():
@@ -573,16 +554,15 @@ def speed_markdown(report: dict[str, Any]) -> list[str]:
             [s["label"], measure, seconds["difflab"], seconds["diffusers"], samp["ratio"], ""]
         )
     headers = ["model", "measure", "difflab", "diffusers", "ratio", "difflab share of peak"]
-    return [
+    return bench.sections(
         f"## Speed vs diffusers DiTTransformer2DModel (goal >= {SPEED_GOAL}x, >= "
         f"{PEAK_GOAL:.0%} of the bf16 matmul: {report['bf16_matmul']['gflops']:.0f} GFLOP/s)",
-        "",
         bench.markdown_table(headers, rows),
-        "",
-    ]
+    )
 
 
-def unet_markdown(report: dict[str, Any]) -> list[str]:
+def unet_markdown(report: dict[str, Any]) -> str:
+    """Part 3: the U-Net beside the DiT nearest to it in GFLOPs."""
     w, recipe_lr = guidance_key(report, "unet"), report["runs"]["unet"]["recipe"]["lr"]
     headers = ["model", "preset", "GFLOPs", "lr", "FD w=1", f"FD {w}", "FD w=1, x0 clamped"]
     headers += ["acc w=1", "train s", "sample s (w=1)"]
@@ -601,51 +581,48 @@ def unet_markdown(report: dict[str, Any]) -> list[str]:
         ]
         for r in report["unet_vs_dit"]
     ]
-    return [
+    return bench.sections(
         "## DiT vs U-Net at matched GFLOPs",
-        "",
         training_line(report["runs"]["unet"]),
-        "",
         bench.markdown_table(headers, body),
-        "",
         "x0 clamped: DDIM with the predicted x0 clamped to [-1, 1] at every step (static "
         "thresholding, `--clip-x0`), which keeps a trajectory whose early x0 estimate "
         "overshoots from saturating to a white square. train s: wall time of the run, with the "
         "threads of the machine line below (another run may have shared the machine).",
-        "",
-    ]
+    )
 
 
-def shipped_markdown(report: dict[str, Any]) -> list[str]:
+def shipped_markdown(report: dict[str, Any]) -> str:
+    """Part 4: the shipped checkpoint's scores with and without guidance."""
     keys = ("fd", "precision", "recall", "label_accuracy", "sample_seconds")
     body = [[w, *(v[k] for k in keys)] for w, v in report["shipped"]["scores"].items()]
     headers = ["w", "FD-MNIST", "precision", "recall", "label accuracy", "sample s"]
-    return [
+    return bench.sections(
         f"## The shipped checkpoint {report['shipped']['checkpoint']}",
-        "",
         bench.markdown_table(headers, body),
-        "",
-    ]
+    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report of every part the JSON holds, from the JSON alone."""
-    lines = [f"# DiT on MNIST{' (quick: numbers measure nothing)' if report['quick'] else ''}", ""]
-    for key, part in (
-        ("scaling", scaling_markdown),
-        ("speed", speed_markdown),
-        ("unet_vs_dit", unet_markdown),
-        ("shipped", shipped_markdown),
-    ):
-        lines += part(report) if key in report else []
-    lines.append("Where and when each part ran:")
+    parts = {
+        "scaling": scaling_markdown,
+        "speed": speed_markdown,
+        "unet_vs_dit": unet_markdown,
+        "shipped": shipped_markdown,
+    }
+    runs = ["Where and when each part ran:"]
     for part, about in report["runs"].items():
         m = about["machine"]
-        lines.append(
-            f"- {part}: {m['cpu_model']}, {m['torch_threads']} torch threads, "
-            f"torch {m['torch']}, diffusers {m.get('diffusers')}, {m['date']}."
+        runs.append(
+            f"- {part}: {m['cpu_model']}, {m['torch_threads']} torch threads, torch {m['torch']}, "
+            f"diffusers {m.get('diffusers')}, {m['date']}."
         )
-    return "\n".join(lines)
+    return bench.sections(
+        f"# DiT on MNIST{' (quick: numbers measure nothing)' if report['quick'] else ''}",
+        *(render(report) for key, render in parts.items() if key in report),
+        runs,
+    )
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:

@@ -18,6 +18,9 @@ guiding classifier. Batch ``i`` of every cell starts from the seed ``SeedSequenc
 so all cells share their x_T (common random numbers) and cell (b) at s = 0 equals
 ``difflab eval`` of the conditional model.
 
+``--bf16`` samples under bf16 autocast (the pipeline's precision: the U-Net and the guiding
+classifier; the feature CNN and the FD stay fp32).
+
 Expected shape (the paper's): precision and label accuracy rise with s, recall falls, FD is
 U-shaped. Goal: guided unconditional sampling (a) reaches ≥ 97 % label accuracy at some s with
 FD ≤ 1.5× that of the unguided conditional model ((b) at s = 0).

@@ -198,65 +198,46 @@ def part_speed(warmup: int, repeats: int) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- report
 
 
-def models_markdown(models: dict[str, Any]) -> list[str]:
-    rec, prior, samples = (
-        models["reconstruction"],
-        models.get("prior_test") or {},
-        models["samples"],
-    )
-    rows = [
-        [
-            "weights/vqvae_mnist (7x7, K=512)",
-            f"{rec['mse']:.5f}",
-            f"{rec['psnr']:.2f}",
-            f"{100 * rec['codebook_usage']:.1f} %",
-            f"{rec['perplexity']:.0f}",
-            "",
-            "",
-        ],
-        [
-            "weights/vqvae_prior_mnist",
-            "",
-            "",
-            "",
-            "",
-            bench.fmt(prior.get("bits_per_code"), 3, ""),
-            bench.fmt(prior.get("bits_per_image_dim"), 4, ""),
-        ],
+def models_markdown(models: dict[str, Any]) -> str:
+    """The shipped models' reconstruction and NLL, and their samples beside the diffusion model's."""
+    rec, samples = models["reconstruction"], models["samples"]
+    prior = models.get("prior_test") or {}
+    shipped = [f"{rec['mse']:.5f}", f"{rec['psnr']:.2f}", f"{100 * rec['codebook_usage']:.1f} %"]
+    nll = [
+        bench.fmt(prior.get("bits_per_code"), 3, ""),
+        bench.fmt(prior.get("bits_per_image_dim"), 4, ""),
     ]
-    generators = (
-        ("VQ-VAE + prior (labels 0..9)", samples["vqvae_prior"]),
-        (
-            f"diffusion mnist_ddim, DDIM-{samples['diffusion_ddim']['steps']}",
-            samples["diffusion_ddim"],
-        ),
-    )
+    rows = [
+        ["weights/vqvae_mnist (7x7, K=512)", *shipped, f"{rec['perplexity']:.0f}", "", ""],
+        ["weights/vqvae_prior_mnist", "", "", "", "", *nll],
+    ]
+    diffusion = samples["diffusion_ddim"]
+    generators = {
+        "VQ-VAE + prior (labels 0..9)": samples["vqvae_prior"],
+        f"diffusion mnist_ddim, DDIM-{diffusion['steps']}": diffusion,
+    }
     keys = ("fd", "precision", "recall", "label_accuracy")
     sample_rows = [
         [name, *(bench.fmt(row[k], 3, "") for k in keys), f"{row['seconds']:.1f}"]
-        for name, row in generators
+        for name, row in generators.items()
     ]
-    return [
+    return bench.sections(
         "## Shipped models (MNIST test set)",
-        "",
         bench.markdown_table(
             ["model", "MSE", "PSNR (dB)", "codes used", "perplexity", "bits/code", "bits/dim"], rows
         ),
-        "",
         f"PSNR goal >= {PSNR_GOAL_DB:g} dB: {'met' if models['psnr_goal_met'] else 'MISSED'}. "
         f"A uniform prior costs {math.log2(512):.0f} bits per code.",
-        "",
         f"Samples (n = {samples['n']}, FD-MNIST space):",
-        "",
         bench.markdown_table(
             ["generator", "FD-MNIST", "precision", "recall", "label accuracy", "seconds"],
             sample_rows,
         ),
-        "",
-    ]
+    )
 
 
-def ablation_markdown(ablation: list[dict[str, Any]]) -> list[str]:
+def ablation_markdown(ablation: list[dict[str, Any]]) -> str:
+    """Every codebook variant on every dataset, and the usage goal."""
     rows = [
         [
             r["dataset"],
@@ -274,20 +255,18 @@ def ablation_markdown(ablation: list[dict[str, Any]]) -> list[str]:
         for r in ablation
         if "restarts" in r["variant"]
     )
-    return [
+    return bench.sections(
         f"## Codebook ablation ({ablation[0]['steps']} steps each, test sets)",
-        "",
         bench.markdown_table(
             ["dataset", "codebook", "MSE", "PSNR (dB)", "codes used", "perplexity", "restarts"],
             rows,
         ),
-        "",
         f"Usage goal >= {100 * USAGE_GOAL:.0f} % with restarts: {goals}.",
-        "",
-    ]
+    )
 
 
-def speed_markdown(speed: dict[str, Any]) -> list[str]:
+def speed_markdown(speed: dict[str, Any]) -> str:
+    """Quantiser milliseconds of both libraries, training and eval mode."""
     ms = speed["ms"]
     rows = [
         [
@@ -298,26 +277,24 @@ def speed_markdown(speed: dict[str, Any]) -> list[str]:
         ]
         for mode in ("train", "eval")
     ]
-    return [
+    return bench.sections(
         f"## Quantiser speed (K = {speed['num_codes']}, D = {speed['code_dim']}, "
         f"{speed['vectors']} vectors, EMA codebook; median ms per call)",
-        "",
         bench.markdown_table(["mode", "difflab", "vector-quantize-pytorch", "speed-up"], rows),
-        "",
-    ]
+    )
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """Every part the JSON holds, as markdown."""
-    lines = [f"# VQ-VAE{' (quick: numbers measure nothing)' if report['quick'] else ''}", ""]
-    lines += models_markdown(report["models"]) if report.get("models") else []
-    lines += ablation_markdown(report["ablation"]) if report.get("ablation") else []
-    lines += speed_markdown(report["speed"]) if report.get("speed") else []
-    if report.get("speed_skipped"):
-        lines += [f"Quantiser speed: skipped ({report['speed_skipped']}).", ""]
-    if "machine" in report and not report["quick"]:
-        lines.append(bench.machine_line(report["machine"]))
-    return "\n".join(lines)
+    skipped = report.get("speed_skipped")
+    return bench.sections(
+        f"# VQ-VAE{' (quick: numbers measure nothing)' if report['quick'] else ''}",
+        models_markdown(report["models"]) if report.get("models") else "",
+        ablation_markdown(report["ablation"]) if report.get("ablation") else "",
+        speed_markdown(report["speed"]) if report.get("speed") else "",
+        f"Quantiser speed: skipped ({skipped})." if skipped else "",
+        "" if report["quick"] or "machine" not in report else bench.machine_line(report["machine"]),
+    )
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
