@@ -30,6 +30,7 @@ class DataConfig:
     channels: int | None = None
     pad_to_32: bool = False
     limit: int | None = None
+    streaming: bool = False  # folders and emoji: read batches from a uint8 store on disk
 
 
 @dataclass
