@@ -47,6 +47,7 @@ from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.images import save_grid
 from difflab.io.process_group import SINGLE, Distributed
+from difflab.pipelines.vqvae import module_device
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
 from difflab.training.loop import check_train_config
@@ -59,11 +60,10 @@ from difflab.training.state import (
     save_run_state,
 )
 from difflab.training.update import run_training
+from difflab.training.vqvae_loop import GRID_IMAGES, LATENT_SCALE_IMAGES
 
 ADAM_BETAS = (0.5, 0.9)  # LDM's AutoencoderKL / VQModel optimisers
-EVAL_BATCH = 250
-LATENT_SCALE_IMAGES = 5000  # training images that measure latent_scale
-GRID_IMAGES = 32  # originals and reconstructions in the periodic grids
+EVAL_BATCH = 250  # images per encode / decode call when measuring
 
 
 class AutoencoderEMA(EMA):
@@ -142,15 +142,11 @@ def restore_autoencoder_state(run: ResumableRun, path: Path) -> None:
     restore_run_state(run, path, AUTOENCODER_KIND, autoencoder_meta(run))
 
 
-def _device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 @torch.no_grad()
 def encode_images(model: PerceptualAutoencoder, images: torch.Tensor) -> torch.Tensor:
     """Latents z (N, c, h, w) of ``images`` (N, C, H, W), in batches, on the CPU (eval mode)."""
     model.eval()
-    device = _device(model)
+    device = module_device(model)
     return torch.cat(
         [
             model.encode(images[s : s + EVAL_BATCH].to(device)).float().cpu()
@@ -169,7 +165,7 @@ def measure_latent_scale(model: PerceptualAutoencoder, images: torch.Tensor) -> 
 def reconstruct(model: PerceptualAutoencoder, images: torch.Tensor) -> torch.Tensor:
     """decode(encode(x)) of ``images`` (N, C, H, W), clamped to [-1, 1], on the CPU."""
     model.eval()
-    device = _device(model)
+    device = module_device(model)
     parts = []
     for start in range(0, len(images), EVAL_BATCH):
         x = images[start : start + EVAL_BATCH].to(device)
@@ -191,7 +187,7 @@ def autoencoder_stats(model: PerceptualAutoencoder, images: torch.Tensor) -> dic
         latents = encode_images(model, images)
         indices = torch.cat(
             [
-                model.quantizer(latents[s : s + EVAL_BATCH].to(_device(model))).indices.cpu()
+                model.quantizer(latents[s : s + EVAL_BATCH].to(module_device(model))).indices.cpu()
                 for s in range(0, len(latents), EVAL_BATCH)
             ]
         )
