@@ -16,7 +16,13 @@ from difflab.config import load_config
 from difflab.data import load_configured_split
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint
-from difflab.training.autoencoder_loop import encode_images, train_autoencoder
+from difflab.training import autoencoder_loop
+from difflab.training.autoencoder_loop import (
+    autoencoder_stats,
+    encode_images,
+    reconstruct,
+    train_autoencoder,
+)
 from difflab.training.state import STATE_FILE
 from tests.cli.conftest import run_cli
 from tests.helpers import torchrun
@@ -61,6 +67,30 @@ def test_latent_scale_gives_unit_std_latents_on_the_training_set(trained):
     latents = encode_images(model, images)
     assert latents.shape[1:] == (2, 4, 4)
     assert (latents * model.latent_scale).std().item() == pytest.approx(1.0, rel=1e-4)
+
+
+class SlicedImages:
+    """What a streamed dataset's ``images`` offers: ``len`` and slices read as tensors."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        return self.images[index].clone()
+
+
+def test_stats_are_per_image_psnr_read_a_batch_at_a_time(trained, monkeypatch):
+    model = load_autoencoder(trained)
+    images = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    monkeypatch.setattr(autoencoder_loop, "EVAL_BATCH", 128)  # 3 batches
+    stats = autoencoder_stats(model, SlicedImages(images))
+    assert stats == autoencoder_stats(model, images)
+    mse = ((reconstruct(model, images) - images) / 2).square().flatten(1).mean(1)  # (300,)
+    assert stats["mse"] == pytest.approx(mse.mean().item(), rel=1e-5)
+    assert stats["psnr"] == pytest.approx((-10 * mse.log10()).mean().item(), rel=1e-5)
 
 
 def test_resume_across_disc_start_is_bit_identical(tmp_path, trained):

@@ -143,8 +143,9 @@ def restore_autoencoder_state(run: ResumableRun, path: Path) -> None:
 
 
 @torch.no_grad()
-def encode_images(model: PerceptualAutoencoder, images: torch.Tensor) -> torch.Tensor:
-    """Latents z (N, c, h, w) of ``images`` (N, C, H, W), in batches, on the CPU (eval mode)."""
+def encode_images(model: PerceptualAutoencoder, images: Any) -> torch.Tensor:
+    """Latents z (N, c, h, w) of ``images`` (N, C, H, W; a tensor or a streamed dataset's
+    images), a batch at a time, on the CPU (eval mode)."""
     model.eval()
     device = module_device(model)
     return torch.cat(
@@ -155,14 +156,14 @@ def encode_images(model: PerceptualAutoencoder, images: torch.Tensor) -> torch.T
     )
 
 
-def measure_latent_scale(model: PerceptualAutoencoder, images: torch.Tensor) -> float:
+def measure_latent_scale(model: PerceptualAutoencoder, images: Any) -> float:
     """1 / std of the latents of ``images`` (all their elements): the factor that gives a latent
     diffusion model unit-variance inputs (LDM's ``scale_factor``, sec. 4.3.2 / appendix G)."""
     return float(1.0 / encode_images(model, images).std().clamp(min=1e-8))
 
 
 @torch.no_grad()
-def reconstruct(model: PerceptualAutoencoder, images: torch.Tensor) -> torch.Tensor:
+def reconstruct(model: PerceptualAutoencoder, images: Any) -> torch.Tensor:
     """decode(encode(x)) of ``images`` (N, C, H, W), clamped to [-1, 1], on the CPU."""
     model.eval()
     device = module_device(model)
@@ -174,24 +175,27 @@ def reconstruct(model: PerceptualAutoencoder, images: torch.Tensor) -> torch.Ten
 
 
 @torch.no_grad()
-def autoencoder_stats(model: PerceptualAutoencoder, images: torch.Tensor) -> dict[str, float]:
-    """Reconstruction error of ``images`` (N, C, H, W): MSE and PSNR on [0, 1] pixels (PSNR per
-    image, then averaged), and for a VQ autoencoder the share of codes used and their perplexity."""
-    recon = reconstruct(model, images)
-    per_image = (((recon - images) / 2) ** 2).flatten(1).mean(1)  # (N,) MSE in [0, 1] units
+def autoencoder_stats(model: PerceptualAutoencoder, images: Any) -> dict[str, float]:
+    """Reconstruction error of ``images`` (N, C, H, W; a tensor or a streamed dataset's images):
+    MSE and PSNR on [0, 1] pixels (PSNR per image, then averaged), and for a VQ autoencoder the
+    share of codes used and their perplexity. Read and measured a batch at a time."""
+    model.eval()
+    device = module_device(model)
+    errors, indices = [], []
+    for start in range(0, len(images), EVAL_BATCH):
+        x = images[start : start + EVAL_BATCH].to(device)  # (b, C, H, W)
+        z = model.encode(x)  # (b, c, h, w)
+        recon = model.decode(z).float().clamp(-1, 1)
+        errors.append((((recon - x) / 2) ** 2).flatten(1).mean(1).cpu())  # (b,) [0, 1] units
+        if model.quantizer is not None:
+            indices.append(model.quantizer(z).indices.cpu())  # (b, h, w)
+    per_image = torch.cat(errors)
     stats = {
         "mse": float(per_image.mean()),
         "psnr": float((-10 * torch.log10(per_image.clamp(min=1e-10))).mean()),
     }
-    if model.quantizer is not None:
-        latents = encode_images(model, images)
-        indices = torch.cat(
-            [
-                model.quantizer(latents[s : s + EVAL_BATCH].to(module_device(model))).indices.cpu()
-                for s in range(0, len(latents), EVAL_BATCH)
-            ]
-        )
-        perplexity, usage = perplexity_of(indices, model.config.num_codes)
+    if indices:
+        perplexity, usage = perplexity_of(torch.cat(indices), model.config.num_codes)
         stats.update(codebook_usage=usage, perplexity=perplexity)
     return stats
 
@@ -243,7 +247,9 @@ def train_autoencoder(
         # latent_scale goes into the exported model's config only: the state file keeps the
         # training config, so that a longer run can still resume from it
         model = run.ema.module
-        scale = measure_latent_scale(model, run.dataset.images[:LATENT_SCALE_IMAGES])
+        scale = measure_latent_scale(
+            model, run.dataset.images[:LATENT_SCALE_IMAGES]
+        )  # (N, C, H, W)
         with_latent_scale(model, scale)
         test = autoencoder_stats(model, load_configured_split(config.data, "test").images)
         meta = autoencoder_meta(run)
