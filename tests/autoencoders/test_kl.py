@@ -121,7 +121,11 @@ def test_wrong_image_and_latent_shapes_are_refused():
 
 def export(model: PerceptualAutoencoder, path, **meta) -> None:
     tensors = with_prefix(model.state_dict(), "model")
-    base = {"kind": AUTOENCODER_KIND, "model": config_to_dict(model.config)}
+    base = {
+        "kind": AUTOENCODER_KIND,
+        "model": config_to_dict(model.config),
+        "latent_scale_images": 100,
+    }
     save_checkpoint(path, tensors, {**base, **meta})
 
 
@@ -139,8 +143,11 @@ def test_load_autoencoder_round_trip(tmp_path):
 def test_load_autoencoder_refuses_states_and_other_kinds(tmp_path):
     model = tiny()
     export(model, tmp_path / "state.safetensors", state={"epoch": 0})
-    with pytest.raises(DifflabError, match="training state"):
+    with pytest.raises(DifflabError, match="no measured latent_scale"):
         load_autoencoder(tmp_path / "state.safetensors")
+    save_checkpoint(tmp_path / "bare.safetensors", {}, {"kind": AUTOENCODER_KIND, "model": {}})
+    with pytest.raises(DifflabError, match="no measured latent_scale"):
+        load_autoencoder(tmp_path / "bare.safetensors")
     save_checkpoint(tmp_path / "vq.safetensors", {}, {"kind": "vqvae"})
     with pytest.raises(DifflabError, match="needs a 'autoencoder' one"):
         load_autoencoder(tmp_path / "vq.safetensors")

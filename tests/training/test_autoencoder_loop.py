@@ -52,6 +52,7 @@ def test_export_holds_the_autoencoder_its_test_error_and_latent_scale(trained):
     assert all(key.startswith("model.") for key in tensors)
     assert not any("discriminator" in key for key in tensors)  # the PatchGAN stays in the state
     assert meta["model"]["latent_scale"] != 1.0 and meta["loss"]["disc_start"] == 3
+    assert meta["latent_scale_images"] == 1438  # the whole digits training split
     assert 0 < meta["test"]["mse"] < 1 and meta["test"]["psnr"] > 0
     rows = metrics(trained.parent)
     assert [row["disc_factor"] for row in rows] == [0, 0, 0, 1, 1, 1]  # steps 1-3 without GAN
@@ -143,6 +144,25 @@ def test_cli_trains_and_reconstructs_with_psnr(tmp_path, capsys):
     assert code == 0, err
     assert "PSNR" in out and "latents 2x4x4" in out
     assert Image.open(grid).size == (8 * 10 + 2, 4 * 10 + 2)
+    # a float16 copy (difflab export --fp16) loads and keeps its latent_scale
+    small = tmp_path / "ae16.safetensors"
+    code, out, err = run_cli(
+        ["export", str(tmp_path / "model.safetensors"), str(small), "--fp16"], capsys
+    )
+    assert code == 0, err
+    model, model16 = load_autoencoder(tmp_path / "model.safetensors"), load_autoencoder(small)
+    assert model16.latent_scale == model.latent_scale
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    assert torch.allclose(
+        model16.decode(model16.encode(x)), model.decode(model.encode(x)), atol=1e-2
+    )
+    # a state file exported to a model file has no measured latent_scale: refused
+    argv = ["export", str(tmp_path / STATE_FILE), str(tmp_path / "from_state.safetensors")]
+    assert run_cli(argv, capsys)[0] == 0
+    code, out, err = run_cli(
+        ["reconstruct", str(tmp_path / "from_state.safetensors"), "--data", "digits"], capsys
+    )
+    assert code != 0 and "no measured latent_scale" in err
 
 
 DDP = ["model.loss.disc_start=2", "train.batch_size=16", "train.log_every=1"]

@@ -58,6 +58,7 @@ AUTOENCODER_KIND = "autoencoder"
 AUTOENCODER_ARCH = "ldm-autoencoder"
 REGULARIZERS: tuple[str, ...] = ("kl", "vq")
 LOGVAR_RANGE = (-30.0, 20.0)  # log σ² is clamped to this range, as in LDM
+LATENT_SCALE_IMAGES_KEY = "latent_scale_images"  # how many images measured latent_scale
 
 
 @dataclass
@@ -380,13 +381,15 @@ class PerceptualAutoencoder(nn.Module):
 
 def load_autoencoder(path: str | Path) -> PerceptualAutoencoder:
     """Load an exported ``kind: autoencoder`` checkpoint (``model.safetensors`` of
-    ``difflab train``) in eval mode with frozen weights; its config carries ``latent_scale``."""
+    ``difflab train``, or its ``difflab export --fp16`` copy) in eval mode with frozen float32
+    weights; its config carries ``latent_scale``, measured on ``meta["latent_scale_images"]``
+    training images (a file without that entry is refused)."""
     path = Path(path)
     tensors, meta = load_checkpoint(path, kind=AUTOENCODER_KIND)
-    if "state" in meta:
+    if "state" in meta or LATENT_SCALE_IMAGES_KEY not in meta:
         raise DifflabError(
-            f"{path} is a training state, whose latent_scale is not measured yet; give the "
-            "exported model.safetensors of the run's folder."
+            f"{path} holds no measured latent_scale (a training state, or a file exported from "
+            "one); give the model.safetensors a finished `difflab train` run writes."
         )
     if not isinstance(meta.get("model"), dict):
         raise DifflabError(

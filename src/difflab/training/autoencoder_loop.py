@@ -40,7 +40,7 @@ from difflab.autoencoders import (
     loss_config,
     perplexity_of,
 )
-from difflab.autoencoders.kl import with_latent_scale
+from difflab.autoencoders.kl import LATENT_SCALE_IMAGES_KEY, with_latent_scale
 from difflab.config import ExperimentConfig, config_to_dict, dataclass_from_dict
 from difflab.data import load_configured_split
 from difflab.errors import DifflabError
@@ -247,13 +247,15 @@ def train_autoencoder(
         # latent_scale goes into the exported model's config only: the state file keeps the
         # training config, so that a longer run can still resume from it
         model = run.ema.module
-        scale = measure_latent_scale(
-            model, run.dataset.images[:LATENT_SCALE_IMAGES]
-        )  # (N, C, H, W)
-        with_latent_scale(model, scale)
+        images = run.dataset.images[:LATENT_SCALE_IMAGES]  # (N, C, H, W)
+        with_latent_scale(model, measure_latent_scale(model, images))
         test = autoencoder_stats(model, load_configured_split(config.data, "test").images)
-        meta = autoencoder_meta(run)
-        return {**meta, "model": config_to_dict(model.config), "test": test}
+        return {
+            **autoencoder_meta(run),
+            "model": config_to_dict(model.config),
+            LATENT_SCALE_IMAGES_KEY: len(images),
+            "test": test,
+        }
 
     out_dir = Path(config.train.out_dir)
     run_training(
