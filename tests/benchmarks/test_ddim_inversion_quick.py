@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,14 @@ def test_quick_mode_writes_json_markdown_and_plot(tmp_path):
     again = run_script("--quick", "--out-dir", str(tmp_path), "--render-only")
     assert again.returncode == 0, again.stdout + again.stderr
     assert (tmp_path / "ddim_inversion_quick.md").read_text() == markdown
+
+
+def test_committed_results_re_render_to_the_committed_markdown(tmp_path):
+    results = REPO / "benchmarks" / "results"
+    if not (results / "ddim_inversion.json").exists():
+        pytest.skip("benchmarks/results/ddim_inversion.json is not committed")
+    shutil.copy(results / "ddim_inversion.json", tmp_path)
+    done = run_script("--render-only", "--out-dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    rendered = (tmp_path / "ddim_inversion.md").read_text()
+    assert rendered == (results / "ddim_inversion.md").read_text()
