@@ -44,18 +44,7 @@ from typing import Any
 
 import torch
 
-from common import (
-    bench_parser,
-    machine_info,
-    machine_line,
-    markdown_table,
-    parse,
-    publish,
-    pyplot,
-    save_figure,
-    sections,
-    stem_of,
-)
+import common as bench
 from difflab.data import load_dataset
 from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
@@ -168,7 +157,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     """The markdown report, from the JSON report only."""
     rows = report["rows"]
     machine = report["machine"]
-    table = markdown_table(
+    table = bench.markdown_table(
         [
             "S",
             "MSE [0,1], eps at source",
@@ -194,7 +183,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ],
     )
     bf16 = "with" if "avx512_bf16" in machine["cpu_flags"] else "no"
-    return sections(
+    return bench.sections(
         f"# DDIM inversion: eps at the source or the destination timestep ({report['name']})",
         f"`{report['command']}`",
         f"Checkpoint `{report['checkpoint']}` (T = {report['num_timesteps']}); the first "
@@ -207,7 +196,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         table,
         f"Verdict: **{report['verdict']}** (`ddim_invert`'s default when measured: "
         f"`eps_at={report['default_eps_at']!r}`).",
-        f"Machine: {machine_line(machine)} CPU flags: {', '.join(machine['cpu_flags'])} "
+        f"Machine: {bench.machine_line(machine)} CPU flags: {', '.join(machine['cpu_flags'])} "
         f"({bf16} avx512_bf16). {report['total_seconds']:.0f} s in all.",
     )
 
@@ -216,7 +205,7 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
     """MSE vs S for both conventions (log-log, ± SE) and the ratio vs S; from the JSON report."""
     rows = report["rows"]
     steps = [row["steps"] for row in rows]
-    fig, (mse_ax, ratio_ax) = pyplot().subplots(1, 2, figsize=(10, 4))
+    fig, (mse_ax, ratio_ax) = bench.pyplot().subplots(1, 2, figsize=(10, 4))
     for eps_at, marker in zip(EPS_AT, "os", strict=True):
         mse = [row[eps_at]["mse_unit"] for row in rows]
         se = [row[eps_at]["mse_unit_se"] or 0.0 for row in rows]
@@ -260,14 +249,14 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.minorticks_off()
         ax.grid(True, alpha=0.3)
-    return [save_figure(fig, out_dir / f"{report['name']}.png")]
+    return [bench.save_figure(fig, out_dir / f"{report['name']}.png")]
 
 
 # ----------------------------------------------------------------------------- main
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = bench_parser(__doc__, quick=f"{QUICK_N} digits, S in {QUICK_STEPS}; seconds")
+    parser = bench.bench_parser(__doc__, quick=f"{QUICK_N} digits, S in {QUICK_STEPS}; seconds")
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--n", type=int, help=f"test digits ({N}; --quick: {QUICK_N})")
     parser.add_argument(
@@ -275,7 +264,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE)
     parser.set_defaults(threads=THREADS)
-    args = parse(parser, argv)
+    args = bench.parse(parser, argv)
     args.n = args.n or (QUICK_N if args.quick else N)
     args.steps = sorted(set(args.steps or (QUICK_STEPS if args.quick else STEPS)))
     if args.n < 2 or args.batch_size < 1 or min(args.steps) < 1:
@@ -309,7 +298,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     command += ["--steps " + " ".join(map(str, args.steps)), f"--threads {args.threads}"]
     command += ["--quick"] if args.quick else []
     return {
-        "name": stem_of(NAME, args.quick),
+        "name": bench.stem_of(NAME, args.quick),
         "command": "python benchmarks/ddim_inversion.py " + " ".join(command),
         "checkpoint": str(args.checkpoint),
         "num_timesteps": model.schedule.num_timesteps,
@@ -319,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "default_eps_at": inspect.signature(ddim_invert).parameters["eps_at"].default,
         "rows": rows,
         "verdict": verdict(rows),
-        "machine": machine_info(),
+        "machine": bench.machine_info(),
         "total_seconds": time.perf_counter() - start,
     }
 
@@ -327,7 +316,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        return publish(args, NAME, lambda: run(args), render_markdown, figures)
+        return bench.publish(args, NAME, lambda: run(args), render_markdown, figures)
     except DifflabError as error:
         print(f"error: {error}")
         return 1
