@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from difflab.autoencoders import AUTOENCODER_KIND, PerceptualAutoencoder, autoencoder_config
+from difflab.autoencoders.kl import LATENT_SCALE_IMAGES_KEY
 from difflab.cli import main
 from difflab.config import config_to_dict
 from difflab.errors import DifflabError
@@ -27,7 +28,11 @@ def tiny_autoencoder(seed: int = 0, latent_scale: float = 1.5) -> PerceptualAuto
 
 
 def save_autoencoder(model: PerceptualAutoencoder, path: Path) -> Path:
-    meta = {"kind": AUTOENCODER_KIND, "model": config_to_dict(model.config)}
+    meta = {
+        "kind": AUTOENCODER_KIND,
+        "model": config_to_dict(model.config),
+        LATENT_SCALE_IMAGES_KEY: 40,  # as if measured on 40 images
+    }
     return save_checkpoint(path, with_prefix(model.state_dict(), "model"), meta)
 
 
@@ -141,3 +146,18 @@ def test_an_autoencoder_of_another_image_size_is_one_sentence(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "takes 1×16×16 images but the data are 1×8×8" in err
     assert not out.exists()
+
+
+def test_a_dit_trains_on_the_same_latents(latent_run, tmp_path):
+    """The DiT paper's own setting: the transformer on autoencoder latents, nothing else changed."""
+    autoencoder, _ = latent_run
+    out = tmp_path / "dit"
+    code = main(
+        ["train", str(CONFIGS / "digits_tiny.yaml"), f"autoencoder={autoencoder}",
+         "model.preset=dit-tiny", "model.patch_size=2", f"train.out_dir={out}", "train.steps=2",
+         "train.batch_size=8", "train.sample_every=2", "train.checkpoint_every=2", "data.limit=40"]
+    )  # fmt: skip
+    assert code == 0
+    pipe = load_pipeline(out / "model.safetensors")
+    assert pipe.description.arch == "dit" and pipe.description.sample_shape == (2, 4, 4)
+    assert pipe.generate(2, steps=2).shape == (2, 1, 8, 8)
