@@ -13,7 +13,7 @@ EMOJI_LIST := /usr/share/unicode/emoji/emoji-test.txt
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick
+.PHONY: install demo test lint bench bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion
 
 install: $(STAMP)
 
@@ -87,6 +87,11 @@ bench-lpips: install
 # 1.5 h at the default n on 2 idle cores; --plan-only, --n, --time-budget-min: see the script).
 bench-ddim: install
 	$(PY) benchmarks/ddim_tables.py
+
+# DDIM inversion with eps at the source or the destination timestep, on the shipped model
+# (50 test digits, S = 10 ... 200: about 25 min on one thread).
+bench-inversion: install
+	$(PY) benchmarks/ddim_inversion.py --steps 10 20 50 100 200 --threads 1
 
 # "Diffusion Models Beat GANs" Table 4 in shape on MNIST (classifier scales s for the unconditional
 # and the conditional model) plus a classifier-free guidance sweep, with weights/mnist_ddim,
