@@ -122,7 +122,7 @@ class ModelDescription:
         """
         config = net.config
         shape = (int(config.in_channels), int(config.image_size), int(config.image_size))
-        num_classes = int(getattr(config, "num_classes", 0))
+        num_classes = int(config.num_classes)
         return cls(
             arch=type(net).__name__.lower(),
             config=config,
