@@ -96,6 +96,48 @@ def parse_labels(text: str | None, n: int, num_classes: int) -> torch.Tensor | N
     return torch.tensor(values).repeat(n // len(values) + 1)[:n]
 
 
+def add_caption_argument(parser: argparse.ArgumentParser) -> None:
+    """``--caption TEXT``, repeatable: the captions of a model trained on captions."""
+    parser.add_argument(
+        "--caption",
+        dest="captions",
+        action="append",
+        default=None,
+        metavar="TEXT",
+        help="caption for every image of a model trained on captions; give it several times to "
+        "cycle captions over the images ('' = no caption, unconditional)",
+    )
+
+
+def parse_captions(captions: list[str] | None, n: int) -> list[str] | None:
+    """The ``--caption`` values cycled to ``n`` captions (None when none was given)."""
+    if not captions:
+        return None
+    return [captions[i % len(captions)] for i in range(n)]
+
+
+def caption_warnings(pipeline: DiffusionPipeline, captions: list[str]) -> list[str]:
+    """Lines that tell of caption words the model never saw and of captions cut short."""
+    encoder = pipeline.text_encoder
+    if encoder is None:
+        return []
+    tokenizer = encoder.tokenizer
+    lines = []
+    unknown = tokenizer.unknown_words(captions)
+    if unknown:
+        lines.append(
+            f"warning: {len(unknown)} caption word(s) are not in the model's vocabulary of "
+            f"{len(tokenizer.words)} words and are read as unknown: {', '.join(unknown)}"
+        )
+    cut = tokenizer.truncated(set(captions))
+    if cut:
+        lines.append(
+            f"warning: {cut} caption(s) have more than {tokenizer.max_length} words; the model "
+            "reads only the first ones"
+        )
+    return lines
+
+
 def add_guidance_arguments(parser: argparse.ArgumentParser) -> None:
     """``--classifier CKPT --classifier-scale S`` and ``--guidance-scale W``."""
     parser.add_argument(

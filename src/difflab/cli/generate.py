@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import torch
 
 from difflab.autoencoders import PRIOR_KIND
 from difflab.cli.common import (
+    add_caption_argument,
     add_device_argument,
     add_guidance_arguments,
     add_sampling_arguments,
+    caption_warnings,
     guidance_from_args,
+    parse_captions,
     parse_labels,
 )
 from difflab.data import load_dataset
@@ -25,7 +29,7 @@ from difflab.io.device import select_device
 from difflab.io.images import save_grid, save_images
 from difflab.io.process_group import Distributed, process_group, rank_seed
 from difflab.io.weights import resolve_checkpoint
-from difflab.pipelines import load_pipeline
+from difflab.pipelines import DiffusionPipeline, load_pipeline
 from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
 
 
@@ -48,6 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="comma-separated labels (cycled), or 'all' (one row per class)",
     )
+    add_caption_argument(sample)
     add_guidance_arguments(sample)
     sample.add_argument(
         "--temperature",
@@ -144,6 +149,7 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
     num_classes = pipeline.target_classes(guidance)
     labels = parse_labels(label_text, args.n, num_classes)
     total = args.n if labels is None else len(labels)  # --labels all fills whole rows
+    captions = checked_captions(args, pipeline, total, group.is_main)
     part = group.portion(total)
     count = part.stop - part.start  # 0 on the last ranks when there are fewer images than ranks
     start = time.perf_counter()
@@ -151,6 +157,9 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
     if labels is not None:
         mine = labels[part] if count else labels[:1]  # a rank with no share draws one, unused
         cond = Conditioning(labels=mine)
+    if captions is not None:
+        texts = captions[part] if count else captions[:1]
+        cond = pipeline.caption_conditioning(texts, None if cond is None else cond.labels)
     images = pipeline.generate(
         max(count, 1),
         cond,
@@ -176,6 +185,30 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
     return 0
 
 
+def checked_captions(
+    args: argparse.Namespace, pipeline: DiffusionPipeline, total: int, report: bool
+) -> list[str] | None:
+    """The ``--caption`` values cycled to ``total``; refused for a model without a caption
+    encoder, required by one with; unknown and cut words are reported (when ``report``)."""
+    captions = parse_captions(args.captions, total)
+    if captions is None:
+        if pipeline.text_encoder is not None:
+            raise DifflabError(
+                f"{args.checkpoint} is conditioned on captions; give --caption TEXT (--caption '' "
+                "for unconditional samples)."
+            )
+        return None
+    if pipeline.text_encoder is None:
+        raise DifflabError(
+            f"{args.checkpoint} was not trained on captions (it has no caption encoder); drop "
+            "--caption."
+        )
+    if report:
+        for line in caption_warnings(pipeline, captions):
+            print(line, file=sys.stderr)
+    return captions
+
+
 def _sample_vqvae_prior(args: argparse.Namespace, out: Path) -> int:
     """``difflab sample`` of a VQ-VAE prior checkpoint: codes from the prior, decoded by the VQ-VAE."""
     diffusion_only = {
@@ -183,6 +216,7 @@ def _sample_vqvae_prior(args: argparse.Namespace, out: Path) -> int:
         "--classifier-scale": args.classifier_scale,
         "--guidance-scale": args.guidance_scale,
         "--dynamic-threshold": args.dynamic_threshold,
+        "--caption": args.captions,
     }
     given = [flag for flag, value in diffusion_only.items() if value is not None]
     if given:

@@ -9,16 +9,34 @@ from difflab.models.registry import (
     config_from_dict,
     model_config,
 )
+from difflab.models.text import (
+    CaptionEncoder,
+    TextEncoderConfig,
+    WordTokenizer,
+    attach_caption_encoder,
+    build_caption_encoder,
+    caption_encoder_from_meta,
+    caption_encoder_meta,
+    caption_encoder_of,
+)
 from difflab.models.unet import UNet, UNetConfig
 
 __all__ = [
     "ARCHITECTURES",
     "PRESETS",
+    "CaptionEncoder",
     "DiT",
     "DiTConfig",
+    "TextEncoderConfig",
     "UNet",
     "UNetConfig",
+    "WordTokenizer",
+    "attach_caption_encoder",
+    "build_caption_encoder",
     "build_model",
+    "caption_encoder_from_meta",
+    "caption_encoder_meta",
+    "caption_encoder_of",
     "config_from_dict",
     "count_flops",
     "forward_flops",

@@ -15,7 +15,7 @@ then x0 thresholding, then classifier guidance) and the sampler taken from the r
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ import torch
 from difflab.diffusion import Conditioning, Denoiser, NoiseSchedule, timestep_sequence
 from difflab.errors import DifflabError
 from difflab.models.classifier import NoisyClassifier, check_classifier_fits
+from difflab.models.text import CaptionEncoder, caption_encoder_of
 from difflab.pipelines.description import ModelDescription
 from difflab.samplers import (
     Guidance,
@@ -116,6 +117,30 @@ class DiffusionPipeline:
         """The dtype of x_t during sampling."""
         return torch.float64 if self.precision == "fp64" else torch.float32
 
+    @property
+    def text_encoder(self) -> CaptionEncoder | None:
+        """The learned caption encoder of a model trained on captions (else None)."""
+        return caption_encoder_of(self.net)
+
+    @torch.no_grad()
+    def caption_conditioning(
+        self, captions: Sequence[str], labels: torch.Tensor | None = None
+    ) -> Conditioning:
+        """The Conditioning of one caption per sample (tokens (B, L, D) and their mask), plus
+        ``labels`` (B,) for a model that is also class-conditional. Unknown words become the
+        unknown token (``self.text_encoder.tokenizer.unknown_words`` lists them); an empty caption
+        is the unconditional "no caption"."""
+        encoder = self.text_encoder
+        if encoder is None:
+            raise DifflabError(
+                "this model has no caption encoder (it was not trained on captions); condition "
+                "it with labels, or with nothing."
+            )
+        if isinstance(captions, str):
+            raise DifflabError("give a list of captions, one per sample, not one string.")
+        tokens, mask = encoder.encode(list(captions))
+        return Conditioning(labels=labels, tokens=tokens, token_mask=mask)
+
     def target_classes(self, guidance: Guidance | None) -> int:
         """How many classes a run can ask for: the model's own when it is class-conditional,
         else those of the guiding classifier (0: no labels)."""
@@ -160,6 +185,11 @@ class DiffusionPipeline:
             raise DifflabError("this model is unconditional; drop --label/--labels.")
         if labels is not None and self.num_classes and not _within(labels, self.num_classes):
             raise DifflabError(f"labels must lie in 0..{self.num_classes - 1} for this model.")
+        if self.text_encoder is not None and cond.tokens is None:
+            raise DifflabError(
+                "this model is conditioned on captions; pass pipe.caption_conditioning(captions) "
+                "(difflab sample: --caption TEXT; an empty caption samples unconditionally)."
+            )
 
     def _check_guidance(self, cond: Conditioning, guidance: Guidance) -> None:
         if guidance.guidance_scale is not None:

@@ -11,7 +11,7 @@ from difflab.diffusion import NoiseSchedule
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
 from difflab.io.weights import resolve_checkpoint
-from difflab.models import build_model
+from difflab.models import attach_caption_encoder, build_model, caption_encoder_from_meta
 from difflab.models.classifier import (
     CLASSIFIER_ARCH,
     CLASSIFIER_KIND,
@@ -39,12 +39,20 @@ def load_pipeline(
 ) -> DiffusionPipeline:
     """Load a ``kind: diffusion`` checkpoint: a path, or a shipped name such as ``"mnist_ddim"``.
 
-    The EMA weights are used when the file holds them (a training state), else the model's.
+    The EMA weights are used when the file holds them (a training state), else the model's. A
+    model trained on captions gets its caption encoder back (``pipe.text_encoder``), rebuilt from
+    the vocabulary and settings in the checkpoint's JSON, its weights under ``text_encoder.``.
     """
     path = resolve_checkpoint(checkpoint)
     tensors, meta = load_checkpoint(path, kind="diffusion")
     arch, config = ModelDescription.architecture(meta, path)
     net = build_model(arch, config)
+    if "text_encoder" in meta:
+        encoder = caption_encoder_from_meta(meta["text_encoder"], str(path))
+        try:
+            attach_caption_encoder(net, encoder)
+        except DifflabError as error:
+            raise DifflabError(f"{path}: {error}") from None
     description = ModelDescription.from_meta(meta, path, net.conditioning_fields)
     weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
     load_weights_strict(net, weights, path)

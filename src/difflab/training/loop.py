@@ -4,6 +4,12 @@ AdamW with linear warm-up, EMA weights, gradient clipping and accumulation, opti
 autocast, periodic PNG grids and JSONL metrics, and atomic checkpoints from which ``resume=True``
 continues bit for bit (model, EMA, optimizer, step, data order and RNG state). Under torchrun
 the same loop trains data-parallel (:mod:`difflab.io.process_group`, :mod:`difflab.training.distributed`).
+
+A U-Net with ``context_dim > 0`` is trained on captions (Latent Diffusion's cross-attention
+conditioning): a learned caption encoder τ_θ (:mod:`difflab.models.text`, settings in
+``model.text_encoder``) is built from the training captions' words, attached to the network and
+optimised, averaged and saved with it; each batch's captions become the Conditioning's tokens,
+dropped with probability ``train.label_dropout`` (with the labels) for classifier-free guidance.
 """
 
 from __future__ import annotations
@@ -24,9 +30,18 @@ from difflab.diffusion import (
     draw_noise,
 )
 from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.images import save_grid
 from difflab.io.process_group import SINGLE, Distributed
-from difflab.models import build_model, model_config
+from difflab.models import (
+    TextEncoderConfig,
+    attach_caption_encoder,
+    build_caption_encoder,
+    build_model,
+    caption_encoder_meta,
+    caption_encoder_of,
+    model_config,
+)
 from difflab.pipelines import DiffusionPipeline, ModelDescription
 from difflab.pipelines.latent import LatentStage, open_latent_stage
 from difflab.training.data_order import BatchStream
@@ -67,6 +82,7 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
         latent_stage = open_latent_stage(config.autoencoder)
         dataset = latent_dataset(dataset, latent_stage, config)
     preset, model_values = config.model_preset("unet-mnist")
+    encoder_values = model_values.pop("text_encoder", None)
     model_values.setdefault("image_size", dataset.image_size)
     model_values.setdefault("in_channels", dataset.channels)
     model_values.setdefault("out_channels", dataset.channels)
@@ -75,10 +91,14 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
         raise DifflabError(
             f"model.num_classes is {net_config.num_classes} but dataset {dataset.name!r} has no labels; set model.num_classes=0."
         )
+    captions = training_captions(dataset, net_config, encoder_values)
     train = config.train
     check_train_config(train, net_config)
     torch.manual_seed(train.seed)
     net = build_model(arch, net_config)
+    if captions is not None:
+        encoder_config, texts = captions
+        attach_caption_encoder(net, build_caption_encoder(encoder_config, texts))
     return TrainingRun(
         config=config,
         dataset=dataset,
@@ -105,7 +125,58 @@ def latent_dataset(dataset: Any, stage: LatentStage, config: ExperimentConfig) -
         )
     key = {"autoencoder": stage.sha256, "data": config_to_dict(config.data), "split": "train"}
     latents, _ = cached_latents(stage.autoencoder, dataset.images, len(dataset), key)
-    return ImageDataset(dataset.name, latents, dataset.labels.clone(), dataset.class_names)
+    labels = dataset.labels.clone()
+    return ImageDataset(dataset.name, latents, labels, dataset.class_names, dataset.captions)
+
+
+def training_captions(
+    dataset: Any, net_config: Any, encoder_values: Any
+) -> tuple[TextEncoderConfig, tuple[str, ...]] | None:
+    """The caption encoder's settings and one caption per training image, for a network that
+    cross-attends to tokens (``context_dim > 0``); None for any other network.
+
+    Captions are the dataset's own, or each image's class name with
+    ``model.text_encoder.captions: class_names``.
+    """
+    context_dim = getattr(net_config, "context_dim", 0)
+    if not context_dim:
+        if encoder_values is not None:
+            raise DifflabError(
+                "model.text_encoder needs a network that cross-attends to tokens; set "
+                "model.context_dim > 0 (e.g. preset unet-tiny-text) or drop model.text_encoder."
+            )
+        return None
+    values = dict(encoder_values or {})
+    if values.setdefault("dim", context_dim) != context_dim:
+        raise DifflabError(
+            f"model.text_encoder.dim is {values['dim']} but the tokens must have the U-Net's "
+            f"width model.context_dim={context_dim}; drop model.text_encoder.dim."
+        )
+    config = TextEncoderConfig.from_dict(values, "model.text_encoder")
+    if config.captions == "class_names":
+        if not dataset.class_names:
+            raise DifflabError(
+                f"model.text_encoder.captions is class_names but dataset {dataset.name!r} has no "
+                "classes; use a labelled dataset or captions: dataset."
+            )
+        return config, tuple(dataset.class_names[int(label)] for label in dataset.labels)
+    if not dataset.captions:
+        raise DifflabError(
+            f"model.context_dim is {context_dim}, so the U-Net reads caption tokens, but dataset "
+            f"{dataset.name!r} has no captions; train on a captioned dataset (emoji), set "
+            "model.text_encoder.captions=class_names, or set model.context_dim=0."
+        )
+    return config, tuple(dataset.captions)
+
+
+def caption_texts(run: TrainingRun, index: torch.Tensor) -> list[str]:
+    """The training captions of the dataset items ``index`` (k,)."""
+    encoder = caption_encoder_of(run.net)
+    assert encoder is not None
+    if encoder.config.captions == "class_names":
+        names = run.dataset.class_names
+        return [names[int(run.dataset.labels[i])] for i in index]
+    return [run.dataset.captions[int(i)] for i in index]
 
 
 def build_schedule(diffusion: DiffusionConfig) -> NoiseSchedule:
@@ -137,9 +208,10 @@ def check_train_config(train: Any, net_config: Any) -> None:
             raise DifflabError(f"train.{name} must be at least 1, got {getattr(train, name)}.")
     if not 0 <= train.label_dropout < 1:
         raise DifflabError(f"train.label_dropout must lie in [0, 1), got {train.label_dropout}.")
-    if train.label_dropout > 0 and not net_config.num_classes:
+    if train.label_dropout > 0 and not conditional(net_config):
         raise DifflabError(
-            "train.label_dropout needs a class-conditional model; set model.num_classes."
+            "train.label_dropout needs a class- or caption-conditional model; set "
+            "model.num_classes or model.context_dim."
         )
     if not 0 <= train.ema_decay < 1:
         raise DifflabError(f"train.ema_decay must lie in [0, 1), got {train.ema_decay}.")
@@ -147,11 +219,19 @@ def check_train_config(train: Any, net_config: Any) -> None:
         raise DifflabError(f"train.skip_nonfinite must be 0 or more, got {train.skip_nonfinite}.")
 
 
+def conditional(net_config: Any) -> bool:
+    """Whether a network reads labels or caption tokens (what label dropout drops)."""
+    return bool(net_config.num_classes or getattr(net_config, "context_dim", 0))
+
+
 def model_meta(run: TrainingRun) -> dict[str, Any]:
     """The JSON that describes the model of a run (stored in every checkpoint it writes)."""
     meta = run_meta(run, "diffusion", run.arch)
     if run.latent_stage is not None:
         meta["autoencoder"] = run.latent_stage.meta()
+    encoder = caption_encoder_of(run.net)
+    if encoder is not None:
+        meta["text_encoder"] = caption_encoder_meta(encoder)
     return meta
 
 
@@ -161,6 +241,12 @@ def save_training_state(run: TrainingRun, out_dir: Path) -> None:
 
 
 def restore_training_state(run: TrainingRun, path: Path) -> None:
+    mine = model_meta(run).get("text_encoder")
+    if load_checkpoint_meta(path, kind="diffusion").get("text_encoder") != mine:
+        raise DifflabError(
+            f"{path} was trained with another caption encoder (settings or vocabulary) than "
+            "this config and data give; resume with the same ones or use a new train.out_dir."
+        )
     stored = restore_run_state(run, path, "diffusion", model_meta(run))
     mine = None if run.latent_stage is None else run.latent_stage.sha256
     if stored.get("autoencoder", {}).get("sha256") != mine:
@@ -175,10 +261,15 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
     part = run.group.shard(len(index))
     x0 = run.dataset.images[index[part]].to(run.device)  # (B / world, C, H, W)
     cond = Conditioning()
-    if run.net.config.num_classes:
+    if conditional(run.net.config):
         drop = torch.rand(index.shape, generator=run.generator) < run.config.train.label_dropout
-        labels = run.dataset.labels[index]  # (B,)
-        cond = Conditioning(labels=labels[part]).drop(drop[part]).to(run.device)
+        labels = run.dataset.labels[index[part]] if run.net.config.num_classes else None
+        tokens = mask = None
+        encoder = caption_encoder_of(run.net)  # inside the data-parallel module: grads all-reduce
+        if encoder is not None:
+            tokens, mask = encoder.encode(caption_texts(run, index[part]))  # (b, L, D), (b, L)
+        cond = Conditioning(labels=labels, tokens=tokens, token_mask=mask)
+        cond = cond.drop(drop[part]).to(run.device)
     shape = (len(index), *run.dataset.images.shape[1:])
     t, eps = draw_noise(run.schedule, shape, run.generator)  # (B,), (B, C, H, W)
     noise = (t[part], eps[part])
@@ -195,6 +286,10 @@ def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
     cond = None
     if description.num_classes:
         cond = Conditioning(labels=torch.arange(count) % description.num_classes)
+    if pipeline.text_encoder is not None:  # one row per caption of the first dataset items
+        rows = torch.arange(count) // int(math.sqrt(count)) % len(run.dataset)
+        labels = run.dataset.labels[rows] if description.num_classes else None
+        cond = pipeline.caption_conditioning(caption_texts(run, rows), labels=labels)
     steps = min(run.config.train.sample_steps, run.schedule.num_timesteps)
     images = pipeline.generate(count, cond, seed=SAMPLE_SEED, steps=steps)
     save_grid(images, path, nrow=int(math.sqrt(count)))
