@@ -13,6 +13,7 @@ import torch
 
 from difflab.cli import main
 from difflab.config import load_config
+from difflab.data import ImageDataset
 from difflab.data import emoji as emoji_module
 from difflab.data.emoji import EMOJI_FONT, EMOJI_TEST
 from difflab.diffusion import Conditioning
@@ -23,6 +24,7 @@ from difflab.pipelines import load_pipeline
 from difflab.samplers import Guidance
 from difflab.training import loop, train
 from difflab.training.state import STATE_FILE
+from tests.training.test_latent_diffusion import save_autoencoder, tiny_autoencoder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TEXT_CONFIG = CONFIGS / "text_digits_tiny.yaml"
@@ -205,3 +207,22 @@ def test_emoji_captions_train_the_encoder(tmp_path, monkeypatch):
     pipe = load_pipeline(path)
     images = pipe.generate(2, pipe.caption_conditioning(["dog face", "red apple"]), steps=2)
     assert images.shape == (2, 3, 8, 8)
+
+
+def test_a_latent_text_model_trains_and_samples_through_the_decoder(tmp_path, capsys):
+    autoencoder = save_autoencoder(tiny_autoencoder(), tmp_path / "ae.safetensors")
+    path = train(text_config(tmp_path / "run", f"autoencoder={autoencoder}"), progress=False)
+    out = tmp_path / "grid.png"
+    code, _, stderr = run_cli(
+        ["sample", str(path), "--caption", "3", "--n", "2", "--steps", "2", "--guidance-scale",
+         "2", "--device", "cpu", "--out", str(out)],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert load_pipeline(path).caption_conditioning(["3"]).tokens.shape == (1, 4, 16)
+    # the latent training set keeps the captions of the images it encodes
+    run = loop.build_run(text_config(tmp_path / "again", f"autoencoder={autoencoder}"))
+    images = torch.zeros(3, 1, 8, 8)
+    captioned = ImageDataset("toy", images, torch.zeros(3, dtype=torch.int64), (), ("a", "b", "c"))
+    latents = loop.latent_dataset(captioned, run.latent_stage, run.config)
+    assert latents.captions == ("a", "b", "c") and latents.images.shape == (3, 2, 4, 4)
