@@ -24,25 +24,28 @@ from difflab.pipelines import load_pipeline
 from difflab.samplers import Guidance
 from difflab.training import loop, train
 from difflab.training.state import STATE_FILE
+from tests.helpers import torchrun
 from tests.training.test_latent_diffusion import save_autoencoder, tiny_autoencoder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TEXT_CONFIG = CONFIGS / "text_digits_tiny.yaml"
 
 
+def text_args(out_dir: Path, *extra: str) -> list[str]:
+    """Overrides that shorten configs/text_digits_tiny.yaml to a few steps of 8 images."""
+    return [
+        f"train.out_dir={out_dir}",
+        "train.steps=3",
+        "train.batch_size=8",
+        "train.sample_steps=2",
+        "train.log_every=1",
+        *extra,
+    ]
+
+
 def text_config(out_dir: Path, *extra: str):
     """configs/text_digits_tiny.yaml shortened to a few steps of 8 images."""
-    return load_config(
-        TEXT_CONFIG,
-        [
-            f"train.out_dir={out_dir}",
-            "train.steps=3",
-            "train.batch_size=8",
-            "train.sample_steps=2",
-            "train.log_every=1",
-            *extra,
-        ],
-    )
+    return load_config(TEXT_CONFIG, text_args(out_dir, *extra))
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
@@ -226,3 +229,19 @@ def test_a_latent_text_model_trains_and_samples_through_the_decoder(tmp_path, ca
     captioned = ImageDataset("toy", images, torch.zeros(3, dtype=torch.int64), (), ("a", "b", "c"))
     latents = loop.latent_dataset(captioned, run.latent_stage, run.config)
     assert latents.captions == ("a", "b", "c") and latents.images.shape == (3, 2, 4, 4)
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_encoder_as_one_process_does(tmp_path):
+    """The encoder runs outside the data-parallel forward; its gradients must still be averaged."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ["train.steps=2", "train.batch_size=16", "train.label_dropout=0.2"]
+    train(text_config(one, *extra), progress=False)
+    result = torchrun(2, "train", "--quiet", str(TEXT_CONFIG), *text_args(two, *extra))
+    assert result.returncode == 0, result.stderr
+    a, b = (load_checkpoint(d / STATE_FILE)[0] for d in (one, two))
+    for prefix in ("model.text_encoder.", "ema.text_encoder."):
+        keys = sorted(k for k in a if k.startswith(prefix))
+        assert keys == sorted(k for k in b if k.startswith(prefix)) and keys
+        for key in keys:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
