@@ -117,6 +117,15 @@ def test_invert_interpolate_and_info(tiny_checkpoint, tmp_path, capsys):
     )
     assert code == 0, err
     assert "reconstruction MSE" in stdout
+    errors = {}  # the shipped model, where the two conventions measurably differ
+    for eps_at in ("source", "destination"):
+        argv = ["invert", "mnist_ddim", "--data", "mnist", "--n", "2", "--steps", "5"]
+        code, stdout, err = run_cli(
+            [*argv, "--eps-at", eps_at, "--out", str(tmp_path / "inv_m.png")], capsys
+        )
+        assert code == 0, err
+        errors[eps_at] = float(stdout.split("reconstruction MSE ")[1].split(";")[0])
+    assert errors["source"] != errors["destination"]
     code, _, err = run_cli(
         [
             "interpolate",

@@ -31,6 +31,7 @@ from difflab.io.process_group import Distributed, process_group, rank_seed
 from difflab.io.weights import resolve_checkpoint
 from difflab.pipelines import DiffusionPipeline, load_pipeline
 from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
+from difflab.samplers.ddim import EPS_AT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,6 +80,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     invert.add_argument("--data", default="mnist", help="dataset name or image folder")
     invert.add_argument("--data-dir", default=None)
     invert.add_argument("--n", type=int, default=8)
+    invert.add_argument(
+        "--eps-at",
+        choices=EPS_AT,
+        default="source",
+        help="evaluate eps at the level an inverse step starts from (source, the default) or ends "
+        "at (destination, as diffusers' DDIMInverseScheduler; better at very few steps)",
+    )
     invert.add_argument(
         "--out", default="outputs/inversion.png", help="grid: originals, noises, reconstructions"
     )
@@ -255,7 +263,7 @@ def run_invert(args: argparse.Namespace) -> int:
     )
     x0 = dataset.images.to(pipeline.device)  # (n, C, H, W)
     cond = Conditioning(labels=dataset.labels) if pipeline.num_classes else None
-    x_T = pipeline.invert(x0, args.steps, args.spacing, cond)
+    x_T = pipeline.invert(x0, args.steps, args.spacing, cond, eps_at=args.eps_at)
     recon = pipeline.reconstruct(x_T, args.steps, args.spacing, cond)
     mse = torch.mean((recon - x0) ** 2).item()
     save_grid(torch.cat([x0, x_T.clamp(-3, 3) / 3, recon]), out, nrow=len(x0))
