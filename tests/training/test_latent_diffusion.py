@@ -161,3 +161,25 @@ def test_a_dit_trains_on_the_same_latents(latent_run, tmp_path):
     pipe = load_pipeline(out / "model.safetensors")
     assert pipe.description.arch == "dit" and pipe.description.sample_shape == (2, 4, 4)
     assert pipe.generate(2, steps=2).shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("given", ["folder", "missing", "diffusion checkpoint"])
+def test_a_wrong_autoencoder_path_is_one_sentence(tmp_path, capsys, given):
+    path = {
+        "folder": tmp_path,
+        "missing": tmp_path / "nothing.safetensors",
+        "diffusion checkpoint": CONFIGS.parent / "weights" / "mnist_ddim.safetensors",
+    }[given]
+    out = tmp_path / "run"
+    code = main(
+        ["train", str(CONFIGS / "digits_tiny.yaml"), f"autoencoder={path}", f"train.out_dir={out}"]
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in lines[0]
+    message = {
+        "folder": "is a folder",
+        "missing": "does not exist",
+        "diffusion checkpoint": "'autoencoder'",
+    }
+    assert message[given] in lines[0]
+    assert not out.exists()

@@ -51,9 +51,10 @@ def open_latent_stage(path: str | Path) -> LatentStage:
     """Load the autoencoder at ``path`` (a ``kind: autoencoder`` checkpoint) with its SHA-256."""
     path = Path(path).expanduser()
     if not path.is_file():
+        what = "is a folder, not a checkpoint file" if path.is_dir() else "does not exist"
         raise DifflabError(
-            f"the autoencoder {path} does not exist; train one (configs/ae_emoji_f4.yaml) or fix "
-            "the 'autoencoder:' path."
+            f"the autoencoder {path} {what}; give the model.safetensors of a `kind: autoencoder` "
+            "run (e.g. configs/ae_emoji_f4.yaml) as 'autoencoder:'."
         )
     return LatentStage(load_autoencoder(path), path, file_digest(path))
 
