@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from difflab.data import load_dataset
 from difflab.metrics import LPIPS
 from difflab.metrics.features import build_feature_extractor, extract_features
 from difflab.metrics.frechet import FeatureStats
+from difflab.pipelines import evaluate_pipeline, load_pipeline
 from difflab.training.autoencoder_loop import autoencoder_stats, reconstruct, train_autoencoder
 
 NAME = "ldm_table"
@@ -187,6 +189,92 @@ def evaluate_variant(
     return row
 
 
+# ----------------------------------------------------------------------------- pixel vs latent
+
+LATENT_RUNS: dict[str, int] = {"ldm-f1": 1, "ldm-f2": 2, "ldm-f4": 4}  # name -> f (1: pixels)
+DIFFUSION_CONFIG = bench.REPO / "configs" / "digits_tiny.yaml"
+
+
+def diffusion_overrides(
+    name: str, args: argparse.Namespace, out_dir: Path, steps: int
+) -> list[str]:
+    """The same U-Net recipe (unet-mnist sizes, T = 1000) on pixels or on a part-1 latent."""
+    f = LATENT_RUNS[name]
+    values = [
+        "data.name=emoji",
+        f"data.image_size={args.image_size}",
+        "model.preset=unet-mnist",
+        "diffusion.num_timesteps=1000",
+        f"train.steps={steps}",
+        f"train.batch_size={args.diffusion_batch_size}",
+        "train.lr=0.0005",
+        f"train.log_every={min(5, steps)}",
+        "train.sample_every=100000",
+        f"train.checkpoint_every={max(steps, 1)}",
+        f"train.out_dir={out_dir}",
+    ]
+    if f > 1:
+        values.append(f"autoencoder={run_dir(f'f{f}', args, out_dir.parent) / 'model.safetensors'}")
+    if args.quick:
+        values.append("data.limit=8")
+    return values
+
+
+def last_rate(out_dir: Path) -> float:
+    """Training images per second in the last logged interval of a run's metrics.jsonl."""
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return float(json.loads(lines[-1])["images_per_s"])
+
+
+def train_latent_run(name: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
+    """Train ``name`` for ``--budget-min`` of wall clock (its steps from a short timed probe)."""
+    from difflab.training.loop import train as train_diffusion
+
+    out_dir = root / f"{name}-{args.image_size}px-{args.budget_min:g}min"
+    timing = out_dir / "bench_train_seconds.json"
+    if LATENT_RUNS[name] > 1:  # its autoencoder (part 1's run, trained here when missing)
+        train_variant(f"f{LATENT_RUNS[name]}", args, root)
+    if not (out_dir / "model.safetensors").exists():
+        probe = root / f"probe-{name}-{args.image_size}px"
+        shutil.rmtree(probe, ignore_errors=True)
+        probe_steps = 2 if args.quick else 15
+        config = load_config(DIFFUSION_CONFIG, diffusion_overrides(name, args, probe, probe_steps))
+        train_diffusion(config, progress=False)
+        rate = last_rate(probe)
+        steps = max(int(args.budget_min * 60 * rate / args.diffusion_batch_size), 2)
+        config = load_config(DIFFUSION_CONFIG, diffusion_overrides(name, args, out_dir, steps))
+        start = time.perf_counter()
+        train_diffusion(config, resume=(out_dir / "checkpoints").exists(), progress=not args.quick)
+        seconds = time.perf_counter() - start
+        timing.write_text(
+            json.dumps({"seconds": seconds, "steps": steps, "images_per_s": last_rate(out_dir)})
+        )
+    return {**json.loads(timing.read_text()), "path": str(out_dir / "model.safetensors")}
+
+
+def evaluate_latent_run(
+    name: str, trained: dict[str, Any], args: argparse.Namespace, reference: FeatureStats, vgg: Any
+) -> dict[str, Any]:
+    """FD-VGG16 of ``--n`` DDIM samples against the held-out emoji; seconds per sample."""
+    pipeline = load_pipeline(trained["path"])
+    result = evaluate_pipeline(
+        pipeline, args.n, steps=args.sample_steps, seed=0, features=vgg, reference=reference
+    )
+    row = {
+        "run": name,
+        "f": LATENT_RUNS[name],
+        "train_seconds": trained["seconds"],
+        "train_steps": trained["steps"],
+        "train_images_per_s": trained["images_per_s"],
+        "fd_vgg16": result["fd"],
+        "n": args.n,
+        "sample_steps": args.sample_steps,
+        "sample_seconds_per_image": result["sample_seconds"] / args.n,
+    }
+    print(f"{name}: FD-VGG16 {row['fd_vgg16']:.1f}, {row['sample_seconds_per_image']:.3f} s/image")
+    return row
+
+
 def goals_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's goals, each with its verdict and the numbers behind it."""
     by = {r["variant"]: r for r in rows}
@@ -217,33 +305,65 @@ def goals_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return goals
 
 
+def latent_goals_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """f = 4 against pixels: a lower FD at the same training time, and >= 4x faster sampling."""
+    by = {r["f"]: r for r in rows}
+    if 1 not in by or 4 not in by:
+        return {}
+    pixel, f4 = by[1], by[4]
+    speedup = pixel["sample_seconds_per_image"] / f4["sample_seconds_per_image"]
+    return {
+        "f4_lower_fd": {
+            "met": f4["fd_vgg16"] < pixel["fd_vgg16"],
+            "fd": [pixel["fd_vgg16"], f4["fd_vgg16"]],
+        },
+        "f4_sampling_4x": {"met": speedup >= 4, "speedup": speedup},
+    }
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Train (or reuse) every variant, then measure each on the held-out emoji."""
-    report: dict[str, Any] = {"machine": bench.machine_info(), "quick": args.quick}
-    names = bench.comma_list(args.variants)
+    """Train (or reuse) every run of the parts asked for, then measure each on the held-out
+    emoji; a part not asked for is carried over from the JSON already in ``--out-dir``."""
+    parts = bench.comma_list(args.parts)
+    previous = args.out_dir / f"{bench.stem_of(NAME, args.quick)}.json"
+    report: dict[str, Any] = bench.read_json(previous) if previous.is_file() else {}
+    report.update(machine=bench.machine_info(), quick=args.quick)
     settings = {k: getattr(args, k) for k in ("steps", "batch_size", "image_size", "base_channels")}
     report["settings"] = {**settings, "num_res_blocks": 1, "num_codes": NUM_CODES}
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) if args.quick else RUN_ROOT
-        training = {name: train_variant(name, args, root) for name in names}
         start = time.perf_counter()
         test = load_dataset(
             "emoji", split="test", image_size=args.image_size, limit=8 if args.quick else None
         ).images
-        lpips, vgg = LPIPS("alex").eval(), build_feature_extractor("vgg16").eval()
+        vgg = build_feature_extractor("vgg16").eval()
         with torch.inference_mode():
             reference = FeatureStats.from_features(
                 extract_features(vgg, test, batch_size=64), vgg.space.id, keep_features=0
             )
-        rows = []
-        for name in names:
-            row = evaluate_variant(name, args, root, test, reference, lpips, vgg)
-            row["train_seconds"] = training[name].get("seconds")
-            row["train_threads"] = training[name].get("threads")
-            rows.append(row)
-    report["held_out"] = {"dataset": "emoji", "split": "test", "n": len(test)}
-    report["autoencoders"] = rows
-    report["goals"] = goals_of(rows)
+        report["held_out"] = {"dataset": "emoji", "split": "test", "n": len(test)}
+        if "autoencoders" in parts:
+            names = bench.comma_list(args.variants)
+            training = {name: train_variant(name, args, root) for name in names}
+            lpips, rows = LPIPS("alex").eval(), []
+            for name in names:
+                row = evaluate_variant(name, args, root, test, reference, lpips, vgg)
+                row["train_seconds"] = training[name].get("seconds")
+                row["train_threads"] = training[name].get("threads")
+                rows.append(row)
+            report["autoencoders"] = rows
+            report["goals"] = goals_of(rows)
+        if "latent" in parts:
+            runs = bench.comma_list(args.latent_runs)
+            trained = {name: train_latent_run(name, args, root) for name in runs}
+            report["latent_settings"] = {
+                k: getattr(args, k)
+                for k in ("budget_min", "diffusion_batch_size", "n", "sample_steps")
+            }
+            report["pixel_vs_latent"] = [
+                evaluate_latent_run(name, trained[name], args, reference, vgg) for name in runs
+            ]
+            report["latent_goals"] = latent_goals_of(report["pixel_vs_latent"])
     report["eval_seconds"] = time.perf_counter() - start
     return report
 
@@ -318,10 +438,66 @@ def goals_markdown(goals: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def latent_markdown(report: dict[str, Any]) -> str:
+    """Pixel vs latent diffusion at the same training wall clock, and the issue's goals."""
+    s, rows = report["latent_settings"], report["pixel_vs_latent"]
+    table = [
+        [
+            "pixels" if r["f"] == 1 else f"latent f = {r['f']}",
+            r["f"],
+            f"{r['train_seconds'] / 60:.1f}",
+            r["train_steps"],
+            f"{r['train_images_per_s']:.1f}",
+            f"{r['fd_vgg16']:.1f}",
+            f"{r['sample_seconds_per_image']:.3f}",
+        ]
+        for r in rows
+    ]
+    goals = report.get("latent_goals") or {}
+    lines = []
+    if goals:
+        g = goals["f4_lower_fd"]
+        lines.append(
+            f"- f = 4 reaches a lower FD-VGG16 than pixels at the same training time: "
+            f"**{verdict(g)}** ({g['fd'][0]:.1f} pixels, {g['fd'][1]:.1f} f = 4)."
+        )
+        g = goals["f4_sampling_4x"]
+        lines.append(
+            f"- f = 4 samples >= 4x faster than pixels, decoder included: **{verdict(g)}** "
+            f"({g['speedup']:.1f}x)."
+        )
+    return bench.sections(
+        "## Pixel vs latent diffusion (same U-Net recipe, same training wall clock)",
+        "unet-mnist sizes (base_channels 32, channel_mult 1, 2, 2, one residual block per level; its "
+        "attention sits at 7x7, so none runs at these sizes), "
+        f"T = 1000 linear, batch {s['diffusion_batch_size']}, lr 5e-4, {s['budget_min']:g} min of "
+        "training each (steps = budget x the images/s of a 15-step probe), one thread; latents are "
+        f"those of the KL autoencoders above. FD-VGG16 of n = {s['n']} DDIM-{s['sample_steps']} "
+        "samples against the held-out emoji; seconds per sample include the decoder.",
+        bench.markdown_table(
+            ["space", "f", "train min", "steps", "train img/s", "FD-VGG16", "s / sample"], table
+        ),
+        "\n".join(lines),
+    )
+
+
+def autoencoders_markdown(rows: list[dict[str, Any]], vq_line: str) -> str:
+    """The reconstruction table and the autoencoder goals."""
+    return bench.sections(
+        "## Reconstruction (held-out emoji)",
+        bench.markdown_table(HEADER, autoencoder_rows(rows)),
+        "PSNR on [0, 1] pixels per image, then averaged; SSIM per image (scikit-image, RGB); "
+        "rFD-VGG16: FD-VGG16 of the reconstructions against the originals; encode/decode: one "
+        f"batch of {rows[0]['speed_batch']}, 1 thread. {vq_line}".strip(),
+        "## Goals (issue 14)",
+        goals_markdown(goals_of(rows)),
+    )
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The autoencoder table, the goals and the settings, from the JSON."""
     s, held = report["settings"], report["held_out"]
-    rows = report["autoencoders"]
+    rows = report.get("autoencoders") or []
     vq = [r for r in rows if "codebook_usage" in r]
     vq_line = "".join(
         f"{r['variant']}: {100 * r['codebook_usage']:.1f} % of the {s['num_codes']} codes in use, "
@@ -335,30 +511,36 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{s['batch_size']}, one thread each (two trainings side by side on the 2 cores). "
         f"Held-out: the {held['n']} {held['dataset']} {held['split']} images. A CPU-budget run, far "
         "from the paper's (hundreds of thousands of steps at 256 px) and from the issue's 64 px.",
-        "## Reconstruction (held-out emoji)",
-        bench.markdown_table(HEADER, autoencoder_rows(rows)),
-        "PSNR on [0, 1] pixels per image, then averaged; SSIM per image (scikit-image, RGB); "
-        "rFD-VGG16: FD-VGG16 of the reconstructions against the originals; encode/decode: one "
-        f"batch of {rows[0]['speed_batch']}, 1 thread. {vq_line}".strip(),
-        "## Goals (issue 14)",
-        goals_markdown(report["goals"]),
+        autoencoders_markdown(rows, vq_line) if rows else "",
+        latent_markdown(report) if report.get("pixel_vs_latent") else "",
         "" if report["quick"] else bench.machine_line(report["machine"]),
     )
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """PSNR, LPIPS-Alex and rFD-VGG16 of every autoencoder."""
-    rows = report["autoencoders"]
-    figure, axes = bench.pyplot().subplots(1, 3, figsize=(12, 3.5))
+    """PSNR, LPIPS-Alex and rFD-VGG16 of every autoencoder; FD-VGG16 of pixel vs latent."""
+    rows = report.get("autoencoders") or []
+    latent = report.get("pixel_vs_latent") or []
+    panels = [
+        ("psnr", "PSNR (dB), higher is better"),
+        ("lpips_alex", "LPIPS-Alex, lower is better"),
+        ("rfd_vgg16", "rFD-VGG16, lower is better"),
+    ]
+    count = (len(panels) if rows else 0) + (1 if latent else 0)
+    if not count:
+        return []
+    figure, axes = bench.pyplot().subplots(1, count, figsize=(4 * count, 3.5), squeeze=False)
+    axes = list(axes[0])
     names = [r["variant"] for r in rows]
-    for axis, key, label in (
-        (axes[0], "psnr", "PSNR (dB), higher is better"),
-        (axes[1], "lpips_alex", "LPIPS-Alex, lower is better"),
-        (axes[2], "rfd_vgg16", "rFD-VGG16, lower is better"),
-    ):
+    for axis, (key, label) in zip(axes, panels if rows else [], strict=False):
         axis.bar(range(len(rows)), [r[key] for r in rows], color="tab:blue")
         axis.set_xticks(range(len(rows)), names, rotation=20, fontsize=8)
         axis.set_title(label, fontsize=9)
+    if latent:
+        axis = axes[-1]
+        axis.bar(range(len(latent)), [r["fd_vgg16"] for r in latent], color="tab:orange")
+        axis.set_xticks(range(len(latent)), [f"f={r['f']}" for r in latent], fontsize=8)
+        axis.set_title("diffusion samples: FD-VGG16 (same training time)", fontsize=9)
     return [bench.save_figure(figure, out_dir / f"{bench.stem_of(NAME, report['quick'])}.png")]
 
 
@@ -371,16 +553,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma list of {tuple(VARIANTS)}"
     )
+    parser.add_argument("--parts", default="autoencoders,latent", help="autoencoders, latent")
+    parser.add_argument(
+        "--latent-runs", default=",".join(LATENT_RUNS), help=f"comma list of {tuple(LATENT_RUNS)}"
+    )
+    parser.add_argument(
+        "--budget-min", type=float, default=3.0, help="training minutes per diffusion run"
+    )
+    parser.add_argument("--diffusion-batch-size", type=int, default=32)
+    parser.add_argument("--n", type=int, default=200, help="samples per FD-VGG16")
+    parser.add_argument("--sample-steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--train-only", help="comma list of variants: train them, report nothing")
     args = bench.parse(parser, argv)
     if args.quick:
         args.steps, args.batch_size, args.image_size, args.base_channels = 2, 4, 32, 8
-    unknown = set(bench.comma_list(args.train_only or args.variants)) - set(VARIANTS)
+        args.budget_min, args.diffusion_batch_size, args.n, args.sample_steps = 0.01, 4, 4, 2
+    known = {*VARIANTS, *LATENT_RUNS}
+    unknown = set(bench.comma_list(args.train_only or args.variants)) - known
     if unknown:
-        parser.error(f"unknown variants {sorted(unknown)}; choose from {tuple(VARIANTS)}")
+        parser.error(f"unknown runs {sorted(unknown)}; choose from {tuple(known)}")
     if args.train_only:
         for name in bench.comma_list(args.train_only):
-            print(name, train_variant(name, args, RUN_ROOT), flush=True)
+            train_run = train_latent_run if name in LATENT_RUNS else train_variant
+            print(name, train_run(name, args, RUN_ROOT), flush=True)
         return 0
     return bench.publish(args, NAME, lambda: measure(args), render_markdown, figures)
 

@@ -1,8 +1,9 @@
 """``benchmarks/ldm_table.py --quick`` runs end to end and its report re-renders from the JSON.
 
 Two of the autoencoders (the VQ one and the one trained with the GAN switched on) cover every
-training and measuring path in seconds: 8 emoji of 32 px, 2 steps, base_channels 8. Runs in this
-process, like tests/benchmarks/test_quick_modes.py.
+autoencoder path in seconds: 8 emoji of 32 px, 2 steps, base_channels 8; the pixel-vs-latent part
+(a probe and a run per space, sampling, FD-VGG16) is the slow test. Runs in this process, like
+tests/benchmarks/test_quick_modes.py.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def ldm_table() -> ModuleType:
 
 def test_quick_mode_writes_json_markdown_and_plot(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    args = ["--quick", "--out-dir", str(tmp_path), "--variants", "f4-vq,f4-gan"]
+    args = ["--quick", "--out-dir", str(tmp_path), "--parts", "autoencoders"]
+    args += ["--variants", "f4-vq,f4-gan"]
     assert ldm_table().main(args) == 0
     report = json.loads((tmp_path / "ldm_table_quick.json").read_text())
     rows = {row["variant"]: row for row in report["autoencoders"]}
@@ -47,6 +49,22 @@ def test_quick_mode_writes_json_markdown_and_plot(tmp_path, monkeypatch):
     (tmp_path / "ldm_table_quick.md").unlink()
     assert ldm_table().main([*args, "--render-only"]) == 0
     assert (tmp_path / "ldm_table_quick.md").read_text() == markdown
+
+
+@pytest.mark.slow
+def test_quick_pixel_vs_latent(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    args = ["--quick", "--out-dir", str(tmp_path), "--parts", "latent"]
+    assert ldm_table().main([*args, "--latent-runs", "ldm-f1,ldm-f4"]) == 0
+    report = json.loads((tmp_path / "ldm_table_quick.json").read_text())
+    assert [row["f"] for row in report["pixel_vs_latent"]] == [1, 4]
+    for row in report["pixel_vs_latent"]:
+        assert row["fd_vgg16"] >= 0 and row["sample_seconds_per_image"] > 0
+        assert row["train_steps"] >= 2 and row["train_images_per_s"] > 0
+    assert set(report["latent_goals"]) == {"f4_lower_fd", "f4_sampling_4x"}
+    markdown = (tmp_path / "ldm_table_quick.md").read_text()
+    assert "## Pixel vs latent diffusion" in markdown and "| latent f = 4 | 4 |" in markdown
+    assert "## Reconstruction" not in markdown
 
 
 def test_committed_results_re_render_to_the_committed_markdown(tmp_path):
