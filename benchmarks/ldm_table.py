@@ -473,7 +473,9 @@ def latent_markdown(report: dict[str, Any]) -> str:
         f"T = 1000 linear, batch {s['diffusion_batch_size']}, lr 5e-4, {s['budget_min']:g} min of "
         "training each (steps = budget x the images/s of a 15-step probe), one thread; latents are "
         f"those of the KL autoencoders above. FD-VGG16 of n = {s['n']} DDIM-{s['sample_steps']} "
-        "samples against the held-out emoji; seconds per sample include the decoder.",
+        "samples against the held-out emoji; seconds per sample include the decoder. Train min is "
+        "the run's own wall clock: where the load changed between probe and run (another job "
+        "started or ended on the other core) a run got more or less than the budget.",
         bench.markdown_table(
             ["space", "f", "train min", "steps", "train img/s", "FD-VGG16", "s / sample"], table
         ),
