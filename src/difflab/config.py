@@ -56,7 +56,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     label_dropout: float = 0.0
-    bf16: bool = False
+    bf16: str | bool = False  # true, false or "auto" (on where bf16 is native: io.device)
     channels_last: bool = False
     compile: bool = False
     skip_nonfinite: int = 0
@@ -66,6 +66,10 @@ class TrainConfig:
     sample_steps: int = 50
     checkpoint_every: int = 1000
     out_dir: str = "runs/experiment"
+
+    def __post_init__(self) -> None:
+        if self.bf16 not in (True, False, "auto"):
+            raise DifflabError(f"train.bf16 must be true, false or auto, got {self.bf16!r}.")
 
 
 @dataclass
