@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -130,3 +130,11 @@ class NoiseSchedule:
         """
         alpha_bar = self.alpha_bar_at(t, x0)  # (B, 1, 1, 1)
         return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * eps
+
+
+def schedule_from_config(diffusion: Any) -> NoiseSchedule:
+    """The schedule a ``diffusion`` config section (:class:`~difflab.config.DiffusionConfig`)
+    describes: training builds it from the experiment, loading from a checkpoint's JSON."""
+    return NoiseSchedule.from_name(
+        diffusion.schedule, diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end
+    )

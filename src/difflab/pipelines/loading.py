@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
+from difflab.config import DiffusionConfig, dataclass_from_dict
 from difflab.diffusion import NoiseSchedule
+from difflab.diffusion.schedule import schedule_from_config
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
 from difflab.io.weights import resolve_checkpoint
@@ -26,12 +28,7 @@ from difflab.pipelines.latent import latent_stage_of
 
 def schedule_from_meta(diffusion: dict[str, Any]) -> NoiseSchedule:
     """The schedule a checkpoint's ``diffusion`` entry describes."""
-    return NoiseSchedule.from_name(
-        diffusion["schedule"],
-        diffusion["num_timesteps"],
-        diffusion.get("beta_start"),
-        diffusion.get("beta_end"),
-    )
+    return schedule_from_config(dataclass_from_dict(DiffusionConfig, diffusion, "diffusion"))
 
 
 def load_pipeline(
@@ -56,7 +53,7 @@ def load_pipeline(
     description = ModelDescription.from_meta(meta, path, net.conditioning_fields)
     weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
     load_weights_strict(net, weights, path)
-    schedule = schedule_from_meta(meta["diffusion"])
+    schedule = schedule_from_config(description.diffusion)  # parsed once, with the description
     autoencoder = None
     if "autoencoder" in meta:
         autoencoder = latent_stage_of(meta["autoencoder"], path).autoencoder.to(device)

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from difflab.config import ExperimentConfig
 from difflab.data import load_configured_split
 from difflab.diffusion import NoiseSchedule, draw_noise
+from difflab.diffusion.schedule import schedule_from_config
 from difflab.errors import DifflabError
 from difflab.io.atomic import atomic_path
 from difflab.io.process_group import SINGLE, Distributed
@@ -40,7 +41,7 @@ from difflab.models.classifier import (
 )
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
-from difflab.training.loop import build_optimizer, build_schedule, check_train_config
+from difflab.training.loop import build_optimizer, check_train_config
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
@@ -101,7 +102,7 @@ def build_classifier_run(config: ExperimentConfig) -> ClassifierRun:
         config=config,
         dataset=dataset,
         net=net,
-        schedule=build_schedule(config.diffusion),
+        schedule=schedule_from_config(config.diffusion),
         ema=EMA(net, train.ema_decay),
         optimizer=build_optimizer(net, train),
         stream=BatchStream(len(dataset), train.batch_size, train.seed),

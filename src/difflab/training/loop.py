@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from difflab.config import DiffusionConfig, ExperimentConfig, TrainConfig, config_to_dict
+from difflab.config import ExperimentConfig, TrainConfig, config_to_dict
 from difflab.data import ImageDataset, load_configured_split
 from difflab.diffusion import (
     Conditioning,
@@ -29,6 +29,7 @@ from difflab.diffusion import (
     denoising_loss,
     draw_noise,
 )
+from difflab.diffusion.schedule import schedule_from_config
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.images import save_grid
@@ -104,7 +105,7 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
         dataset=dataset,
         arch=arch,
         net=net,
-        schedule=build_schedule(config.diffusion),
+        schedule=schedule_from_config(config.diffusion),
         ema=EMA(net, train.ema_decay),
         optimizer=build_optimizer(net, train),
         stream=BatchStream(len(dataset), train.batch_size, train.seed),
@@ -177,13 +178,6 @@ def caption_texts(run: TrainingRun, index: torch.Tensor) -> list[str]:
         names = run.dataset.class_names
         return [names[int(run.dataset.labels[i])] for i in index]
     return [run.dataset.captions[int(i)] for i in index]
-
-
-def build_schedule(diffusion: DiffusionConfig) -> NoiseSchedule:
-    """The noise schedule a ``diffusion`` config section describes."""
-    return NoiseSchedule.from_name(
-        diffusion.schedule, diffusion.num_timesteps, diffusion.beta_start, diffusion.beta_end
-    )
 
 
 def build_optimizer(net: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
