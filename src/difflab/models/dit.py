@@ -43,6 +43,7 @@ Choices and limits:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -53,6 +54,9 @@ from difflab.errors import DifflabError
 from difflab.nn import TimestepEmbedding
 from difflab.nn.adaln import AdaLNModulation, gated_residual, layer_norm, modulate
 from difflab.nn.attention import packed_attention
+
+if TYPE_CHECKING:
+    from difflab.models.control_residuals import ControlResiduals
 
 TIMESTEP_FEATURES = 256
 """Width of the sinusoidal timestep features fed to the timestep MLP (the paper's 256)."""
@@ -388,22 +392,36 @@ class DiT(nn.Module):
             )
 
     def _all_channels(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning | None,
+        control: ControlResiduals | None = None,
     ) -> torch.Tensor:
-        """The head's full output (B, output_channels, H, W): prediction [+ variance values]."""
+        """The head's full output (B, output_channels, H, W): prediction [+ variance values].
+
+        ``control``: a ControlNet's outputs (B, T, D), added to those of the first blocks.
+        """
         self._check_input(x_t)
         c = self.embed(t, cond if cond is not None else Conditioning())  # (B, D)
         tokens = self.patch_embed(x_t).flatten(2).transpose(1, 2)  # (B, T, D)
         x = tokens + self.position_embedding()  # (B, T, D)
-        for block in self.blocks:
+        extras = control.features if control is not None else ()
+        for index, block in enumerate(self.blocks):
             x = block(x, c)  # (B, T, D)
+            if index < len(extras):
+                x = x + extras[index]
         x = self.final_layer(x, c)  # (B, T, p * p * output_channels)
         return unpatchify(x, self.config.patch_size, self.config.grid_size)
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning | None = None,
+        control: ControlResiduals | None = None,
     ) -> torch.Tensor:
-        out = self._all_channels(x_t, t, cond)  # (B, output_channels, H, W)
+        out = self._all_channels(x_t, t, cond, control)  # (B, output_channels, H, W)
         return out[:, : self.config.out_channels] if self.config.learn_sigma else out
 
     def predict_with_variance(

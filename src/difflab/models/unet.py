@@ -12,7 +12,7 @@ the token sequence ``cond.tokens`` (B, L, context_dim) under ``cond.token_mask``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
 from torch import nn
@@ -28,6 +28,9 @@ from difflab.nn import (
     Upsample,
     group_norm,
 )
+
+if TYPE_CHECKING:
+    from difflab.models.control_residuals import ControlResiduals
 
 
 @dataclass(frozen=True)
@@ -293,8 +296,13 @@ class UNet(nn.Module):
         return tokens.to(x_t.dtype), mask.to(torch.bool)
 
     def forward(
-        self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        cond: Conditioning | None = None,
+        control: ControlResiduals | None = None,
     ) -> torch.Tensor:
+        """``control``: a ControlNet's zero-conv outputs, added to the skips and the middle output."""
         cond = cond if cond is not None else Conditioning()
         emb = self.embed(t, cond)  # (B, E)
         tokens, mask = self.context(cond, x_t)  # (B, L, D), (B, L) or None
@@ -303,6 +311,9 @@ class UNet(nn.Module):
         )  # (B, C, h, w)
         h = attend(self.mid_attention, self.mid_block1(h, emb), tokens, mask)
         h = self.mid_block2(h, emb)
+        if control is not None:
+            skips = [skip + extra for skip, extra in zip(skips, control.features, strict=True)]
+            h = h + control.middle
         for res, attn, upsample in self.up_blocks:
             h = attend(attn, res(torch.cat([h, skips.pop()], dim=1), emb), tokens, mask)
             if isinstance(upsample, Upsample):
