@@ -10,6 +10,7 @@ import torch
 from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
 from difflab.io.device import DEVICE_CHOICES
+from difflab.io.validation import check_number, quote
 from difflab.pipelines import PRECISIONS, DiffusionPipeline, load_noisy_classifier
 from difflab.samplers import SAMPLER_NAMES, SAMPLERS, Guidance
 
@@ -89,10 +90,12 @@ def parse_labels(text: str | None, n: int, num_classes: int) -> torch.Tensor | N
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise DifflabError(
-            f"--labels {text!r} must be integers separated by commas, or 'all'."
+            f"--labels {quote(text)} must be integers separated by commas, or 'all'."
         ) from None
     if not values:
         raise DifflabError("--labels is empty; give e.g. --labels 0,1,2.")
+    for value in values:
+        check_number(value, "--labels")
     return torch.tensor(values).repeat(n // len(values) + 1)[:n]
 
 

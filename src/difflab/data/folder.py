@@ -116,6 +116,16 @@ def index_folder(root: str | Path) -> FolderIndex:
     return FolderIndex(root, tuple(files), tuple(labels), class_names)
 
 
+# what PIL raises for a file it cannot decode; the bomb warning is an error under the CLI
+UNREADABLE = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
 def _unreadable(path: Path, reason: object) -> DifflabError:
     return DifflabError(
         f"folder: {path} cannot be read as an image ({reason}); remove it or replace it with a "
@@ -133,7 +143,7 @@ def probe_image(path: Path) -> tuple[tuple[int, int], str]:
             )
         with Image.open(path) as img:
             return img.size, img.mode
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except UNREADABLE as e:
         raise _unreadable(path, e) from None
 
 
@@ -175,7 +185,7 @@ def load_image(path: Path, size: int, channels: int) -> np.ndarray:
             img = ImageOps.exif_transpose(img)
             img = resize_and_center_crop(convert_mode(img, "L" if channels == 1 else "RGB"), size)
             pixels = np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except UNREADABLE as e:
         raise _unreadable(path, e) from None
     return pixels.reshape(size, size, channels)
 
