@@ -131,11 +131,41 @@ def test_evaluate_model_with_classifier_free_guidance(
     assert guided["label_accuracy"] is not None
 
 
+class AlwaysThree(NoisyClassifier):
+    """A guiding classifier whose answer is "3" whatever the image (its gradient is zero)."""
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x_t, t) * 0  # (B, K), still a function of x_t
+        return logits + 10 * torch.nn.functional.one_hot(torch.tensor(3), logits.shape[1])
+
+
 def test_classifier_guidance_gives_an_unconditional_model_targets(tmp_path, mnist_reference):
+    """Label accuracy is judged by the feature CNN, never by the guiding classifier.
+
+    The model draws (through the real guided generate) and then hands over real MNIST digits:
+    of the requested classes (the CNN finds them: accuracy near 1, where the always-"3" classifier
+    would say 0.1), or all 3s (the CNN: 0.1, where that classifier would say 1). Fails if the
+    accuracy is computed from the guiding classifier's answers (tried).
+    """
     model = load_pipeline(untrained_checkpoint(tmp_path / "m.safetensors", "mnist", 28))
-    classifier = NoisyClassifier(classifier_config("classifier-tiny", num_classes=10))
-    options = dict(n=6, steps=2, batch_size=3, reference=mnist_reference)
+    classifier = AlwaysThree(classifier_config("classifier-tiny", num_classes=10))
+    options = dict(n=10, steps=1, batch_size=10, reference=mnist_reference)
     assert evaluate_pipeline(model, **options)["label_accuracy"] is None
-    guided = evaluate_pipeline(model, **options, guidance=Guidance(classifier, 2.0))
-    assert guided["guidance"] == "classifier scale 2"
-    assert 0.0 <= guided["label_accuracy"] <= 1.0  # judged by mnist-cnn, classes in turn
+    test = load_dataset("mnist", split="test", limit=200)
+    first_of_class = torch.stack([test.images[test.labels == k][0] for k in range(10)])
+    drawn = model.generate
+    answers = {
+        "asked": lambda labels: first_of_class[labels],
+        "threes": lambda labels: first_of_class[[3] * len(labels)],
+    }
+
+    for name, expected in (("asked", 1.0), ("threes", 0.1)):
+
+        def real_digits(count, cond=None, **kwargs):
+            drawn(count, cond, **kwargs)  # the guided sampler runs as in any evaluation
+            return answers[name](cond.labels)
+
+        model.generate = real_digits
+        guided = evaluate_pipeline(model, **options, guidance=Guidance(classifier, 2.0))
+        assert guided["guidance"] == "classifier scale 2"
+        assert guided["label_accuracy"] == pytest.approx(expected), name

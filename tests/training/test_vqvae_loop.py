@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from difflab.config import load_config
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint
 from difflab.pipelines.vqvae import load_code_prior, load_vqvae
-from difflab.training.vqvae_loop import train_prior, train_vqvae
+from difflab.training.vqvae_loop import reconstruction_stats, train_prior, train_vqvae
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TINY_DATA = ["data.name=digits", "data.image_size=28", "train.batch_size=16", "train.log_every=2"]
@@ -59,11 +61,36 @@ def trained_vqvae(tmp_path_factory) -> Path:
 def test_vqvae_checkpoint_records_test_statistics_and_latent_scale(trained_vqvae):
     _, meta = load_checkpoint(trained_vqvae, kind="vqvae")
     test = meta["test"]
-    assert 0 < test["mse"] < 1 and test["psnr"] > 0
+    assert 0 < test["mse"] < 1
+    assert test["psnr"] >= 10 * math.log10(1 / test["mse"])  # mean of -10 log10 >= of the mean
     assert 0 < test["codebook_usage"] <= 1 and test["perplexity"] >= 1
     model = load_vqvae(trained_vqvae)
     assert model.latent_scale == meta["model"]["latent_scale"] != 1.0
     assert (trained_vqvae.parent / "samples" / "step_0000006.png").exists()
+
+
+class KnownErrors(torch.nn.Module):
+    """A stand-in VQ-VAE whose reconstruction of image i is the image plus ``offsets[i]``."""
+
+    def __init__(self, offsets: list[float]) -> None:
+        super().__init__()
+        self.offsets = torch.nn.Parameter(torch.tensor(offsets).view(-1, 1, 1, 1))
+        self.config = SimpleNamespace(num_codes=4)
+
+    def forward(self, x: torch.Tensor) -> SimpleNamespace:
+        indices = torch.zeros(len(x), 2, 2, dtype=torch.long)
+        return SimpleNamespace(
+            reconstruction=x + self.offsets, quantized=SimpleNamespace(indices=indices)
+        )
+
+
+def test_psnr_is_10_log10_of_1_over_mse_per_image_on_the_0_1_scale():
+    """Two images off by 0.2 and 0.02 in [-1, 1] units are off by 0.1 and 0.01 on [0, 1]: MSE
+    1e-2 and 1e-4, PSNR 20 and 40 dB, averaged per image: 30 dB. Fails if the error is taken in
+    [-1, 1] units (tried: MSE 0.0202) or PSNR from the mean MSE (tried: 23.0 dB)."""
+    stats = reconstruction_stats(KnownErrors([0.2, 0.02]), torch.zeros(2, 1, 4, 4))
+    assert stats["mse"] == pytest.approx((1e-2 + 1e-4) / 2)
+    assert stats["psnr"] == pytest.approx((20 + 40) / 2, rel=1e-5)
 
 
 def test_vqvae_resume_is_bit_identical(tmp_path, trained_vqvae):
