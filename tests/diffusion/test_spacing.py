@@ -1,28 +1,31 @@
 import pytest
 import torch
 
-from difflab.diffusion import SPACING_NAMES, timestep_sequence
+from difflab.diffusion import SPACING_NAMES, NoiseSchedule, timestep_sequence
 from difflab.errors import DifflabError
 
 T = 1000
+SCHEDULE = NoiseSchedule.from_name("linear", T)  # read by the karras spacing only
 
 
 @pytest.mark.parametrize("spacing", SPACING_NAMES)
 @pytest.mark.parametrize("steps", [1, 2, 3, 7, 10, 333, 999, T])
 def test_every_spacing_is_valid_and_strictly_decreasing(spacing, steps):
-    seq = timestep_sequence(T, steps, spacing)
+    seq = timestep_sequence(T, steps, spacing, SCHEDULE)
     assert seq.dtype == torch.int64 and seq.shape == (steps,)
     assert (seq >= 0).all() and (seq < T).all()
     assert (seq[:-1] > seq[1:]).all(), seq
-    if spacing == "trailing":
-        assert seq[0] == T - 1  # trailing always starts at the noisiest step
-    else:
+    if spacing in ("trailing", "karras"):
+        assert seq[0] == T - 1  # trailing and karras always start at the noisiest step
+    if spacing == "karras" and steps > 1:
+        assert seq[-1] == 0  # karras spans sigma_max .. sigma_min
+    elif spacing not in ("trailing", "karras"):
         assert seq[-1] == 0  # every other spacing ends at t = 0
 
 
 @pytest.mark.parametrize("spacing", SPACING_NAMES)
 def test_all_steps_visit_every_timestep(spacing):
-    assert torch.equal(timestep_sequence(T, T, spacing), torch.arange(T - 1, -1, -1))
+    assert torch.equal(timestep_sequence(T, T, spacing, SCHEDULE), torch.arange(T - 1, -1, -1))
 
 
 def test_known_sequences():

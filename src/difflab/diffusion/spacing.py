@@ -5,7 +5,9 @@ sampler visits them. The sampler's last move goes from the smallest one to clean
 (``alpha_bar = 1``), so no spacing needs a sentinel. ``uniform``, ``quadratic``, ``leading`` and
 ``linspace`` end at t = 0; ``trailing`` starts at t = T - 1 and ends at ``T/S - 1``: it spends its
 steps at the noisy end, which is its purpose (Lin et al. 2024, "Common diffusion noise schedules
-and sample steps are flawed").
+and sample steps are flawed"). ``karras`` (Karras et al. 2022, eq. 5, rho = 7) spaces the noise
+levels ``sigma = sqrt((1 - a) / a)`` of the model's own schedule, so it needs the schedule; it
+runs from t = T - 1 to t = 0 and is rounded to the model's discrete timesteps.
 """
 
 from __future__ import annotations
@@ -13,9 +15,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from difflab.diffusion.schedule import NoiseSchedule
 from difflab.errors import DifflabError
 
-SPACING_NAMES: tuple[str, ...] = ("uniform", "quadratic", "leading", "linspace", "trailing")
+SPACING_NAMES: tuple[str, ...] = (
+    "uniform",
+    "quadratic",
+    "leading",
+    "linspace",
+    "trailing",
+    "karras",
+)
+KARRAS_RHO = 7.0  # Karras et al. 2022, sec. 3: rho = 7 "for the remainder of the paper"
 
 
 def _strictly_increasing(raw: np.ndarray, num_timesteps: int) -> np.ndarray:
@@ -28,7 +39,32 @@ def _strictly_increasing(raw: np.ndarray, num_timesteps: int) -> np.ndarray:
     return out
 
 
-def timestep_sequence(num_timesteps: int, num_steps: int, spacing: str = "uniform") -> torch.Tensor:
+def karras_timesteps(
+    schedule: NoiseSchedule, num_steps: int, rho: float = KARRAS_RHO
+) -> np.ndarray:
+    """Karras et al. 2022, eq. 5, on a discrete schedule: S ascending timesteps in [0, T).
+
+    ``sigma_i = (sigma_max^(1/rho) + i / (S - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``
+    with ``sigma_max``, ``sigma_min`` the schedule's sigma at t = T - 1 and t = 0; each sigma is
+    mapped to the timestep of the nearest log-sigma (linear interpolation of log sigma over t,
+    then rounding), and collisions at the clean end are pushed apart. A deliberate difference
+    from diffusers' ``use_karras_sigmas``, which feeds the network fractional timesteps: difflab's
+    networks were trained on integer ones.
+    """
+    sigmas = ((1 - schedule.alpha_bar) / schedule.alpha_bar).sqrt().numpy()  # (T,) increasing
+    ramp = np.linspace(0.0, 1.0, num_steps)  # (S,); one step: [0], sigma_max only
+    lo, hi = sigmas[0] ** (1 / rho), sigmas[-1] ** (1 / rho)
+    wanted = (hi + ramp * (lo - hi)) ** rho  # (S,) decreasing
+    t = np.interp(np.log(wanted), np.log(sigmas), np.arange(len(sigmas)))  # (S,) fractional
+    return _strictly_increasing(np.round(t)[::-1], len(sigmas))
+
+
+def timestep_sequence(
+    num_timesteps: int,
+    num_steps: int,
+    spacing: str = "uniform",
+    schedule: NoiseSchedule | None = None,
+) -> torch.Tensor:
     """The S timesteps a sampler visits, strictly decreasing.
 
     Args:
@@ -36,7 +72,9 @@ def timestep_sequence(num_timesteps: int, num_steps: int, spacing: str = "unifor
         num_steps: S, with ``1 <= S <= T``.
         spacing: ``"uniform"`` (DDIM: tau_i = floor(i T / S)), ``"quadratic"`` (DDIM:
             tau_i = floor(c i^2) up to 0.8 T), or diffusers' ``"leading"`` (i * (T // S)),
-            ``"linspace"`` (round(linspace(0, T-1, S))) and ``"trailing"`` (round(T - i T/S) - 1).
+            ``"linspace"`` (round(linspace(0, T-1, S))), ``"trailing"`` (round(T - i T/S) - 1)
+            and ``"karras"`` (:func:`karras_timesteps`).
+        schedule: the model's noise schedule; only ``"karras"`` reads it (and needs it).
 
     Returns:
         (S,) int64, strictly decreasing.
@@ -55,6 +93,13 @@ def timestep_sequence(num_timesteps: int, num_steps: int, spacing: str = "unifor
         ascending = np.round(np.linspace(0, T - 1, S))
     elif spacing == "trailing":
         ascending = np.round(T - i * T / S).astype(np.int64)[::-1] - 1
+    elif spacing == "karras":
+        if schedule is None or schedule.num_timesteps != T:
+            raise DifflabError(
+                "the karras timestep spacing spaces the model's noise levels; pass its schedule "
+                "(timestep_sequence(T, S, 'karras', schedule)) with T = schedule.num_timesteps."
+            )
+        ascending = karras_timesteps(schedule, S)
     else:
         raise DifflabError(
             f"unknown timestep spacing {spacing!r}; choose one of {', '.join(SPACING_NAMES)}."

@@ -155,7 +155,7 @@ class DiffusionPipeline:
         return Denoiser(self.net, self.schedule)
 
     def timesteps(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
-        return timestep_sequence(self.schedule.num_timesteps, steps, spacing)
+        return timestep_sequence(self.schedule.num_timesteps, steps, spacing, self.schedule)
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """(n, C, H, W) standard normal x_T, drawn on the CPU so a seed gives the same images on

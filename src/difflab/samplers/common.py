@@ -62,3 +62,40 @@ def alpha_bar_pair(
     return schedule.alpha_bar_at(batch_timestep(t, x), x), schedule.alpha_bar_at(
         batch_timestep(t_prev, x), x
     )
+
+
+def edm_sigma(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """EDM's noise level of a VP schedule, ``sigma = sqrt((1 - a) / a)`` (Karras et al. 2022,
+    Table 1, "VP": ``x_t = s(t) (x0 + sigma eps)`` with ``s = sqrt(a)``); 0 at clean data."""
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
+
+
+def edm_sigma_pair(
+    schedule: NoiseSchedule, t: int, t_prev: int, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(sigma_t, sigma_prev)`` of :func:`edm_sigma`, each (B, 1, 1, 1) like ``x``."""
+    alpha_bar_t, alpha_bar_prev = alpha_bar_pair(schedule, t, t_prev, x)
+    return edm_sigma(alpha_bar_t), edm_sigma(alpha_bar_prev)
+
+
+def edm_start(schedule: NoiseSchedule, timesteps: torch.Tensor, x_T: torch.Tensor) -> torch.Tensor:
+    """x_T (B, C, H, W) of the VP schedule as EDM's unscaled state ``x_hat = x_T / s(t_0)``."""
+    alpha_bar = schedule.alpha_bar_at(batch_timestep(int(timesteps[0]), x_T), x_T)
+    return x_T / alpha_bar.sqrt()
+
+
+def edm_denoise(
+    denoiser: DenoiserLike,
+    x_hat: torch.Tensor,
+    t: int,
+    sigma: torch.Tensor,
+    cond: Conditioning | None,
+) -> Prediction:
+    """EDM's ``D(x_hat; sigma)``: the denoiser at ``x_t = s(t) x_hat``, ``s = 1 / sqrt(1 + sigma^2)``
+    (Karras et al. 2022, eq. 4 with the VP scaling), at the model's own discrete timestep ``t``."""
+    return denoiser(edm_vp_state(x_hat, sigma), batch_timestep(t, x_hat), cond)
+
+
+def edm_vp_state(x_hat: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """EDM's unscaled state back in the VP schedule's coordinates, ``x_t = x_hat / sqrt(1 + sigma^2)``."""
+    return x_hat / (1 + sigma**2).sqrt()

@@ -18,6 +18,10 @@ from difflab.errors import DifflabError
 from difflab.samplers.common import Callback, DenoiserLike
 from difflab.samplers.ddim import ddim_sample
 from difflab.samplers.ddpm import ddpm_sample
+from difflab.samplers.dpm_solver import dpm_solver_pp_2m_sample
+from difflab.samplers.euler import euler_sample
+from difflab.samplers.euler_ancestral import euler_ancestral_sample
+from difflab.samplers.heun import heun_nfe, heun_sample
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,7 @@ class SamplerSpec:
             Dhariwal & Nichol's Algorithm 1 (a shift of the step's mean); False for samplers
             guided by Algorithm 2 (a modified eps).
         summary: one line for ``--help`` and ``difflab info``.
+        nfe: network evaluations of a run over S timesteps (S for one-evaluation steps).
     """
 
     name: str
@@ -72,6 +77,7 @@ class SamplerSpec:
     uses_eta: bool
     ancestral: bool
     summary: str
+    nfe: Callable[[int], int] = int
 
 
 def _run_ddim(
@@ -115,11 +121,74 @@ def _run_ddpm(
     )
 
 
+def _run_dpm_solver(sde: bool) -> SamplerRun:
+    def run(
+        denoiser: DenoiserLike,
+        x_T: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: Conditioning,
+        options: SamplerOptions,
+        generator: torch.Generator | None,
+        callback: Callback | None,
+    ) -> torch.Tensor:
+        return dpm_solver_pp_2m_sample(
+            denoiser, x_T, timesteps, cond, sde=sde, generator=generator, callback=callback
+        )
+
+    return run
+
+
+def _run_euler_ancestral(
+    denoiser: DenoiserLike,
+    x_T: torch.Tensor,
+    timesteps: torch.Tensor,
+    cond: Conditioning,
+    options: SamplerOptions,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> torch.Tensor:
+    return euler_ancestral_sample(
+        denoiser, x_T, timesteps, cond, generator=generator, callback=callback
+    )
+
+
+def _deterministic(sample: Callable[..., torch.Tensor]) -> SamplerRun:
+    """A sampler that reads no options and draws no noise, in the common call shape."""
+
+    def run(
+        denoiser: DenoiserLike,
+        x_T: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: Conditioning,
+        options: SamplerOptions,
+        generator: torch.Generator | None,
+        callback: Callback | None,
+    ) -> torch.Tensor:
+        return sample(denoiser, x_T, timesteps, cond, callback=callback)
+
+    return run
+
+
 SAMPLERS: dict[str, SamplerSpec] = {
     spec.name: spec
     for spec in (
         SamplerSpec("ddim", _run_ddim, True, False, "DDIM (Song et al. 2021), any eta >= 0"),
         SamplerSpec("ddpm", _run_ddpm, False, True, "DDPM ancestral sampling (Ho et al. 2020)"),
+        SamplerSpec(
+            "dpm++2m", _run_dpm_solver(False), False, False, "DPM-Solver++(2M) (Lu et al. 2022)"
+        ),
+        SamplerSpec(
+            "dpm++2m-sde", _run_dpm_solver(True), False, False, "SDE-DPM-Solver++(2M), stochastic"
+        ),
+        SamplerSpec(
+            "euler", _deterministic(euler_sample), False, False, "Euler, EDM (Karras 2022)"
+        ),
+        SamplerSpec(
+            "euler-a", _run_euler_ancestral, False, False, "Euler ancestral, EDM formulation"
+        ),
+        SamplerSpec(
+            "heun", _deterministic(heun_sample), False, False, "Heun 2nd order, EDM", heun_nfe
+        ),
     )
 }
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
