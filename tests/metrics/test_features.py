@@ -46,27 +46,41 @@ def test_feature_cnn_shapes_and_it_is_not_a_diffusion_backbone():
         FeatureCNNConfig.from_dict({"width": 3})
 
 
+def measured_accuracy(path, data: str, count: int = 500) -> float:
+    """Accuracy of a shipped feature CNN on the first ``count`` images of ``data``'s test split."""
+    model, _ = load_feature_cnn(path)
+    test = load_dataset(data, split="test", limit=count)
+    with torch.inference_mode():
+        return float((model(test.images).argmax(1) == test.labels).double().mean())
+
+
 def test_shipped_mnist_cnn_meets_the_accuracy_bar_and_size():
+    """Measured here on 500 test digits (99.8 %; the training script's figure on all 10k, 99.61 %,
+    is what the checkpoint records). Fails if the weights stop matching the recorded accuracy
+    (tried: the classifier layer left at its random initialisation, 11.6 %); the loader leaving
+    the network in training mode (BatchNorm on batch statistics) still passes at this batch."""
     meta = stored_meta(MNIST_WEIGHTS)
     assert meta["kind"] == "feature-cnn" and meta["data"]["name"] == "mnist"
-    assert meta["test_accuracy"] >= 0.993  # measured on all 10k test images by the script
+    assert measured_accuracy(MNIST_WEIGHTS, "mnist") >= 0.99
     assert MNIST_WEIGHTS.stat().st_size < 1_000_000
     with safetensors.safe_open(str(MNIST_WEIGHTS), framework="pt") as handle:
         assert handle.get_tensor("classifier.weight").dtype == torch.float16
 
 
-@pytest.mark.skipif(not FASHION_WEIGHTS.is_file(), reason="Fashion-MNIST CNN not shipped")
 def test_shipped_fashion_cnn_meets_the_accuracy_bar():
+    """Measured on 500 Fashion-MNIST test images (93.8 %; 92.87 % recorded on all 10k); the same
+    mutation gives 7.8 %."""
     meta = stored_meta(FASHION_WEIGHTS)
-    assert meta["data"]["name"] == "fashion-mnist" and meta["test_accuracy"] >= 0.91
+    assert meta["data"]["name"] == "fashion-mnist"
+    assert measured_accuracy(FASHION_WEIGHTS, "fashion-mnist") >= 0.91
     assert FASHION_WEIGHTS.stat().st_size < 1_000_000
 
 
 def test_mnist_cnn_classifies_real_digits():
     extractor = build_feature_extractor("mnist-cnn")
-    test = load_dataset("mnist", split="test", limit=300)
+    test = load_dataset("mnist", split="test", limit=100)
     features, logits = extractor.features_and_logits(test.images)
-    assert features.shape == (300, 128) and (features >= 0).all()  # average-pooled ReLUs
+    assert features.shape == (100, 128) and (features >= 0).all()  # average-pooled ReLUs
     assert (logits.argmax(1) == test.labels).double().mean() >= 0.98
     assert extractor.metric_name == "FD-MNIST" and extractor.can_classify
 
