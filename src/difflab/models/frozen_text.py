@@ -223,11 +223,15 @@ class FrozenTextEncoder(nn.Module):
         return self(ids.to(device), mask.to(device)), mask.to(device)
 
 
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """tokens (B, L, D), mask (B, L) -> the mean of the real tokens (B, D); zero for none."""
+    weights = mask[..., None].to(tokens.dtype)  # (B, L, 1)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
+
+
 def mean_pooled(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sentence-transformers' sentence vector: the mean of the real tokens, L2-normalised (B, D)."""
-    weights = mask[..., None].to(tokens.dtype)  # (B, L, 1)
-    mean = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, D)
-    return F.normalize(mean, dim=-1)
+    return F.normalize(masked_mean(tokens, mask), dim=-1)
 
 
 def _tokenizer_from(path: Path) -> Any:

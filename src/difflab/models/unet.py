@@ -11,7 +11,7 @@ the token sequence ``cond.tokens`` (B, L, context_dim) under ``cond.token_mask``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import torch
@@ -19,6 +19,11 @@ from torch import nn
 
 from difflab.diffusion.conditioning import NULL_LABEL, Conditioning
 from difflab.errors import DifflabError
+from difflab.models.imagen_inputs import (
+    NoiseLevelEmbedding,
+    PooledTextEmbedding,
+    super_resolution_input,
+)
 from difflab.nn import (
     Downsample,
     ResBlock,
@@ -54,6 +59,13 @@ class UNetConfig:
         context_dim: D, the width of the conditioning tokens ``cond.tokens`` (B, L, D); 0 = no
             cross-attention (the plain ADM U-Net, as every checkpoint saved before this field).
         transformer_depth: transformer blocks per attention site when ``context_dim > 0``.
+        pooled_text: Imagen: add a projection of the mean of ``cond.tokens`` to the timestep
+            embedding (a learned null vector for a prompt without tokens); needs context_dim > 0.
+        skip_scale: factor on every skip connection into the up path (Imagen's Efficient U-Net:
+            1/sqrt(2)); 1 = ADM.
+        low_res_channels: Imagen super-resolution: channels of ``cond.low_res``, upsampled to
+            image_size and concatenated to x_t, with ``cond.noise_level`` embedded and added to the
+            timestep embedding; 0 = not a super-resolution stage.
     """
 
     image_size: int = 28
@@ -71,6 +83,9 @@ class UNetConfig:
     scale_shift_norm: bool = True
     context_dim: int = 0
     transformer_depth: int = 1
+    pooled_text: bool = False
+    skip_scale: float = 1.0
+    low_res_channels: int = 0
 
 
 class EncoderSizes(Protocol):
@@ -210,11 +225,22 @@ class UNet(nn.Module):
                 f"model.transformer_depth={c.transformer_depth}: it must be >= 1 and applies only "
                 "with cross-attention; set context_dim > 0 or leave transformer_depth at 1."
             )
+        if (c.pooled_text and c.context_dim == 0) or c.low_res_channels < 0 or c.skip_scale <= 0:
+            raise DifflabError(
+                f"model: pooled_text needs context_dim > 0, low_res_channels must be >= 0 and "
+                f"skip_scale > 0 (got {c.pooled_text}, {c.context_dim}, {c.low_res_channels}, "
+                f"{c.skip_scale})."
+            )
         emb_dim = 4 * c.base_channels
         self.time_embed = TimestepEmbedding(c.base_channels, emb_dim)
         # rows 0..num_classes-1 are classes, row num_classes is "no label"
         self.label_embed = nn.Embedding(c.num_classes + 1, emb_dim) if c.num_classes > 0 else None
-        encoder = build_encoder(c, emb_dim, c.context_dim, c.transformer_depth)
+        self.text_pool = PooledTextEmbedding(c.context_dim, emb_dim) if c.pooled_text else None
+        self.noise_level_embed = (
+            NoiseLevelEmbedding(c.base_channels, emb_dim) if c.low_res_channels > 0 else None
+        )
+        input_sizes = replace(c, in_channels=c.in_channels + c.low_res_channels)  # SR: + low_res
+        encoder = build_encoder(input_sizes, emb_dim, c.context_dim, c.transformer_depth)
         self.conv_in = encoder.conv_in
         self.down_blocks = encoder.down_blocks
         skip_channels, ch, size = list(encoder.skip_channels), encoder.channels, encoder.size
@@ -250,7 +276,8 @@ class UNet(nn.Module):
     def conditioning_fields(self) -> tuple[str, ...]:
         """The :class:`~difflab.diffusion.Conditioning` fields this network reads."""
         fields = ("labels",) if self.config.num_classes > 0 else ()
-        return fields + (("tokens", "token_mask") if self.config.context_dim > 0 else ())
+        fields += ("tokens", "token_mask") if self.config.context_dim > 0 else ()
+        return fields + (("low_res", "noise_level") if self.config.low_res_channels > 0 else ())
 
     def embed(self, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """Timestep (+ class) embedding, (B, 4 * base_channels)."""
@@ -295,6 +322,27 @@ class UNet(nn.Module):
             )
         return tokens.to(x_t.dtype), mask.to(torch.bool)
 
+    def imagen_inputs(
+        self,
+        emb: torch.Tensor,
+        x_t: torch.Tensor,
+        cond: Conditioning,
+        tokens: torch.Tensor | None,
+        mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Imagen's additions (:mod:`difflab.models.imagen_inputs`): the pooled text and the
+        augmentation level join the embedding (B, E); a super-resolution stage's input is x_t
+        with the upsampled ``cond.low_res`` concatenated. Unchanged for other configs."""
+        if self.text_pool is not None and tokens is not None and mask is not None:
+            emb = emb + self.text_pool(tokens, mask)
+        if self.noise_level_embed is None:
+            return emb, x_t
+        level = cond.noise_level
+        if level is None:
+            level = torch.zeros(x_t.shape[0], device=x_t.device)  # a clean low-res image
+        emb = emb + self.noise_level_embed(level.reshape(-1)).to(emb.dtype)
+        return emb, super_resolution_input(x_t, cond.low_res, self.config.low_res_channels)
+
     def forward(
         self,
         x_t: torch.Tensor,
@@ -306,9 +354,12 @@ class UNet(nn.Module):
         cond = cond if cond is not None else Conditioning()
         emb = self.embed(t, cond)  # (B, E)
         tokens, mask = self.context(cond, x_t)  # (B, L, D), (B, L) or None
+        emb, x_in = self.imagen_inputs(emb, x_t, cond, tokens, mask)  # (B, E), (B, C_in', H, W)
         h, skips = run_encoder(
-            self.conv_in, self.down_blocks, x_t, emb, tokens, mask
+            self.conv_in, self.down_blocks, x_in, emb, tokens, mask
         )  # (B, C, h, w)
+        if self.config.skip_scale != 1:
+            skips = [skip * self.config.skip_scale for skip in skips]
         h = attend(self.mid_attention, self.mid_block1(h, emb), tokens, mask)
         h = self.mid_block2(h, emb)
         if control is not None:
