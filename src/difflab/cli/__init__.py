@@ -10,19 +10,46 @@ exception is one sentence too, status 1, with ``--debug`` to see its traceback; 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 import traceback
 import warnings
+from collections.abc import Iterator
 
 from PIL import Image
 
 from difflab import __version__
-from difflab.cli import convert, evaluate, export, generate, info, lpips, reconstruct, serve, train
+from difflab.cli import (
+    convert,
+    evaluate,
+    export,
+    generate,
+    hint,
+    info,
+    lpips,
+    reconstruct,
+    serve,
+    train,
+)
 from difflab.errors import DifflabError
+from difflab.io.lock import release_all
 from difflab.io.validation import check_number, shorten
 
-COMMAND_MODULES = (train, generate, reconstruct, info, export, convert, lpips, evaluate, serve)
+COMMAND_MODULES = (
+    train,
+    generate,
+    reconstruct,
+    info,
+    export,
+    convert,
+    lpips,
+    evaluate,
+    serve,
+    hint,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -60,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = f"difflab {args.command}"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_as_interrupt():
             # a header that claims ~10^8 pixels: an error of the file, not a warning beside one
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             check_numeric_options(parser, args)
@@ -73,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted.", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{name}: terminated.", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # the reader went away (| head): stop quietly, like any Unix tool
         _silence_stdout()
         return 141
@@ -86,6 +116,30 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        release_all()  # run-folder locks this command took (the kernel would at exit)
+
+
+class Terminated(BaseException):
+    """SIGTERM (``timeout``, a scheduler) raised as an exception so that cleanup runs."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while a command runs (in the main thread only), so
+    that a stopped run leaves no half-made folder; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _silence_stdout() -> None:

@@ -1,0 +1,82 @@
+"""The JSON the web API reads and writes, as pydantic models, and its one-sentence errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from difflab.samplers import SAMPLER_NAMES
+from difflab.web.limits import ServeLimits
+
+MAX_SEED = 2**31 - 1
+
+
+class RequestRefused(Exception):
+    """A request the server will not run: an HTTP status and one sentence for the user."""
+
+    def __init__(self, status: int, sentence: str) -> None:
+        super().__init__(sentence)
+        self.status = status
+        self.sentence = sentence
+
+
+class GenerateRequest(BaseModel):
+    """``POST /api/generate``: what to sample. Unknown keys and wrong types are refused (422).
+
+    ``hint`` is a ``data:image/...;base64,`` URL of the sketch (white strokes on black), given
+    only to a model that reads a control image; ``control_scale`` multiplies its effect.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, max_length=1000)
+    n: int = Field(1, ge=1)
+    steps: int = Field(20, ge=1)
+    sampler: str = "ddim"
+    eta: float = Field(0.0, ge=0, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    label: int | None = Field(None, ge=0)
+    guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
+    control_scale: float = Field(1.0, ge=0, allow_inf_nan=False)
+    hint: str | None = None
+
+    def check_limits(self, limits: ServeLimits) -> None:
+        """A :class:`RequestRefused` (422) for n, steps or a sampler the server does not allow."""
+        if self.n > limits.max_n:
+            raise RequestRefused(
+                422, f"n = {self.n} is over this server's limit of {limits.max_n} images."
+            )
+        if self.steps > limits.max_steps:
+            raise RequestRefused(
+                422, f"steps = {self.steps} is over this server's limit of {limits.max_steps}."
+            )
+        if self.sampler not in SAMPLER_NAMES:
+            raise RequestRefused(
+                422, f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}."
+            )
+
+
+class EdgesRequest(BaseModel):
+    """``POST /api/edges``: an uploaded image (data URL) whose edges become the sketch."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    model: str = Field(min_length=1, max_length=1000)
+    image: str
+
+
+def validation_sentence(errors: Sequence[dict[str, Any]]) -> str:
+    """One sentence for pydantic's error list: the first problem, where it is."""
+    if not errors:
+        return "the request is malformed."
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "the request body is not valid JSON; send one JSON object."
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
+    message = str(first.get("msg", "is invalid")).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    if not where:
+        return f"the request body is wrong: {message}; send one JSON object."
+    return f"{where}: {message}."
