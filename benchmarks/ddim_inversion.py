@@ -24,7 +24,7 @@ S to regenerate); the wall time of each is recorded.
 
 Writes ``benchmarks/results/ddim_inversion.{json,md,png}``; the markdown and the plot are rendered
 from the JSON (``--render-only`` redoes them from an existing JSON without measuring). ``--quick``
-(4 digits, S ∈ {5, 10}, outputs named ``ddim_inversion_quick.*``) finishes in seconds. One torch
+(4 digits, S ∈ {2, 4}, outputs named ``ddim_inversion_quick.*``) finishes in seconds. One torch
 thread unless ``--threads`` says otherwise.
 
     python benchmarks/ddim_inversion.py                       # ≈ 10 min on one core (60 img-evals/s)
@@ -56,7 +56,7 @@ NAME = "ddim_inversion"
 DEFAULT_CHECKPOINT = Path("weights/mnist_ddim.safetensors")
 STEPS = (10, 20, 50, 100)
 N = 50  # = ddim_tables.py's --n-inversion of its recorded run
-QUICK_STEPS, QUICK_N = (5, 10), 4
+QUICK_STEPS, QUICK_N = (2, 4), 4
 BATCH_SIZE = 50
 THREADS = 1
 

@@ -210,6 +210,7 @@ def diffusion_overrides(
         "train.lr=0.0005",
         f"train.log_every={min(5, steps)}",
         "train.sample_every=100000",
+        f"train.sample_steps={args.sample_steps}",  # the end-of-run grid, as the benchmark samples
         f"train.checkpoint_every={max(steps, 1)}",
         f"train.out_dir={out_dir}",
     ]
