@@ -20,6 +20,7 @@ import torch
 import difflab
 from difflab.errors import DifflabError
 from difflab.io.atomic import atomic_path
+from difflab.io.validation import check_number, check_tree, quote
 
 METADATA_KEY = "difflab"
 MAX_HEADER_BYTES = 100_000_000
@@ -43,15 +44,8 @@ def save_checkpoint(
         metadata={METADATA_KEY: json.dumps(meta, sort_keys=True)},
     )
     path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(payload)
-    except OSError as error:  # a full disk, a folder turned read-only: the old file is intact
-        raise DifflabError(
-            f"could not write {path} ({error.strerror or error}); any earlier version of it is "
-            "intact: free some space or fix the folder's permissions, then rerun (with --resume "
-            "for a training run)."
-        ) from None
+    with atomic_path(path) as tmp:  # a full disk: one sentence, the old file intact
+        tmp.write_bytes(payload)
     return path
 
 
@@ -118,15 +112,76 @@ def _read_checkpoint(
         )
     try:
         meta = json.loads(raw_meta)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         raise DifflabError(
             f"{path} has damaged difflab metadata (invalid JSON); restore it from a good copy."
         ) from None
+    check_meta(meta, path)
     if kind is not None and meta.get("kind") != kind:
         raise DifflabError(
-            f"{path} holds a {meta.get('kind')!r} checkpoint, but this command needs a {kind!r} one."
+            f"{path} holds a {quote(meta.get('kind'))} checkpoint, but this command needs a "
+            f"{kind!r} one."
         )
     return tensors, meta
+
+
+# the type of each top-level entry of a checkpoint's JSON, when present
+META_SCHEMA: dict[str, type | tuple[type, ...]] = {
+    "kind": str,
+    "arch": str,
+    "model": dict,
+    "diffusion": dict,
+    "data": dict,
+    "experiment": dict,
+    "state": dict,
+    "versions": dict,
+    "autoencoder": dict,
+    "text_encoder": dict,
+    "step": int,
+}
+MAX_META_VALUES = 1_000_000  # vocabularies and class names included
+POSITIVE_DATA_FIELDS = ("channels", "image_size")
+
+
+def check_meta(meta: Any, path: Path) -> None:
+    """The checks every checkpoint's JSON passes before anything is built from it: a bounded
+    mapping whose known entries have their types (:data:`META_SCHEMA`), a step of 0 or more and
+    positive image sizes. The sections' fields are checked where they are parsed (the config
+    dataclasses of :mod:`difflab.config` and the model registry)."""
+    if not isinstance(meta, dict):
+        raise DifflabError(
+            f"{path} has damaged difflab metadata (a {type(meta).__name__}, not a mapping); "
+            "restore it from a good copy."
+        )
+    check_tree(meta, f"{path}'s metadata", MAX_META_VALUES)
+    for key, kind in META_SCHEMA.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DifflabError(
+                f"{path}: metadata entry {key!r} must be a {_type_name(kind)}, got "
+                f"{quote(value)}; restore the file from a good copy."
+            )
+    if meta.get("step") is not None:
+        check_count(meta["step"], f"{path}: metadata entry 'step'", low=0)
+    for key in POSITIVE_DATA_FIELDS:
+        if meta.get("data", {}).get(key) is not None:
+            check_count(meta["data"][key], f"{path}: metadata entry data.{key}", low=1)
+
+
+def check_count(value: Any, where: str, low: int) -> int:
+    """``value`` as an int of at least ``low`` (and 64 bits), else a DifflabError naming ``where``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise DifflabError(f"{where} must be an integer of at least {low}, got {quote(value)}.")
+    check_number(value, where)
+    return value
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    names = {dict: "mapping", str: "string", int: "integer", list: "list"}
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
 def split_prefix(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

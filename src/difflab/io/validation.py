@@ -47,7 +47,7 @@ def quote(value: Any) -> str:
     return shorten(text)
 
 
-def check_tree(value: Any, where: str) -> None:
+def check_tree(value: Any, where: str, limit: int = MAX_TREE_VALUES) -> None:
     """Refuse a parsed document of more than :data:`MAX_TREE_VALUES` values or deeper than
     :data:`MAX_TREE_DEPTH`, counting shared references (YAML aliases) each time they occur but
     stopping at the limit, so that the check itself stays cheap."""
@@ -56,9 +56,9 @@ def check_tree(value: Any, where: str) -> None:
     while stack:
         node, depth = stack.pop()
         count += 1
-        if count > MAX_TREE_VALUES:
+        if count > limit:
             raise DifflabError(
-                f"{where} holds more than {MAX_TREE_VALUES:,} values (a YAML alias bomb?); "
+                f"{where} holds more than {limit:,} values (a YAML alias bomb?); "
                 "give a plain config of sections and values."
             )
         if depth > MAX_TREE_DEPTH:

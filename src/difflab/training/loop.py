@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from difflab.config import ExperimentConfig, TrainConfig, config_to_dict
+from difflab.config import ExperimentConfig, TrainConfig, check_ranges, config_to_dict
 from difflab.data import ImageDataset, load_configured_split
 from difflab.diffusion import (
     Conditioning,
@@ -34,6 +35,7 @@ from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.images import save_grid
 from difflab.io.process_group import SINGLE, Distributed
+from difflab.io.validation import shorten
 from difflab.models import (
     TextEncoderConfig,
     attach_caption_encoder,
@@ -51,6 +53,7 @@ from difflab.training.latent_cache import cached_latents
 from difflab.training.state import (
     MODEL_FILE,
     ResumableRun,
+    close_run,
     open_run,
     restore_run_state,
     run_meta,
@@ -95,6 +98,7 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
     captions = training_captions(dataset, net_config, encoder_values)
     train = config.train
     check_train_config(train, net_config)
+    check_sizes(arch, net_config, train, dataset)
     torch.manual_seed(train.seed)
     net = build_model(arch, net_config)
     if captions is not None:
@@ -187,30 +191,61 @@ def build_optimizer(net: torch.nn.Module, train: TrainConfig) -> torch.optim.Opt
     )
 
 
-def check_train_config(train: Any, net_config: Any) -> None:
-    positive = (
-        "steps",
-        "batch_size",
-        "grad_accum",
-        "log_every",
-        "sample_every",
-        "checkpoint_every",
-        "sample_steps",
-    )
-    for name in positive:
-        if getattr(train, name) < 1:
-            raise DifflabError(f"train.{name} must be at least 1, got {getattr(train, name)}.")
-    if not 0 <= train.label_dropout < 1:
-        raise DifflabError(f"train.label_dropout must lie in [0, 1), got {train.label_dropout}.")
+def check_train_config(train: TrainConfig, net_config: Any) -> None:
+    """What the train section's schema (:class:`~difflab.config.TrainConfig`: ranges checked when
+    it is built) cannot see alone: label dropout needs a conditional model."""
+    check_ranges(train, "train")  # a TrainConfig changed in Python after it was built
     if train.label_dropout > 0 and not conditional(net_config):
         raise DifflabError(
             "train.label_dropout needs a class- or caption-conditional model; set "
             "model.num_classes or model.context_dim."
         )
-    if not 0 <= train.ema_decay < 1:
-        raise DifflabError(f"train.ema_decay must lie in [0, 1), got {train.ema_decay}.")
-    if train.skip_nonfinite < 0:
-        raise DifflabError(f"train.skip_nonfinite must be 0 or more, got {train.skip_nonfinite}.")
+
+
+ACTIVATION_BYTES_PER_INPUT_VALUE = 1024  # rough: ~256 float32 activations kept per input value
+TRAINING_COPIES = 5  # weights, gradients, EMA and AdamW's two moments
+
+
+def check_sizes(arch: str, net_config: Any, train: TrainConfig, dataset: Any) -> None:
+    """Refuse, before allocating, a network torch cannot build from its config (a width its heads
+    do not divide, a negative size) and a network or micro-batch that cannot fit in memory.
+
+    The network is first built on the meta device (no memory); the batch estimate is rough (about
+    :data:`ACTIVATION_BYTES_PER_INPUT_VALUE` bytes of activations per input value) and only stops
+    sizes that are far out of reach.
+    """
+    try:
+        with torch.device("meta"):
+            probe = build_model(arch, net_config)
+    except (ValueError, RuntimeError, AssertionError, TypeError, ZeroDivisionError) as error:
+        raise DifflabError(
+            f"the model config cannot be built ({shorten(str(error))}); check the model "
+            "section (e.g. num_heads must divide every level's width)."
+        ) from None
+    parameters = sum(p.numel() for p in probe.parameters())
+    memory = physical_memory_bytes()
+    if parameters * 4 * TRAINING_COPIES > memory:
+        raise DifflabError(
+            f"the model has {parameters:,} parameters, too many to train in this machine's "
+            f"{memory / 2**30:.0f} GiB of memory; choose a smaller model section."
+        )
+    values = math.prod(dataset.images.shape[1:])
+    batch_bytes = train.batch_size * values * ACTIVATION_BYTES_PER_INPUT_VALUE
+    if batch_bytes > memory:
+        most = max(1, memory // (values * ACTIVATION_BYTES_PER_INPUT_VALUE))
+        raise DifflabError(
+            f"train.batch_size={train.batch_size} needs roughly {batch_bytes / 2**30:,.0f} GiB for "
+            f"one micro-batch but this machine has {memory / 2**30:.0f} GiB; use at most about "
+            f"{most} (with train.grad_accum for a larger effective batch)."
+        )
+
+
+def physical_memory_bytes() -> int:
+    """The machine's RAM (``sysconf``; 16 GiB where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 16 * 2**30
 
 
 def conditional(net_config: Any) -> bool:
@@ -305,12 +340,15 @@ def train(
     run, log = open_run(
         config, resume, build_run, restore_training_state, device=device, group=group
     )
-    run_training(
-        run,
-        log,
-        lambda index: diffusion_loss(run, index),
-        save_state=lambda last: save_training_state(run, out_dir),
-        save_samples=lambda path: sample_grid(run, path),
-        progress=progress,
-    )
+    try:
+        run_training(
+            run,
+            log,
+            lambda index: diffusion_loss(run, index),
+            save_state=lambda last: save_training_state(run, out_dir),
+            save_samples=lambda path: sample_grid(run, path),
+            progress=progress,
+        )
+    finally:
+        close_run(out_dir)  # the folder's lock, for the next run of this process
     return out_dir / MODEL_FILE

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from difflab.errors import DifflabError
 
 
 def format_duration(seconds: float) -> str:
@@ -56,12 +61,32 @@ class Progress:
 
 
 class JsonlLog:
-    """Appends one JSON object per line; each write is flushed."""
+    """Appends one JSON object per line, whole or not at all.
+
+    A line goes to the file in one ``write`` of an ``O_APPEND`` descriptor; if the write fails or
+    is cut short (a full disk), the file is truncated back to where it was and the failure is one
+    sentence that says the run's last checkpoint is intact.
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        line = (json.dumps(record) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                written = os.write(fd, line)
+                if written != len(line):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise DifflabError(
+                    f"could not write {self.path} ({error.strerror or error}); the run's last "
+                    "checkpoint is intact: free some space, then rerun with --resume."
+                ) from None
+        finally:
+            os.close(fd)

@@ -2,10 +2,16 @@
 
 Shared by every training loop (diffusion models, noisy classifiers): each loop's run is a
 :class:`ResumableRun` with a few fields of its own, opened by :func:`open_run` (output folder
-checks, device, resume, data-parallel wrapping). The state file holds the weights (``model.*``),
-the EMA weights (``ema.*``), the optimizer moments (``optim.<index>.*``) and both RNG states; its
-JSON records the data-stream position, the EMA update count, the skipped-batch count and the
-optimizer's param groups.
+checks, run-folder lock, device, resume, data-parallel wrapping). The state file holds the
+weights (``model.*``), the EMA weights (``ema.*``), the optimizer moments (``optim.<index>.*``) and
+both RNG states; its JSON records the data-stream position with the identity (size and content
+hash) of the data it indexes, the EMA update count, the skipped-batch count and the optimizer's
+param groups. Everything read back is checked against the run being resumed before it is used.
+
+One process owns a run folder at a time (:mod:`difflab.io.lock`, taken by :func:`open_run` and
+given back by :func:`close_run` or when the process ends); only after the config, the folder and
+the data have passed their checks are a killed writer's temporaries removed and metric lines
+written after the last checkpoint dropped.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +30,11 @@ import torch
 
 from difflab.config import config_to_dict
 from difflab.errors import DifflabError
-from difflab.io.atomic import remove_temporaries
+from difflab.io.atomic import (
+    check_output_folder,
+    remove_temporaries,
+    write_bytes_atomic,
+)
 from difflab.io.checkpoint import (
     load_checkpoint,
     load_weights_strict,
@@ -30,9 +42,11 @@ from difflab.io.checkpoint import (
     split_prefix,
     with_prefix,
 )
+from difflab.io.lock import lock_folder, release_folder
 from difflab.io.process_group import SINGLE, Distributed, check_same_config, on_main, rank_seed
+from difflab.io.validation import quote
 from difflab.models.registry import ARCHITECTURES, config_from_dict
-from difflab.training.data_order import BatchStream
+from difflab.training.data_order import BatchStream, check_same_data, dataset_identity
 from difflab.training.distributed import data_parallel
 from difflab.training.ema import EMA
 from difflab.training.progress import JsonlLog
@@ -63,10 +77,17 @@ class ResumableRun:
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     group: Distributed = SINGLE
     model: torch.nn.Module | None = None
+    data_identity: dict[str, Any] | None = None  # dataset_identity(dataset), computed once
 
     def forward_module(self) -> torch.nn.Module:
         """What forward passes go through (``model`` once set, else ``net``)."""
         return self.net if self.model is None else self.model
+
+    def identity(self) -> dict[str, Any]:
+        """Size and content hash of the training data (hashed on first use)."""
+        if self.data_identity is None:
+            self.data_identity = dataset_identity(self.dataset)
+        return self.data_identity
 
 
 def save_run_state(
@@ -86,6 +107,7 @@ def save_run_state(
         **meta,
         "state": {
             **run.stream.state(),
+            "data": run.identity(),
             "ema_updates": run.ema.num_updates,
             "skipped": run.skipped,
             "param_groups": optimizer_state["param_groups"],
@@ -120,22 +142,100 @@ def restore_run_state(
             )
     load_weights_strict(run.net, split_prefix(tensors, "model"), path)
     load_weights_strict(run.ema.module, split_prefix(tensors, "ema"), path)
-    state = meta["state"]
+    state = checked_state(meta, path)
+    if "data" in state:  # runs of older versions did not record their data
+        check_same_data(state["data"], run.identity(), path)
+    train = run.config.train
+    try:
+        stream = BatchStream(
+            len(run.dataset), train.batch_size, train.seed, state["epoch"], state["position"]
+        )
+    except ValueError as error:
+        raise DifflabError(
+            f"{path}: {error}; the data changed since this checkpoint or the file is damaged: "
+            "resume with the same data or use a new train.out_dir."
+        ) from None
     optim_state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in split_prefix(tensors, "optim").items():
         index, name = key.split(".", 1)
+        if not index.isdigit():
+            raise _damaged(path, f"optimizer tensor {quote(key)}")
         optim_state.setdefault(int(index), {})[name] = value
-    run.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    check_param_groups(state["param_groups"], run.optimizer, path)
+    check_rng_states(tensors, run.generator, path)
+    try:
+        run.optimizer.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+    except (ValueError, KeyError, TypeError, RuntimeError) as error:
+        raise _damaged(path, f"optimizer state ({quote(str(error))})") from None
     torch.set_rng_state(tensors["rng.torch"])
     run.generator.set_state(tensors["rng.train"])
     run.ema.num_updates = state["ema_updates"]
     run.skipped = state.get("skipped", 0)
-    train = run.config.train
-    run.stream = BatchStream(
-        len(run.dataset), train.batch_size, train.seed, state["epoch"], state["position"]
-    )
+    run.stream = stream
     run.step = meta["step"]
     return meta
+
+
+STATE_COUNTS = ("epoch", "position", "ema_updates", "skipped")
+
+
+def _damaged(path: Path, what: str) -> DifflabError:
+    return DifflabError(
+        f"{path} holds a damaged {what}; restore the file from a good copy or start a new "
+        "train.out_dir."
+    )
+
+
+def checked_state(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The ``state`` entry of a state file's JSON, its counters checked (integers >= 0)."""
+    state = meta.get("state")
+    if not isinstance(state, dict) or "param_groups" not in state or "step" not in meta:
+        raise _damaged(path, "resume state (its JSON lacks 'state', 'param_groups' or 'step')")
+    for key in STATE_COUNTS:
+        value = state.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+            raise _damaged(path, f"resume state ({key} is {quote(value)})")
+    return state
+
+
+def check_param_groups(groups: Any, optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """Stored param groups must have the live optimizer's layout: as many groups, the same keys,
+    the same parameter indices and values of the same types (finite numbers)."""
+    live = optimizer.state_dict()["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(live):
+        raise _damaged(path, f"optimizer state (param_groups is {quote(groups)})")
+    for stored, mine in zip(groups, live, strict=True):
+        if not isinstance(stored, dict) or "params" not in stored:
+            raise _damaged(path, f"optimizer state (a param group is {quote(stored)})")
+        if stored["params"] != mine["params"]:
+            raise _damaged(path, "optimizer state (its parameter indices differ from the model's)")
+        for key, value in stored.items():
+            if key in mine and key != "params" and not _same_kind(value, mine[key]):
+                raise _damaged(path, f"optimizer state ({key} is {quote(value)})")
+
+
+def _same_kind(value: Any, expected: Any) -> bool:
+    """Whether a stored param-group value can stand for the live one: a finite number for a
+    number, a list for a tuple (JSON has no tuples), else the same type."""
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        return (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and -math.inf < value < math.inf
+        )
+    if isinstance(expected, tuple):
+        return isinstance(value, list) and len(value) == len(expected)
+    return type(value) is type(expected)
+
+
+def check_rng_states(
+    tensors: dict[str, torch.Tensor], generator: torch.Generator, path: Path
+) -> None:
+    """Both stored RNG states exist and have the shape and dtype of live ones."""
+    for key, live in (("rng.torch", torch.get_rng_state()), ("rng.train", generator.get_state())):
+        stored = tensors.get(key)
+        if stored is None or stored.dtype != live.dtype or stored.shape != live.shape:
+            raise _damaged(path, f"random number generator state ({key!r})")
 
 
 def resume_path(out_dir: Path, resume: bool) -> Path | None:
@@ -153,20 +253,19 @@ def resume_path(out_dir: Path, resume: bool) -> Path | None:
 
 
 def check_output_dir(out_dir: Path) -> Path | None:
-    """Fail before training if the output folder cannot be written.
+    """Fail before training if the output folder cannot be written; else make it.
 
     Returns the outermost folder this call created (``None`` when ``out_dir`` existed), so that a
     run that fails before writing anything can take it away again (:func:`remove_empty_folders`).
     """
+    check_output_folder(out_dir, "train.out_dir")  # a file, under a file, unwritable: refused
     created = next((p for p in reversed([out_dir, *out_dir.parents]) if not p.exists()), None)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write_test"
-        probe.write_bytes(b"ok")
-        probe.unlink()
     except OSError as error:
         raise DifflabError(
-            f"cannot write to the output folder {out_dir} ({error.strerror}); choose a writable train.out_dir."
+            f"cannot make the output folder {out_dir} ({error.strerror}); choose a writable "
+            "train.out_dir."
         ) from None
     return created
 
@@ -178,13 +277,32 @@ def remove_empty_folders(top: Path) -> None:
             os.rmdir(folder)
 
 
-def trim_log(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint a run resumes from."""
+def trim_log(path: Path, step: int) -> str | None:
+    """Drop metric lines written after the checkpoint a run resumes from, and lines that are not
+    whole JSON records (a write cut short by a full disk or a kill); returns a note saying how
+    many of those were dropped (None when none)."""
     if not path.exists():
-        return
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        return None
+    kept, malformed = [], 0
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            recorded_step = record.get("step", 0) if isinstance(record, dict) else None
+        except (json.JSONDecodeError, RecursionError):
+            recorded_step = None
+        if not isinstance(recorded_step, int):
+            malformed += 1
+        elif recorded_step <= step:
+            kept.append(line)
+    write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+    if not malformed:
+        return None
+    return (
+        f"note: dropped {malformed} malformed line(s) of {path} (a write cut short); the "
+        "other metrics are kept."
+    )
 
 
 RunT = TypeVar("RunT", bound=ResumableRun)
@@ -215,12 +333,11 @@ def open_run(
     def check_folder() -> tuple[Path | None, Path | None]:
         created = check_output_dir(out_dir)
         try:
+            lock_folder(out_dir)
             state = resume_path(out_dir, resume)
-        except DifflabError:
-            if created is not None:
-                remove_empty_folders(created)
+        except BaseException:
+            close_run(out_dir, created)
             raise
-        remove_temporaries(out_dir)  # what a killed run was writing; its files before are whole
         return state, created
 
     state_path, created = on_main(group, check_folder)
@@ -233,9 +350,9 @@ def open_run(
                 module.to(memory_format=torch.channels_last)
         if state_path is not None:
             restore(run, state_path)
-    except BaseException:  # bad data or a bad state file: leave no empty run folder behind
-        if created is not None and group.is_main:
-            remove_empty_folders(created)
+    except BaseException:  # bad data or a bad state file: leave the folder as it was
+        if group.is_main:
+            close_run(out_dir, created)
         raise
     steps = group.gather(run.step)
     if len(set(steps)) > 1:
@@ -248,10 +365,21 @@ def open_run(
     model = data_parallel(run.net, group, device)
     run.model = torch.compile(model) if train.compile else model
     log = None
-    if group.is_main:
+    if group.is_main:  # every input passed its checks: clear what a killed run left
+        remove_temporaries(out_dir)  # a killed writer's temporaries; its files before are whole
         log = JsonlLog(out_dir / "metrics.jsonl")
-        trim_log(log.path, run.step)  # lines a killed run wrote after its last checkpoint
+        note = trim_log(log.path, run.step)  # lines written after the last checkpoint
+        if note:
+            print(note, file=sys.stderr)
     return run, log
+
+
+def close_run(out_dir: Path, created: Path | None = None) -> None:
+    """Give the run folder's lock back; with ``created``, also remove the folders this run made
+    as far as they are empty (a run that failed before writing anything)."""
+    release_folder(out_dir)
+    if created is not None:
+        remove_empty_folders(created)
 
 
 def run_meta(run: ResumableRun, kind: str, arch: str) -> dict[str, Any]:
