@@ -15,8 +15,6 @@ from tests.metrics.test_lpips import (
 )
 from tests.metrics.test_lpips_bapps import write_2afc_set, write_jnd_set
 
-pytestmark = pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/testdata/lpips is absent")
-
 
 def test_two_images_and_a_spatial_map(tmp_path, capsys):
     out_map = tmp_path / "map.png"

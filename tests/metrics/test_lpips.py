@@ -18,8 +18,15 @@ from difflab.metrics import LPIPS, InputRangeWarning, LPIPSLoss, lpips_distance
 from difflab.metrics.lpips import NORM_EPS, SCALING_SCALE, SCALING_SHIFT, unit_normalize
 from difflab.metrics.pretrained import official_lpips_weight_file, read_weight_file
 
-# ../shared/testdata/lpips beside the checkout (the reference repository's example images)
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "lpips"
+# the reference repository's example images, kept in the repository (BSD-2, LICENSE beside them)
+EXAMPLES = Path(__file__).resolve().parent / "data" / "lpips"
+
+
+def official_weight_file(net: str, version: str = "0.1") -> Path:
+    """The official lpips package's linear-layer file; a test that needs it fails without it."""
+    path = official_lpips_weight_file(net, version)
+    assert path is not None, "the official lpips package is not installed; run `make install`"
+    return path
 
 
 def photo_batch(size: int = 64) -> torch.Tensor:
@@ -55,7 +62,9 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def read_example(name: str) -> torch.Tensor:
-    pixels = np.asarray(Image.open(EXAMPLES / f"{name}.png").convert("RGB"), np.float32)
+    path = EXAMPLES / f"{name}.png"
+    assert path.is_file(), f"{path} is missing: the LPIPS example images belong in the repository"
+    pixels = np.asarray(Image.open(path).convert("RGB"), np.float32)
     return torch.from_numpy(pixels).permute(2, 0, 1)[None] / 127.5 - 1  # (1, 3, 64, 64)
 
 
@@ -144,7 +153,6 @@ def test_distance_grows_with_blur(net, photos, request):
     assert (d[1:] > d[:-1]).all(), d
 
 
-@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/testdata/lpips is not present")
 def test_reference_example_images_rank_as_the_reference_expects(alex, vgg):
     """The reference's test_network.py compares ex_ref with ex_p0 and ex_p1: p1 is closer.
 
@@ -246,9 +254,7 @@ def test_batched_equals_one_by_one_and_broadcasts_a_single_reference(alex, photo
 
 
 def test_version_0_0_reads_the_official_file(photos):
-    path = official_lpips_weight_file("alex", "0.0")
-    if path is None:
-        pytest.skip("the official lpips package (an asset package) is not installed")
+    path = official_weight_file("alex", "0.0")
     old = LPIPS("alex", version="0.0", lin_weights=path)
     expected = read_weight_file(path)["lin0.model.1.weight"]
     torch.testing.assert_close(old.lin_weights[0], expected)

@@ -28,16 +28,19 @@ from difflab.metrics import LPIPS
 from difflab.metrics.backbones import FrozenConv2d, build_backbone
 from difflab.metrics.pretrained import canonical_net, official_lpips_weight_file
 from tests.metrics.test_lpips import (
-    EXAMPLES,
     gaussian_blur,
+    official_weight_file,
     photo_batch,
     read_example,
 )
 
-pytestmark = pytest.mark.skipif(
-    official_lpips_weight_file("alex") is None,
-    reason="the official lpips package (an asset package) is not installed",
-)
+pytestmark = pytest.mark.usefixtures("official_package")
+
+
+@pytest.fixture(scope="module")
+def official_package() -> None:
+    """Every test here runs the official package's code: it fails (not skips) without it."""
+    official_weight_file("alex")
 
 
 def torchvision_features(net: str) -> nn.Sequential:
@@ -146,15 +149,18 @@ def test_agrees_with_the_reference_options(images):
 
 
 def test_gradients_agree_with_the_reference(images):
+    """What holds (float32, AlexNet): every entry of the input gradient within 1e-5 of the largest
+    entry (measured: 7e-7; 8e-7 relative in norm). Entry by entry the relative error reaches 2e-3,
+    on entries near zero, so no elementwise relative bound is claimed."""
     x0, x1 = images
     ours_x = x1[:2].clone().requires_grad_(True)
     theirs_x = x1[:2].clone().requires_grad_(True)
     LPIPS("alex")(x0[:2], ours_x).sum().backward()
     reference_lpips("alex")(x0[:2], theirs_x).sum().backward()
-    torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=1e-4, atol=1e-7)
+    scale = float(theirs_x.grad.abs().max())
+    torch.testing.assert_close(ours_x.grad, theirs_x.grad, rtol=0, atol=1e-5 * scale)
 
 
-@pytest.mark.skipif(not EXAMPLES.is_dir(), reason="../shared/testdata/lpips is not present")
 def test_reference_code_on_the_example_images():
     """The reference's own example (test_network.py, AlexNet v0.1), run by its own code."""
     ref, p0, p1 = read_example("ex_ref"), read_example("ex_p0"), read_example("ex_p1")

