@@ -99,7 +99,9 @@ async function loadModels() {
     $("model").append(option(model.name, `${model.name} (${model.arch})`));
   }
   for (const sampler of answer.samplers) {
-    $("sampler").append(option(sampler.name, sampler.name)).title = sampler.summary;
+    const element = option(sampler.name, sampler.name);
+    element.title = sampler.summary;
+    $("sampler").append(element);
   }
   $("steps").max = answer.limits.max_steps;
   $("n").max = answer.limits.max_n;

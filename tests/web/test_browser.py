@@ -1,0 +1,115 @@
+"""The web page in a real browser: headless Chromium (Debian's package) driven by playwright draws
+strokes on the canvas with the mouse, presses Generate, waits for the image, and checks that the
+image follows the strokes."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from difflab.pipelines import load_pipeline
+from difflab.web import ModelCatalog
+from tests.web.conftest import SIZE, SketchEcho, call, pipeline_of, running_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "outputs" / "web_app.png"
+DOCS_SCREENSHOT = ROOT / "docs" / "web_app.png"
+
+# strokes in canvas fractions: a horizontal bar and a vertical bar, as (x0, y0) -> (x1, y1)
+STROKES = [((0.2, 0.3), (0.8, 0.3)), ((0.65, 0.3), (0.65, 0.85))]
+
+
+def stroke_mask(size: int, half_width: float) -> np.ndarray:
+    """(size, size) bool: pixels within ``half_width`` (pixels) of a stroke's segment."""
+    centres = (np.arange(size) + 0.5) / size
+    y, x = np.meshgrid(centres, centres, indexing="ij")
+    near = np.zeros((size, size), bool)
+    for (x0, y0), (x1, y1) in STROKES:
+        length = np.hypot(x1 - x0, y1 - y0)
+        along = np.clip(((x - x0) * (x1 - x0) + (y - y0) * (y1 - y0)) / length**2, 0, 1)
+        distance = np.hypot(x - (x0 + along * (x1 - x0)), y - (y0 + along * (y1 - y0)))
+        near |= distance * size <= half_width
+    return near
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"the browser test needs Debian's chromium at {CHROMIUM}; run `make install` as root "
+            "or `apt-get install -y chromium`."
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def draw(page, box: dict) -> None:
+    """Mouse strokes over the canvas element's box, in small moves as a hand would."""
+    for (x0, y0), (x1, y1) in STROKES:
+        page.mouse.move(box["x"] + x0 * box["width"], box["y"] + y0 * box["height"])
+        page.mouse.down()
+        for k in range(1, 13):
+            f = k / 12
+            page.mouse.move(
+                box["x"] + (x0 + f * (x1 - x0)) * box["width"],
+                box["y"] + (y0 + f * (y1 - y0)) * box["height"],
+            )
+        page.mouse.up()
+
+
+def test_strokes_drawn_in_the_browser_shape_the_generated_image(browser):
+    """Fails if the canvas does not record mouse strokes, if the page does not send them as the
+    hint, if the server decodes or resizes the hint wrongly (flipped, transposed, inverted), or
+    if the result never reaches the gallery. The model is :class:`SketchEcho` (x0 = the hint),
+    so the image must show the strokes themselves."""
+    catalog = ModelCatalog.from_pipelines(
+        {"sketch-echo": pipeline_of(SketchEcho()), "mnist_cond": load_pipeline("mnist_cond")}
+    )
+    with running_server(catalog) as base:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base)
+        page.wait_for_selector("#model option[value='mnist_cond']", state="attached")
+        page.select_option("#model", "mnist_cond")
+        assert page.is_disabled("#use-sketch")  # a model without control refuses the sketch
+        page.select_option("#model", "sketch-echo")
+        draw(page, page.locator("#sketch").bounding_box())
+        assert page.is_checked("#use-sketch")  # drawing turns the hint on
+        page.fill("#steps", "3")
+        page.click("#generate")
+        page.wait_for_selector("#gallery .card img.sample", timeout=20_000)
+        assert page.text_content("#status").startswith("done")
+        assert page.text_content("#error") == ""
+        source = page.get_attribute("#gallery .card img.sample", "src")
+        hint_source = page.get_attribute("#gallery .card img.hint", "src")
+        status, png = call(f"{base}{source}")
+        assert status == 200
+        page.screenshot(path=_screenshot_path(), full_page=True)
+        page.close()
+    assert errors == []
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32) / 255
+    assert image.shape == (SIZE, SIZE)
+    on, off = stroke_mask(SIZE, 0.5), ~stroke_mask(SIZE, 2.5)
+    assert image[on].mean() > 0.6, "the strokes are missing from the image"
+    assert image[off].mean() < 0.05, "the image is bright away from the strokes"
+    assert hint_source is not None  # the gallery shows the hint the model received
+    if os.environ.get("DIFFLAB_UPDATE_DOCS") == "1":
+        DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)
+
+
+def _screenshot_path() -> str:
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    return str(SCREENSHOT)
