@@ -137,6 +137,22 @@ def post_chunked(base: str, chunks: list[bytes]) -> tuple[int, dict]:
     return response.status, answer
 
 
+def test_edges_of_an_uploaded_image_become_a_sketch(api):
+    """Fails if the edges are not at the model's size, not white on black, or not where the
+    uploaded image has its contour; a bad upload is one sentence."""
+    base, _ = api
+    photo = Image.new("RGB", (84, 84), (20, 20, 20))
+    photo.paste((230, 230, 230), (21, 21, 63, 63))  # a bright square: its contour is the edge
+    status, answer = call(f"{base}/api/edges", {"model": "echo", "image": png_url(photo)})
+    assert status == 200, answer
+    edges = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["hint"].split(",")[1]))))
+    assert edges.shape == (28, 28)
+    bright = edges > 127
+    assert bright[6:22, 6:22].any() and not bright[:4].any() and not bright[12:16, 12:16].any()
+    status, answer = call(f"{base}/api/edges", {"model": "echo", "image": "data:image/png;base64,"})
+    assert status == 422 and answer["error"] == "image is not a readable image."
+
+
 def wait_done(base: str, job_id: str, timeout: float = 30.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -5,6 +5,7 @@ Routes (every error is ``{"error": "one sentence"}`` with a 4xx or 5xx status, n
 * ``GET /``: the page (``static/index.html``, its script and style; no CDN, works offline).
 * ``GET /api/models``: the models, the samplers and the server's limits.
 * ``POST /api/generate``: queue a :class:`~difflab.web.schemas.GenerateRequest`; 202 and the job.
+* ``POST /api/edges``: the Canny edges of an uploaded image, as a sketch to edit and send.
 * ``GET /api/jobs/{id}``: its status, step, latest x0 preview (polled by the page).
 * ``GET /api/jobs/{id}/images/{k}.png``, ``GET /api/jobs/{id}/hint.png``: results to download.
 * ``DELETE /api/jobs/{id}``: cancel.
@@ -30,9 +31,10 @@ from difflab import __version__
 from difflab.errors import DifflabError
 from difflab.samplers import SAMPLERS
 from difflab.web.catalog import ModelCatalog
+from difflab.web.images import decode_data_url, png_data_url
 from difflab.web.jobs import Job, JobQueue
 from difflab.web.limits import ServeLimits
-from difflab.web.schemas import GenerateRequest, RequestRefused, validation_sentence
+from difflab.web.schemas import EdgesRequest, GenerateRequest, RequestRefused, validation_sentence
 
 STATIC = Path(__file__).resolve().parent / "static"
 LOG = logging.getLogger("difflab.web")
@@ -163,6 +165,12 @@ def create_app(catalog: ModelCatalog, limits: ServeLimits | None = None) -> Fast
         job = Job(request.model, run, settings)
         position = jobs().submit(job)
         return job.state(position)
+
+    @app.post("/api/edges")
+    def edges(request: EdgesRequest) -> dict[str, str]:
+        model = catalog.get(request.model)
+        image = decode_data_url(request.image, limits, "image")
+        return {"hint": png_data_url(model.edges(image))}
 
     @app.get("/api/jobs/{job_id}")
     def job_state(job_id: str) -> dict[str, Any]:

@@ -7,8 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
+from difflab.data.folder import convert_mode, resize_and_center_crop
+from difflab.data.hints import canny_hint
 from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
@@ -114,6 +118,14 @@ class ServedModel:
             "guidance": guidance,
         }
         return SamplingRun(self.pipeline, request.n, conditioning, options, hint)
+
+    def edges(self, image: Image.Image) -> torch.Tensor:
+        """Canny edges (1, 1, H, W) in [-1, 1] of an uploaded image at the model's image size:
+        grey, resized and centre-cropped as a dataset image is, so the edges look like the
+        training hints (:func:`~difflab.data.hints.canny_hint`, white edges on black)."""
+        _, size, _ = self.pipeline.image_shape
+        grey = resize_and_center_crop(convert_mode(image, "L"), size)
+        return canny_hint(np.asarray(grey))[None]  # (1, 1, H, W)
 
     def _labels(self, request: GenerateRequest) -> torch.Tensor | None:
         classes = self.pipeline.num_classes
