@@ -19,7 +19,7 @@ import torch
 
 from difflab.cli.common import add_guidance_arguments, add_sampling_arguments, guidance_from_args
 from difflab.errors import DifflabError
-from difflab.io.atomic import write_bytes_atomic
+from difflab.io.atomic import check_output_path, write_bytes_atomic
 from difflab.io.images import save_grid
 from difflab.metrics.evaluate import DEFAULT_SAMPLE_BATCH, compare, format_summary
 from difflab.metrics.features import (
@@ -158,8 +158,11 @@ def _extractor(args: argparse.Namespace, fallback: str | None) -> FeatureExtract
 
 
 def _check_suffix(flag: str, path: str | None, suffix: str) -> None:
+    """An output path: the suffix, and a place it can be written (checked before any work)."""
     if path is not None and Path(path).suffix.lower() != suffix:
         raise DifflabError(f"{flag} {path} must end in {suffix}.")
+    if path is not None:
+        check_output_path(path, flag)
 
 
 def _write_json(path: str, result: dict[str, Any]) -> Path:

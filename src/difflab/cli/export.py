@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from difflab.errors import DifflabError
+from difflab.io.atomic import check_output_path
 from difflab.io.checkpoint import load_checkpoint, save_checkpoint, split_prefix, with_prefix
 
 TRAINING_ONLY_KEYS = ("state", "versions")  # resume bookkeeping; versions are re-stamped on save
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise DifflabError(f"the output {out} must end in .safetensors.")
+    check_output_path(out, "the output", [args.checkpoint])
     path = export_weights(Path(args.checkpoint), out, args.fp16)
     size = path.stat().st_size / 1e6
     print(f"wrote {path} ({size:.1f} MB, {'float16' if args.fp16 else 'float32'} weights)")

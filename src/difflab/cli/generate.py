@@ -24,6 +24,7 @@ from difflab.cli.common import (
 from difflab.data import load_dataset
 from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
+from difflab.io.atomic import check_output_folder, check_output_path
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.device import select_device
 from difflab.io.images import save_grid, save_images
@@ -111,11 +112,11 @@ def _check_count(name: str, value: int) -> None:
         raise DifflabError(f"--{name} must be at least 1, got {value}.")
 
 
-def _check_png(path: str) -> Path:
+def _check_png(path: str, checkpoint: str | None = None) -> Path:
     out = Path(path)
     if out.suffix.lower() != ".png":
         raise DifflabError(f"--out {path} must end in .png.")
-    return out
+    return check_output_path(out, "--out", [checkpoint] if checkpoint else [])
 
 
 def _label_text(args: argparse.Namespace) -> str | None:
@@ -140,7 +141,9 @@ def _write_samples(args: argparse.Namespace, images: torch.Tensor, out: Path, nr
 def run_sample(args: argparse.Namespace) -> int:
     """Sample; under torchrun every rank draws its share of ``--n`` and rank 0 writes them all."""
     _check_count("n", args.n)
-    out = _check_png(args.out)
+    out = _check_png(args.out, args.checkpoint)
+    if args.out_dir:
+        check_output_folder(args.out_dir, "--out-dir")
     args.checkpoint = str(resolve_checkpoint(args.checkpoint))  # a path, or a shipped name
     if load_checkpoint_meta(args.checkpoint).get("kind") == PRIOR_KIND:
         return _sample_vqvae_prior(args, out)
@@ -250,7 +253,7 @@ def _sample_vqvae_prior(args: argparse.Namespace, out: Path) -> int:
 
 def run_invert(args: argparse.Namespace) -> int:
     _check_count("n", args.n)
-    out = _check_png(args.out)
+    out = _check_png(args.out, args.checkpoint)
     pipeline = load_pipeline(args.checkpoint, select_device(args.device))
     channels, size, _ = pipeline.image_shape
     dataset = load_dataset(
@@ -275,7 +278,7 @@ def run_invert(args: argparse.Namespace) -> int:
 
 def run_interpolate(args: argparse.Namespace) -> int:
     _check_count("points", args.points)
-    out = _check_png(args.out)
+    out = _check_png(args.out, args.checkpoint)
     pipeline = load_pipeline(args.checkpoint, select_device(args.device))
     cond = None if args.label is None else Conditioning(labels=torch.tensor([args.label]))
     if cond is not None:

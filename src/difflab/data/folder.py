@@ -78,6 +78,15 @@ def _image_files_under(folder: Path) -> list[Path]:
     return found
 
 
+def _is_file_entry(entry: os.DirEntry) -> bool:
+    """A file, or a link that cannot be resolved (a loop): such a link is then named by the
+    error of reading it, as a damaged file is."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
+
+
 def index_folder(root: str | Path) -> FolderIndex:
     """Find the image files of a folder and decide whether its subfolders are classes."""
     root = Path(root).expanduser()
@@ -92,8 +101,8 @@ def index_folder(root: str | Path) -> FolderIndex:
             f"{_EXTENSIONS_TEXT} images."
         )
     entries = sorted(os.scandir(root), key=lambda e: e.name)
-    top_images = [e for e in entries if e.is_file() and _is_image_name(e.name)]
-    subfolders = [e for e in entries if e.is_dir() and _visible(e.name)]
+    top_images = [e for e in entries if _is_file_entry(e) and _is_image_name(e.name)]
+    subfolders = [e for e in entries if not _is_file_entry(e) and e.is_dir() and _visible(e.name)]
     classes: list[tuple[str, list[Path]]] = []
     if not top_images:
         for sub in subfolders:

@@ -122,19 +122,20 @@ def check_output_path(path: str | Path, flag: str, inputs: Sequence[str | Path] 
                 )
     if path.is_dir():
         raise DifflabError(f"{flag} {path} is a folder; give a file path inside it.")
-    check_output_folder(path.parent, flag)
+    check_output_folder(path.parent, flag, shown=path)
     return path
 
 
-def check_output_folder(folder: str | Path, flag: str) -> Path:
+def check_output_folder(folder: str | Path, flag: str, shown: str | Path | None = None) -> Path:
     """Fail if ``folder`` (existing or to be made) cannot hold new files: it or a folder above it is
     a file, or the nearest existing one is not writable (probed with a temporary that is removed at
-    once). Creates nothing."""
+    once). Creates nothing; ``shown`` is the path the error names (default ``folder``)."""
     folder = Path(folder)
+    shown = folder if shown is None else Path(shown)
     existing = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
     if not existing.is_dir():
-        where = "is" if existing == folder else f"sits under {existing}, which is"
-        raise DifflabError(f"{flag} {folder} {where} a file, not a folder; give another path.")
+        where = "is" if existing == shown else f"sits under {existing}, which is"
+        raise DifflabError(f"{flag} {shown} {where} a file, not a folder; give another path.")
     try:
         fd, name = tempfile.mkstemp(prefix=temporary_prefix("probe"), dir=existing)
         os.close(fd)

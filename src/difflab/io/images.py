@@ -9,11 +9,20 @@ import numpy as np
 import torch
 from PIL import Image
 
-from difflab.io.atomic import atomic_path
+from difflab.errors import DifflabError
+from difflab.io.atomic import atomic_path, remove_temporaries
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8."""
+    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8; NaN or infinite values are an error (a
+    diverged sampler or model), never written as black or white pixels."""
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise DifflabError(
+            f"{bad} of {images.numel()} values of the images to write are NaN or infinite (the "
+            "sampler or the model diverged); nothing was written: try another sampler, fewer "
+            "guidance or more steps, or check the checkpoint."
+        )
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
@@ -53,8 +62,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
 
 
 def save_images(images: torch.Tensor, directory: str | Path, prefix: str = "sample") -> list[Path]:
-    """Save each image of (B, C, H, W) as ``directory/prefix_00000.png``."""
+    """Save each image of (B, C, H, W) as ``directory/prefix_00000.png``; first removes the
+    temporaries a killed writer left there."""
     directory = Path(directory)
+    remove_temporaries(directory, recursive=False)
     return [
         save_png(array, directory / f"{prefix}_{i:05d}.png")
         for i, array in enumerate(to_uint8(images))

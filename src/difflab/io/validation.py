@@ -2,10 +2,12 @@
 
 A config, a checkpoint's JSON or a statistics file is parsed by a library (YAML, JSON, NumPy) that
 accepts things difflab cannot use: an alias bomb that expands to billions of values, JSON nested
-100,000 deep, integers beyond 64 bits, NaN. The helpers here are the one place those limits live:
+100,000 deep, integers beyond 64 bits, NaN, an array header that claims 10^14 values. The
+helpers here are the one place those limits live:
 :func:`check_tree` bounds the size and depth of a parsed document without expanding it,
 :func:`quote` bounds any value quoted in an error sentence, and :func:`check_number` refuses
-numbers a tensor cannot hold. The typed schemas themselves are the config dataclasses
+numbers a tensor cannot hold and :func:`load_npz_checked` reads an ``.npz`` only after its headers
+match a schema. The typed schemas themselves are the config dataclasses
 (:mod:`difflab.config`), which call these.
 """
 
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 import math
 import reprlib
+import zipfile
+from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from difflab.errors import DifflabError
 
@@ -85,3 +91,44 @@ def check_number(value: int | float, where: str) -> None:
         raise DifflabError(
             f"{where} is {quote(value)}, which does not fit in 64 bits; give a smaller number."
         )
+
+
+MAX_ARRAY_VALUES = 500_000_000  # one array of a statistics file (a 16k x 16k covariance fits)
+ARRAY_KINDS = {"float": "fiu", "int": "iu", "text": "U"}  # dtype kinds each kind accepts
+
+
+def load_npz_checked(
+    path: str | Path, schema: dict[str, tuple[str, int]], max_values: int = MAX_ARRAY_VALUES
+) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` whose entries named in ``schema`` (name -> (kind, ndim), kind one
+    of :data:`ARRAY_KINDS`) have that kind and number of dimensions, each array at most
+    ``max_values`` values, all read from the headers before any data is (a header that claims
+    10^14 values costs nothing). Entries the file lacks are left to the caller; other entries
+    are not read. File errors (OSError, ValueError, BadZipFile) propagate."""
+    path = Path(path)
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            with archive.open(info) as handle:
+                version = np.lib.format.read_magic(handle)
+                reader = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = reader(handle)
+            if name not in schema:
+                continue
+            kind, ndim = schema[name]
+            if dtype.kind not in ARRAY_KINDS[kind] or len(shape) != ndim:
+                raise DifflabError(
+                    f"{path}: entry {name!r} must be a {ndim}-dimensional {kind} array, got "
+                    f"{len(shape)}-dimensional {dtype}; recompute the file."
+                )
+            if math.prod(shape) > max_values:
+                raise DifflabError(
+                    f"{path}: entry {name!r} claims {math.prod(shape):,} values (at most "
+                    f"{max_values:,}); the file is damaged: recompute it."
+                )
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files if key in schema}

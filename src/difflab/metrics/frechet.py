@@ -31,9 +31,20 @@ import torch
 
 from difflab.errors import DifflabError
 from difflab.io.atomic import atomic_path
+from difflab.io.validation import load_npz_checked
 
 STATS_FORMAT = "difflab-feature-stats-1"
 _ARRAY_KEYS = ("format", "feature_space", "mean", "cov", "count", "source", "image_size")
+STATS_SCHEMA: dict[str, tuple[str, int]] = {  # entry -> (kind, dimensions), checked before reading
+    "format": ("text", 0),
+    "feature_space": ("text", 0),
+    "mean": ("float", 1),
+    "cov": ("float", 2),
+    "count": ("int", 0),
+    "source": ("text", 0),
+    "image_size": ("int", 0),
+    "features": ("float", 2),
+}
 
 
 def _as_float64(features: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -222,8 +233,7 @@ class FeatureStats:
                 f"--out {path}`."
             )
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
+            arrays = load_npz_checked(path, STATS_SCHEMA)
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
             raise DifflabError(
                 f"{path} cannot be read as a statistics file ({error}); recompute it with "

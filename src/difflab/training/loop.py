@@ -219,8 +219,8 @@ def check_sizes(arch: str, net_config: Any, train: TrainConfig, dataset: Any) ->
             probe = build_model(arch, net_config)
     except (ValueError, RuntimeError, AssertionError, TypeError, ZeroDivisionError) as error:
         raise DifflabError(
-            f"the model config cannot be built ({shorten(str(error))}); check the model "
-            "section (e.g. num_heads must divide every level's width)."
+            f"the model config cannot be built ({shorten(str(error)).rstrip('.')}); check the "
+            "model section (e.g. num_heads must divide every level's width)."
         ) from None
     parameters = sum(p.numel() for p in probe.parameters())
     memory = physical_memory_bytes()
