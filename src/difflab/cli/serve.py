@@ -6,7 +6,7 @@ import argparse
 
 from difflab.cli.common import add_device_argument
 from difflab.io.device import select_device
-from difflab.web import ModelCatalog, ServeLimits, serve
+from difflab.web import ModelCatalog, ServeLimits, check_port_free, serve
 
 DEFAULTS = ServeLimits()
 
@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         queue_size=args.queue,
         max_image_bytes=args.max_image_bytes,
     )
+    check_port_free(args.host, args.port)  # before minutes of loading, not after
     catalog = ModelCatalog.load(args.models, select_device(args.device))
     print(f"difflab serve: {', '.join(catalog.names())} on http://{args.host}:{args.port}/")
     serve(catalog, limits, args.host, args.port)

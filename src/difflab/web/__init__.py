@@ -5,7 +5,7 @@ paths, or pipelines built in Python) under :class:`ServeLimits`; :func:`serve` r
 uvicorn. Requests queue behind one worker thread (:mod:`difflab.web.jobs`).
 """
 
-from difflab.web.app import create_app, serve
+from difflab.web.app import check_port_free, create_app, serve
 from difflab.web.catalog import ModelCatalog, ServedModel
 from difflab.web.limits import ServeLimits
 from difflab.web.schemas import GenerateRequest, RequestRefused
@@ -16,6 +16,7 @@ __all__ = [
     "RequestRefused",
     "ServeLimits",
     "ServedModel",
+    "check_port_free",
     "create_app",
     "serve",
 ]

@@ -17,6 +17,7 @@ from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint, shipped_names
+from difflab.models.controlnet import ControlledNetwork
 from difflab.pipelines import DiffusionPipeline, load_pipeline
 from difflab.samplers import Guidance
 from difflab.web.images import decode_data_url, hint_tensor
@@ -72,11 +73,18 @@ class ServedModel:
         return "control" in self.pipeline.description.conditioning_fields
 
     @property
+    def has_controlnet(self) -> bool:
+        """Whether the model is a base plus ControlNets (it then takes a control scale)."""
+        return isinstance(self.pipeline.net, ControlledNetwork)
+
+    @property
     def takes_guidance(self) -> bool:
-        """Whether classifier-free guidance is meaningful (a conditional model whose "nothing"
-        branch was trained)."""
+        """Whether classifier-free guidance is meaningful: a model conditioned on something that
+        is dropped (labels, captions; a hint is the same in both branches) whose "nothing" branch
+        was trained."""
         description = self.pipeline.description
-        return bool(description.conditioning_fields) and description.dropout_trained is not False
+        droppable = set(description.conditioning_fields) - {"control"}
+        return bool(droppable) and description.dropout_trained is not False
 
     def summary(self) -> dict[str, Any]:
         """What the page needs to set its controls (``GET /api/models``)."""
@@ -89,6 +97,7 @@ class ServedModel:
             "conditioning": list(description.conditioning_fields),
             "guidance": self.takes_guidance,
             "control": self.reads_control,
+            "control_scale": self.has_controlnet,
             "latent": self.pipeline.autoencoder is not None,
             "source": self.source,
         }
@@ -110,13 +119,15 @@ class ServedModel:
             self.pipeline.check_conditioning(conditioning or Conditioning(), guidance)
         except DifflabError as error:
             raise RequestRefused(422, str(error)) from None
-        options = {
+        options: dict[str, Any] = {
             "seed": request.seed,
             "sampler": request.sampler,
             "steps": request.steps,
             "eta": request.eta,
             "guidance": guidance,
         }
+        if self.has_controlnet:
+            options["control_scale"] = request.control_scale
         return SamplingRun(self.pipeline, request.n, conditioning, options, hint)
 
     def edges(self, image: Image.Image) -> torch.Tensor:
@@ -157,6 +168,12 @@ class ServedModel:
 
     def _hint(self, request: GenerateRequest, limits: ServeLimits) -> torch.Tensor | None:
         if request.hint is None:
+            if self.has_controlnet:
+                raise RequestRefused(
+                    422,
+                    f"model {self.name} follows a sketch; draw on the canvas (or upload an image "
+                    "for its edges) and send the sketch.",
+                )
             return None
         if not self.reads_control:
             raise RequestRefused(

@@ -84,7 +84,7 @@ function showModel() {
   $("guidance").disabled = !model.guidance;
   if (!model.guidance) $("guidance").value = "";
   $("use-sketch").disabled = !model.control;
-  $("control-scale").disabled = !model.control;
+  $("control-scale").disabled = !model.control_scale;
   if (!model.control) $("use-sketch").checked = false;
   $("sketch-note").textContent = model.control
     ? `${model.name} follows the sketch (white strokes on black).`
