@@ -45,15 +45,19 @@ class SketchEcho(torch.nn.Module):
 
 
 class GatedEcho(SketchEcho):
-    """A :class:`SketchEcho` whose forward waits until ``gate`` is set: keeps the worker busy for
-    as long as a test needs (the full-queue test), with no timing guesswork."""
+    """A :class:`SketchEcho` whose every forward (one per sampler step) waits for a permit: the
+    test decides when the worker moves on (a busy worker, step-by-step previews, cancelling),
+    with no timing guesswork. ``allow(k)`` lets k more steps run."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.gate = threading.Event()
+        self.permits = threading.Semaphore(0)
+
+    def allow(self, steps: int) -> None:
+        self.permits.release(steps)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        self.gate.wait(timeout=30)
+        assert self.permits.acquire(timeout=30), "a gated test model waited 30 s for a permit"
         return super().forward(x_t, t, cond)
 
 

@@ -43,7 +43,7 @@ def api():
     )
     with running_server(catalog, LIMITS) as base:
         yield base, gated
-    gated.gate.set()
+        gated.allow(1000)  # nothing waits on a permit when the server stops
 
 
 def noise_png(side: int) -> str:
@@ -109,7 +109,6 @@ def test_a_full_queue_answers_503_at_once_and_the_queue_drains(api):
     refused. Fails if the queue is unbounded, if a refused request is run anyway, or if the
     worker stops after a job."""
     base, gated = api
-    gated.gate.clear()
     body = {"model": "gated", "steps": 2, "hint": stroke()}
     first = call(f"{base}/api/generate", body)
     second = call(f"{base}/api/generate", body)
@@ -117,24 +116,32 @@ def test_a_full_queue_answers_503_at_once_and_the_queue_drains(api):
     assert (first[0], second[0]) == (202, 202), (first, second)
     assert third[0] == 503 and "busy" in third[1]["error"], third
     assert call(f"{base}/api/jobs/{second[1]['id']}")[1]["position"] == 0
-    gated.gate.set()
+    gated.allow(4)
     for job in (first[1], second[1]):
-        state = wait_done(base, job["id"])
-        assert state["status"] == "done" and len(state["images"]) == 1
+        state = wait_for(base, job["id"], "done")
+        assert len(state["images"]) == 1
         status, png = call(f"{base}{state['images'][0]}")
         assert status == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def post_chunked(base: str, chunks: list[bytes]) -> tuple[int, dict]:
-    """POST a body in chunks, without a Content-Length (the server must count the bytes)."""
-    host, port = base.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    headers = {"Content-Type": "application/json"}
-    connection.request("POST", "/api/generate", iter(chunks), headers, encode_chunked=True)
-    response = connection.getresponse()
-    answer = json.loads(response.read())
-    connection.close()
-    return response.status, answer
+def test_each_step_shows_its_x0_and_jobs_can_be_cancelled(api):
+    """The page watches the sample form: after each step the job holds that step's predicted x0.
+    Fails if previews are only set at the end, or if a cancelled job (running or waiting) runs
+    on."""
+    base, gated = api
+    body = {"model": "gated", "steps": 3, "hint": stroke()}
+    job = call(f"{base}/api/generate", body)[1]
+    gated.allow(1)
+    state = wait_for(base, job["id"], "running", step=1)
+    preview = Image.open(io.BytesIO(base64.b64decode(state["preview"].split(",")[1])))
+    assert preview.size == (28, 28) and np.asarray(preview).max() > 200  # the stroke, as x0
+    assert state["images"] == []
+    waiting = call(f"{base}/api/generate", body)[1]
+    assert call(f"{base}/api/jobs/{waiting['id']}", method="DELETE")[1]["status"] == "cancelled"
+    call(f"{base}/api/jobs/{job['id']}", method="DELETE")
+    gated.allow(1)  # the running step ends, then the job stops instead of taking step 3
+    assert wait_for(base, job["id"], "cancelled")["step"] == 1
+    assert call(f"{base}/api/jobs/{waiting['id']}")[1]["step"] == 0
 
 
 def test_edges_of_an_uploaded_image_become_a_sketch(api):
@@ -153,11 +160,24 @@ def test_edges_of_an_uploaded_image_become_a_sketch(api):
     assert status == 422 and answer["error"] == "image is not a readable image."
 
 
-def wait_done(base: str, job_id: str, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
+def post_chunked(base: str, chunks: list[bytes]) -> tuple[int, dict]:
+    """POST a body in chunks, without a Content-Length (the server must count the bytes)."""
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    headers = {"Content-Type": "application/json"}
+    connection.request("POST", "/api/generate", iter(chunks), headers, encode_chunked=True)
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    return response.status, answer
+
+
+def wait_for(base: str, job_id: str, status: str, step: int | None = None) -> dict:
+    """The job's state once it has ``status`` (and ``step``); fails after 30 s."""
+    deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         state = call(f"{base}/api/jobs/{job_id}")[1]
-        if state["status"] in ("done", "failed", "cancelled"):
+        if state["status"] == status and step in (None, state["step"]):
             return state
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish within {timeout} s")
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} is {state['status']} at step {state['step']}, not {status}")

@@ -89,7 +89,8 @@ def serve(
     import uvicorn
 
     check_port_free(host, port)
-    uvicorn.run(create_app(catalog, limits), host=host, port=port, log_level="info")
+    app = create_app(catalog, limits)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)  # no poll lines
 
 
 def check_port_free(host: str, port: int) -> None:
