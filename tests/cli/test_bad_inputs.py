@@ -254,8 +254,269 @@ CASES: dict[str, Callable[[Inputs], list[str]]] = {
 }
 
 
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """YAML whose last alias expands to ``width ** levels`` values (a "billion laughs")."""
+    lines = [f"a0: &a0 [{', '.join(['x'] * width)}]"]
+    lines += [f"a{k}: &a{k} [{', '.join([f'*a{k - 1}'] * width)}]" for k in range(1, levels)]
+    return "{" + ", ".join(lines) + "}"
+
+
+def made(i: Inputs, name: str, data: bytes | str) -> str:
+    """``i.root/name`` with ``data`` (written once), as a path string."""
+    path = i.root / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return str(path)
+
+
+def with_meta(i: Inputs, name: str, change: Callable[[dict], object]) -> str:
+    """A copy of the tiny checkpoint whose JSON is ``change(meta)`` (a new value, or the dict
+    changed in place when it returns None)."""
+    path = i.root / name
+    if not path.exists():
+        tensors, meta = load_checkpoint(i.checkpoint)
+        new = change(meta)
+        write_safetensors(path, tensors, meta if new is None else new)
+    return str(path)
+
+
+def with_state(i: Inputs, name: str, change: Callable[[dict, dict], None]) -> str:
+    """A copy of the tiny run's state file changed by ``change(tensors, meta)``; its file name."""
+    path = i.root / name
+    if not path.exists():
+        tensors, meta = load_checkpoint(i.checkpoint.parent / "checkpoints" / "last.safetensors")
+        change(tensors, meta)
+        write_safetensors(path, tensors, meta)
+    return name
+
+
+def stats_file(i: Inputs, name: str, **changes: object) -> str:
+    """A statistics .npz with entries replaced by ``changes``."""
+    path = i.root / name
+    if not path.exists():
+        arrays = {
+            "format": np.array("difflab-feature-stats-1"),
+            "feature_space": np.array("digits"),
+            "mean": np.zeros(2),
+            "cov": np.eye(2),
+            "count": np.array(3),
+            "source": np.array("x"),
+            "image_size": np.array(8),
+            **changes,
+        }
+        np.savez(path, **arrays)
+    return str(path)
+
+
+def claimed_cov(i: Inputs) -> str:
+    """A statistics file whose covariance header claims 10^14 values (the data is 16 bytes)."""
+    path = Path(stats_file(i, "cov_header.npz"))
+    bomb = i.root / "cov_bomb.npz"
+    if not bomb.exists():
+        import zipfile
+
+        with zipfile.ZipFile(path) as source, zipfile.ZipFile(bomb, "w") as target:
+            for info in source.infolist():
+                data = source.read(info)
+                if info.filename == "cov.npy":
+                    data = data.replace(b"(2, 2)", b"(10000000, 10000000)")
+                target.writestr(info, data)
+    return str(bomb)
+
+
+def symlink_loop(i: Inputs) -> str:
+    folder = i.root / "symlink_loop"
+    if not folder.exists():
+        folder.mkdir()
+        (folder / "a.png").write_bytes(png_bytes())
+        os.symlink("loop.png", folder / "loop.png")
+    return str(folder)
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+ISSUE_18: dict[str, Callable[[Inputs], list[str]]] = {
+    # 6: a resume whose data changed, or whose position is impossible, ends at once
+    "18.6 resume after the dataset shrank": lambda i: [
+        *i.resume(with_state(i, "state_ok.safetensors", lambda t, m: None))[:-1],
+        "data.limit=5",
+        "--resume",
+    ],
+    "18.6 data position -7": lambda i: i.resume(
+        with_state(i, "state_pos.safetensors", lambda t, m: m["state"].update(position=-7))
+    ),
+    # 7: alias bombs, in a file and in an override
+    "18.7 alias bomb file": lambda i: i.train(
+        config=made(i, "bomb.yaml", f"train:\n  steps: {alias_bomb()}\n")
+    ),
+    "18.7 alias bomb override": lambda i: i.train(f"train.steps={alias_bomb(6)}"),
+    "18.7 deeply nested override": lambda i: i.train(f"train.steps={nested(200)}"),
+    # 8: sizes checked against memory before allocating
+    "18.8 enormous batch": lambda i: i.train("train.batch_size=1000000000"),
+    # 9: non-finite numbers are errors everywhere
+    "18.9 --eta nan": lambda i: i.sample(str(i.checkpoint), "--eta", "nan"),
+    "18.9 --eta inf": lambda i: i.sample(str(i.checkpoint), "--eta", "inf"),
+    "18.9 train.lr=nan": lambda i: i.train("train.lr=nan"),
+    "18.9 --temperature nan": lambda i: i.sample(str(i.checkpoint), "--temperature", "nan"),
+    # 10: integers beyond 64 bits
+    "18.10 --seed 2**64-1": lambda i: i.sample(str(i.checkpoint), "--seed", str(2**64 - 1)),
+    "18.10 --seed-b 2**64": lambda i: [
+        "interpolate",
+        str(i.checkpoint),
+        "--seed-b",
+        str(2**64),
+        "--out",
+        str(i.out / "i.png"),
+    ],
+    "18.10 --labels 2**70": lambda i: i.sample(str(i.checkpoint), "--labels", str(2**70)),
+    "18.10 seed=2**70 in a config": lambda i: i.train(f"train.seed={2**70}"),
+    # 11: outputs that cannot be written, found before any work
+    "18.11 --out is a folder": lambda i: [
+        "sample",
+        str(i.checkpoint),
+        "--out",
+        str(i.root / "a_folder.safetensors"),
+    ],
+    "18.11 --out under a file": lambda i: [
+        "sample",
+        str(i.checkpoint),
+        "--out",
+        str(i.checkpoint / "x.png"),
+    ],
+    "18.11 --out in /proc": lambda i: ["sample", str(i.checkpoint), "--out", "/proc/x.png"],
+    "18.11 train.out_dir under a file": lambda i: i.train(f"train.out_dir={i.checkpoint}/run"),
+    "18.11 empty train.out_dir": lambda i: i.train("train.out_dir="),
+    # 4: never overwrite an input; an output folder that is a file
+    "18.4 export X X": lambda i: [
+        "export",
+        with_meta(i, "same.safetensors", lambda m: None),
+        str(i.root / "same.safetensors"),
+    ],
+    "18.4 --out-dir is a file": lambda i: i.sample(
+        str(i.checkpoint), "--out-dir", str(i.checkpoint)
+    ),
+    # 12: crafted checkpoint metadata
+    "18.12 negative base_channels": lambda i: i.sample(
+        with_meta(i, "neg.safetensors", lambda m: m["model"].update(base_channels=-8))
+    ),
+    "18.12 negative image_size": lambda i: i.sample(
+        with_meta(i, "neg_size.safetensors", lambda m: m["data"].update(image_size=-28))
+    ),
+    "18.12 missing channels": lambda i: i.sample(
+        with_meta(i, "no_channels.safetensors", lambda m: m["data"].pop("channels") and None)
+    ),
+    "18.12 num_timesteps a string": lambda i: i.sample(
+        with_meta(i, "t_string.safetensors", lambda m: m["diffusion"].update(num_timesteps="x"))
+    ),
+    "18.12 metadata a list": lambda i: ["info", with_meta(i, "list.safetensors", lambda m: [m])],
+    "18.12 data a string": lambda i: i.sample(
+        with_meta(i, "data_string.safetensors", lambda m: m.update(data="mnist"))
+    ),
+    "18.12 JSON nested 100,000 deep": lambda i: [
+        "info",
+        with_meta(i, "deep.safetensors", lambda m: nested(100_000)),
+    ],
+    # 13: config values that used to reach torch
+    "18.13 model.base_channels=-8": lambda i: i.train("model.base_channels=-8"),
+    "18.13 train.weight_decay=-1": lambda i: i.train("train.weight_decay=-1"),
+    "18.13 model.num_heads=3": lambda i: i.train("model.num_heads=3"),
+    # 14: damaged resume state
+    "18.14 malformed param_groups": lambda i: i.resume(
+        with_state(
+            i, "groups.safetensors", lambda t, m: m["state"].update(param_groups=[{"lr": "x"}])
+        )
+    ),
+    "18.14 short RNG state": lambda i: i.resume(
+        with_state(i, "rng.safetensors", lambda t, m: t.update({"rng.torch": t["rng.torch"][:9]}))
+    ),
+    # 15: a symlink loop
+    "18.15 symlink loop in a training folder": lambda i: i.train(
+        "data.name=folder", f"data.data_dir={symlink_loop(i)}", "data.image_size=8"
+    ),
+    "18.15 symlink loop to fd-stats": lambda i: [
+        "fd-stats",
+        symlink_loop(i),
+        "--out",
+        str(i.out / "s.npz"),
+    ],
+    # 16: statistics files
+    "18.16 stats mean a string": lambda i: [
+        "fd",
+        stats_file(i, "mean_str.npz", mean=np.array("x")),
+        stats_file(i, "good.npz"),
+    ],
+    "18.16 stats count a vector": lambda i: [
+        "fd",
+        stats_file(i, "count_vec.npz", count=np.arange(3)),
+        stats_file(i, "good.npz"),
+    ],
+    "18.16 stats image_size a string": lambda i: [
+        "fd",
+        stats_file(i, "size_str.npz", image_size=np.array("8")),
+        stats_file(i, "good.npz"),
+    ],
+    "18.16 covariance header of 10^14 values": lambda i: [
+        "fd",
+        claimed_cov(i),
+        stats_file(i, "good.npz"),
+    ],
+    # 18: a header of 10^8 pixels (Pillow's warning range) is the file's one error
+    "18.18 10^8-pixel PNG header": lambda i: i.train(
+        "data.name=folder",
+        "data.image_size=8",
+        "data.data_dir="
+        + str(
+            Path(made(i, "bomb_warning/b.png", with_dimensions(png_bytes(), 10_000, 10_000))).parent
+        ),
+    ),
+}
+CASES.update(ISSUE_18)
+
 # what each sentence must say (the file or key at fault, or the reason)
 EXPECTED: dict[str, str] = {
+    "18.6 resume after the dataset shrank": "the training data changed since",
+    "18.6 data position -7": "damaged resume state (position is -7)",
+    "18.7 alias bomb file": "holds more than 100,000 values",
+    "18.7 alias bomb override": "holds more than 100,000 values",
+    "18.7 deeply nested override": "nested more than 64 levels deep",
+    "18.8 enormous batch": "train.batch_size=1000000000 needs roughly",
+    "18.9 --eta nan": "--eta must be a finite number",
+    "18.9 --eta inf": "--eta must be a finite number",
+    "18.9 train.lr=nan": "train.lr must be a finite number, got nan",
+    "18.9 --temperature nan": "--temperature must be a finite number",
+    "18.10 --seed 2**64-1": "--seed is 18446744073709551615, which does not fit in 64 bits",
+    "18.10 --seed-b 2**64": "--seed-b is 18446744073709551616, which does not fit in 64 bits",
+    "18.10 --labels 2**70": "--labels is 1180591620717411303424",
+    "18.10 seed=2**70 in a config": "train.seed is 1180591620717411303424",
+    "18.11 --out is a folder": "a_folder.safetensors must end in .png",
+    "18.11 --out under a file": "which is a file, not a folder",
+    "18.11 --out in /proc": "cannot write in /proc",
+    "18.11 train.out_dir under a file": "which is a file, not a folder",
+    "18.11 empty train.out_dir": "train.out_dir is empty",
+    "18.4 export X X": "difflab never overwrites its input",
+    "18.4 --out-dir is a file": "--out-dir",
+    "18.12 negative base_channels": "config.base_channels must be 0 or more, got -8",
+    "18.12 negative image_size": "data.image_size must be an integer of at least 1, got -28",
+    "18.12 missing channels": "the data entry must give channels and image_size",
+    "18.12 num_timesteps a string": "num_timesteps must be an integer, got 'x'",
+    "18.12 metadata a list": "has damaged difflab metadata (a list, not a mapping)",
+    "18.12 data a string": "metadata entry 'data' must be a mapping, got 'mnist'",
+    "18.12 JSON nested 100,000 deep": "damaged difflab metadata",
+    "18.13 model.base_channels=-8": "model.base_channels must be 0 or more, got -8",
+    "18.13 train.weight_decay=-1": "train.weight_decay must be 0 or more, got -1.0",
+    "18.13 model.num_heads=3": "the model config cannot be built",
+    "18.14 malformed param_groups": "holds a damaged optimizer state",
+    "18.14 short RNG state": "damaged random number generator state ('rng.torch')",
+    "18.15 symlink loop in a training folder": "loop.png cannot be read as an image",
+    "18.15 symlink loop to fd-stats": "loop.png cannot be read as an image",
+    "18.16 stats mean a string": "entry 'mean' must be a 1-dimensional float array",
+    "18.16 stats count a vector": "entry 'count' must be a 0-dimensional int array",
+    "18.16 stats image_size a string": "entry 'image_size' must be a 0-dimensional int array",
+    "18.16 covariance header of 10^14 values": "entry 'cov' claims 100,000,000,000,000 values",
+    "18.18 10^8-pixel PNG header": "b.png cannot be read as an image",
     "zero-byte checkpoint": "zero.safetensors is not a safetensors file",
     "truncated checkpoint": "truncated.safetensors is a damaged safetensors file",
     "checkpoint header not JSON": "garbage.safetensors is a damaged safetensors file",
