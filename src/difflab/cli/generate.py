@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -21,6 +22,7 @@ from difflab.cli.common import (
     parse_captions,
     parse_labels,
 )
+from difflab.cli.hint import add_control_arguments, control_from_args
 from difflab.data import load_dataset
 from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
@@ -30,7 +32,7 @@ from difflab.io.device import select_device
 from difflab.io.images import save_grid, save_images
 from difflab.io.process_group import Distributed, process_group, rank_seed
 from difflab.io.weights import resolve_checkpoint
-from difflab.pipelines import DiffusionPipeline, load_pipeline
+from difflab.pipelines import DiffusionPipeline, load_control_pipeline, load_pipeline
 from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
 from difflab.samplers.ddim import EPS_AT
 
@@ -56,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_caption_argument(sample)
     add_guidance_arguments(sample)
+    add_control_arguments(sample)
     sample.add_argument(
         "--temperature",
         type=float,
@@ -152,8 +155,11 @@ def run_sample(args: argparse.Namespace) -> int:
 
 
 def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int:
-    pipeline = load_pipeline(
-        args.checkpoint, select_device(args.device, group.local_rank), args.precision
+    load = load_control_pipeline if args.control else load_pipeline
+    pipeline = load(
+        [args.checkpoint, *args.control] if args.control else args.checkpoint,
+        select_device(args.device, group.local_rank),
+        args.precision,
     )
     label_text = _label_text(args)
     guidance = guidance_from_args(args, pipeline)
@@ -171,6 +177,9 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
     if captions is not None:
         texts = captions[part] if count else captions[:1]
         cond = pipeline.caption_conditioning(texts, None if cond is None else cond.labels)
+    hint, control = control_from_args(args, max(count, 1))
+    if hint is not None:
+        cond = dataclasses.replace(cond or Conditioning(), control=hint)
     images = pipeline.generate(
         max(count, 1),
         cond,
@@ -181,6 +190,7 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
         eta=args.eta,
         sigma_hat=args.sigma_hat,
         guidance=guidance,
+        control=control,
     )
     images = torch.cat(group.gather(images[:count].cpu()))  # (total, C, H, W), rank 0's first
     elapsed = time.perf_counter() - start

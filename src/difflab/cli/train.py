@@ -23,9 +23,17 @@ from difflab.training.autoencoder_loop import (
     train_autoencoder,
 )
 from difflab.training.classifier_loop import train_classifier
+from difflab.training.control_loop import train_controlnet
 from difflab.training.vqvae_loop import train_prior, train_vqvae
 
-KINDS: tuple[str, ...] = ("diffusion", "classifier", "vqvae", "vqvae_prior", "autoencoder")
+KINDS: tuple[str, ...] = (
+    "diffusion",
+    "classifier",
+    "vqvae",
+    "vqvae_prior",
+    "autoencoder",
+    "controlnet",
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         if config.kind == "diffusion":
             path = train(config, **options)
             report = [f"trained model: {path}"]
+        elif config.kind == "controlnet":
+            report = [f"trained ControlNet: {train_controlnet(config, **options)}"]
         elif config.kind == "classifier":
             path = train_classifier(config, **options)
             report = [f"trained noisy classifier: {path}"]

@@ -202,3 +202,27 @@ def read_hint_image(path: str | Path, channels: int | None = None) -> torch.Tens
         ) from None
     pixels = pixels[..., None] if pixels.ndim == 2 else pixels
     return torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def edge_f1(generated: torch.Tensor, target: torch.Tensor, tolerance: int = 1) -> torch.Tensor:
+    """Per-image F1 of two edge maps, a pixel counting as matched when the other map has an edge
+    within ``tolerance`` pixels (a (2 tolerance + 1)^2 window).
+
+    Precision: the share of ``generated`` edge pixels near a ``target`` edge; recall: the share of
+    ``target`` edge pixels near a ``generated`` edge; F1 = 2PR / (P + R), 0 when either map is
+    empty. Shapes: bool or hint maps (> 0 is an edge) (B, 1, H, W) or (B, H, W) -> (B,).
+    """
+    gen = (generated > 0).float().reshape(len(generated), 1, *generated.shape[-2:])
+    tgt = (target > 0).float().reshape(len(target), 1, *target.shape[-2:])
+    window = 2 * tolerance + 1
+
+    def near(edges: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.max_pool2d(edges, window, stride=1, padding=tolerance)
+
+    matched_gen = (gen * near(tgt)).sum(dim=(1, 2, 3))
+    matched_tgt = (tgt * near(gen)).sum(dim=(1, 2, 3))
+    precision = matched_gen / gen.sum(dim=(1, 2, 3)).clamp(min=1)
+    recall = matched_tgt / tgt.sum(dim=(1, 2, 3)).clamp(min=1)
+    return torch.where(
+        precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12), 0.0
+    )

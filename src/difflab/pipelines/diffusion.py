@@ -15,6 +15,7 @@ then x0 thresholding, then classifier guidance) and the sampler taken from the r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -25,6 +26,13 @@ import torch
 from difflab.diffusion import Conditioning, Denoiser, NoiseSchedule, timestep_sequence
 from difflab.errors import DifflabError
 from difflab.models.classifier import NoisyClassifier, check_classifier_fits
+from difflab.models.controlnet import (
+    ControlledNetwork,
+    ControlSettings,
+    active_steps,
+    check_hint_content,
+    checked_hint,
+)
 from difflab.models.text import CaptionEncoder, caption_encoder_of
 from difflab.pipelines.description import ModelDescription
 from difflab.samplers import (
@@ -185,6 +193,9 @@ class DiffusionPipeline:
             raise DifflabError("this model is unconditional; drop --label/--labels.")
         if labels is not None and self.num_classes and not _within(labels, self.num_classes):
             raise DifflabError(f"labels must lie in 0..{self.num_classes - 1} for this model.")
+        if isinstance(self.net, ControlledNetwork):
+            hints = checked_hint(cond.control, list(self.net.controls), cond.batch_size or 0)
+            check_hint_content(torch.cat(hints, dim=1))
         if self.text_encoder is not None and cond.tokens is None:
             raise DifflabError(
                 "this model is conditioned on captions; pass pipe.caption_conditioning(captions) "
@@ -193,7 +204,7 @@ class DiffusionPipeline:
 
     def _check_guidance(self, cond: Conditioning, guidance: Guidance) -> None:
         if guidance.guidance_scale is not None:
-            if not self.description.conditioning_fields:
+            if not set(self.description.conditioning_fields) - {"control"}:  # a hint is not dropped
                 raise DifflabError(
                     "classifier-free guidance needs a conditional model trained with "
                     "conditioning dropout (train.label_dropout > 0); this model is unconditional."
@@ -216,9 +227,11 @@ class DiffusionPipeline:
         sampler: str,
         timesteps: torch.Tensor,
         options: SamplerOptions,
+        net: torch.nn.Module | None = None,
     ) -> DenoiserLike:
-        """The Denoiser inside the run's wrappers (see :mod:`difflab.samplers.stack`)."""
-        denoiser = self.denoiser()
+        """The Denoiser (of ``net``, default the pipeline's) inside the run's wrappers (see
+        :mod:`difflab.samplers.stack`)."""
+        denoiser = self.denoiser() if net is None else Denoiser(net, self.schedule)
         if guidance is None:
             return denoiser
         return guidance.wrap(denoiser, get_sampler(sampler), timesteps, options)
@@ -241,6 +254,8 @@ class DiffusionPipeline:
         batch_size: int | None = None,
         callback: Callback | None = None,
         progress: Progress | None = None,
+        control_scale: float | Sequence[float] | None = None,
+        control: ControlSettings | None = None,
     ) -> torch.Tensor:
         """Generate ``n`` images (n, C, H, W), in [-1, 1] up to the model's error (clamp to show).
 
@@ -257,6 +272,10 @@ class DiffusionPipeline:
             batch_size: images per forward batch (bounds memory); None for all at once.
             callback: per sampler step, with :class:`~difflab.samplers.StepInfo`.
             progress: per batch, with ``(done, n)``.
+            control_scale: a ControlNet model's scale (one number, one per block, or one entry
+                per ControlNet); overrides ``control.scale``.
+            control: a ControlNet model's sampling controls (scale, guess mode, start and end
+                fractions); the hint is ``conditioning.control`` (B, 1 or C, H, W) in [-1, 1].
         """
         spec = get_sampler(sampler)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -271,7 +290,8 @@ class DiffusionPipeline:
         self.check_conditioning(cond, guidance)
         timesteps = self.timesteps(steps, spacing)
         options = SamplerOptions(eta=float(eta), sigma_hat=sigma_hat)
-        denoiser = self.guided_denoiser(guidance, sampler, timesteps, options)
+        net = self.network_for_run(timesteps, control, control_scale)
+        denoiser = self.guided_denoiser(guidance, sampler, timesteps, options, net)
         size = n if batch_size is None else batch_size
         images = []
         for index, start in enumerate(range(0, n, size)):
@@ -288,6 +308,31 @@ class DiffusionPipeline:
             if progress is not None:
                 progress(start + count, n)
         return torch.cat(images)
+
+    def network_for_run(
+        self,
+        timesteps: torch.Tensor,
+        control: ControlSettings | None = None,
+        control_scale: float | Sequence[float] | None = None,
+    ) -> torch.nn.Module:
+        """The network of one run: a ControlNet model under that run's sampling controls (the
+        start / end fractions refer to ``timesteps``); any other model as it is."""
+        if not isinstance(self.net, ControlledNetwork):
+            if control is not None or control_scale is not None:
+                raise DifflabError(
+                    "this model has no ControlNet; drop the control settings (--hint, "
+                    "--control-scale), or load a ControlNet checkpoint."
+                )
+            return self.net
+        settings = control or ControlSettings()
+        if control_scale is not None:
+            settings = dataclasses.replace(settings, scale=control_scale)
+        active = None
+        if (settings.start, settings.end) != (0.0, 1.0):
+            active = active_steps(
+                timesteps, self.schedule.num_timesteps, settings.start, settings.end
+            )
+        return self.net.with_settings(settings, active)
 
     # --- inversion and interpolation ----------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,12 @@ from difflab.config import DiffusionConfig, dataclass_from_dict
 from difflab.diffusion import NoiseSchedule
 from difflab.diffusion.schedule import schedule_from_config
 from difflab.errors import DifflabError
-from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
+from difflab.io.checkpoint import (
+    load_checkpoint,
+    load_checkpoint_meta,
+    load_weights_strict,
+    split_prefix,
+)
 from difflab.io.weights import resolve_checkpoint
 from difflab.models import attach_caption_encoder, build_model, caption_encoder_from_meta
 from difflab.models.classifier import (
@@ -21,6 +27,8 @@ from difflab.models.classifier import (
     check_classifier_fits,
     classifier_config_from_dict,
 )
+from difflab.models.controlnet import CONTROL_KIND, ControlledNetwork, build_controlnet
+from difflab.pipelines.control import controlled_pipeline, read_controlnet, recorded_base_path
 from difflab.pipelines.description import ModelDescription
 from difflab.pipelines.diffusion import DiffusionPipeline
 from difflab.pipelines.latent import latent_stage_of
@@ -39,8 +47,11 @@ def load_pipeline(
     The EMA weights are used when the file holds them (a training state), else the model's. A
     model trained on captions gets its caption encoder back (``pipe.text_encoder``), rebuilt from
     the vocabulary and settings in the checkpoint's JSON, its weights under ``text_encoder.``.
+    A ControlNet checkpoint (``kind: controlnet``) loads with its base (:func:`load_control_pipeline`).
     """
     path = resolve_checkpoint(checkpoint)
+    if load_checkpoint_meta(path).get("kind") == CONTROL_KIND:
+        return load_control_pipeline(path, device, precision)
     tensors, meta = load_checkpoint(path, kind="diffusion")
     arch, config = ModelDescription.architecture(meta, path)
     net = build_model(arch, config)
@@ -60,6 +71,43 @@ def load_pipeline(
     return DiffusionPipeline(
         net.to(device).eval(), schedule, description, autoencoder, precision=precision
     )
+
+
+def load_control_pipeline(
+    checkpoints: str | Path | Sequence[str | Path],
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+) -> DiffusionPipeline:
+    """Load one or more ControlNet checkpoints of the same base, with that base.
+
+    The hint of several ControlNets is their hints stacked along the channels, in the order
+    given (a 1-channel hint serves them all).
+    """
+    paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+    if not paths:
+        raise DifflabError("give at least one ControlNet checkpoint.")
+    read = [read_controlnet(p) for p in paths]
+    digests = {meta["base"].get("sha256") for _, _, _, meta in read}
+    if len(digests) > 1:
+        raise DifflabError(
+            "these ControlNets were trained on different base models; only ControlNets of one "
+            "base run together."
+        )
+    first_path, _, _, first_meta = read[0]
+    base = load_pipeline(recorded_base_path(first_meta["base"], first_path), device, precision)
+    if isinstance(base.net, ControlledNetwork):
+        raise DifflabError(
+            f"{first_path}: the base of a ControlNet must be a plain diffusion model."
+        )
+    controls = []
+    for path, config, weights, _ in read:
+        try:
+            control = build_controlnet(base.net, config)
+        except DifflabError as error:
+            raise DifflabError(f"{path}: {error}") from None
+        load_weights_strict(control, weights, path)
+        controls.append(control)
+    return controlled_pipeline(base, controls, ", ".join(str(p) for p, *_ in read))
 
 
 def load_noisy_classifier(

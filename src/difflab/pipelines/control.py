@@ -1,0 +1,90 @@
+"""ControlNet pipelines: a locked base model, checked by its SHA-256, plus ControlNets.
+
+A ControlNet checkpoint (``kind: controlnet``) holds the control branch only and records the base
+it was trained on: ``base: {path, sha256}``. Loading finds the base (the recorded path, then beside
+the checkpoint, then a shipped name), refuses a file whose SHA-256 differs (another base's
+features would not match the copy's), and returns a :class:`DiffusionPipeline` whose network is a
+:class:`~difflab.models.controlnet.ControlledNetwork`: ``pipe.generate(n, Conditioning(control=
+hint), control_scale=1.0)``. Several ControlNets of one base run together
+(:func:`~difflab.pipelines.load_control_pipeline` with several paths; their hints are stacked
+along the channels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from difflab.config import dataclass_from_dict
+from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint, split_prefix
+from difflab.io.weights import resolve_checkpoint, weights_dir
+from difflab.metrics.features import file_digest
+from difflab.models.controlnet import (
+    CONTROL_KIND,
+    ControlledNetwork,
+    ControlNetConfig,
+    DiTControlNet,
+    UNetControlNet,
+)
+from difflab.pipelines.diffusion import DiffusionPipeline
+
+
+def base_record(path: Path) -> dict[str, str]:
+    """What a ControlNet checkpoint records about its base: the file and its SHA-256."""
+    return {"path": str(path), "sha256": file_digest(path)}
+
+
+def recorded_base_path(recorded: dict[str, Any], checkpoint: Path) -> Path:
+    """The base file a ControlNet checkpoint names, found and checked against its SHA-256."""
+    try:
+        name, digest = Path(recorded["path"]), str(recorded["sha256"])
+    except (KeyError, TypeError):
+        raise DifflabError(
+            f"{checkpoint}: its 'base' entry lacks the path or the sha256; retrain it with difflab."
+        ) from None
+    candidates = [name, checkpoint.parent / name.name, weights_dir() / name.name]
+    found = next((path for path in candidates if path.is_file()), None)
+    if found is None:
+        raise DifflabError(
+            f"{checkpoint} controls the base model {name}, which is not there (also looked beside "
+            "the checkpoint and in the shipped weights); put it back or copy it beside the "
+            "checkpoint."
+        )
+    mine = file_digest(found)
+    if mine != digest:
+        raise DifflabError(
+            f"{found} is not the base model {checkpoint} was trained on (SHA-256 {mine[:12]}… "
+            f"instead of {digest[:12]}…); a ControlNet only fits the base it was copied from."
+        )
+    return found
+
+
+def read_controlnet(
+    checkpoint: str | Path,
+) -> tuple[Path, ControlNetConfig, dict[str, torch.Tensor], dict[str, Any]]:
+    """(path, config, weights, JSON) of a ``kind: controlnet`` checkpoint."""
+    path = resolve_checkpoint(checkpoint)
+    tensors, meta = load_checkpoint(path, kind=CONTROL_KIND)
+    if not isinstance(meta.get("model"), dict) or not isinstance(meta.get("base"), dict):
+        raise DifflabError(
+            f"{path} lacks the 'model' or 'base' entry of a ControlNet checkpoint; retrain it."
+        )
+    config = dataclass_from_dict(ControlNetConfig, meta["model"], f"{path}: model")
+    weights = split_prefix(tensors, "ema") or split_prefix(tensors, "model")
+    return path, config, weights, meta
+
+
+def controlled_pipeline(
+    base: DiffusionPipeline, controls: Sequence[UNetControlNet | DiTControlNet], source: str
+) -> DiffusionPipeline:
+    """``base`` with its network locked and wrapped with ``controls`` (hint = ``cond.control``)."""
+    base.net.requires_grad_(False)
+    net = ControlledNetwork(base.net, list(controls)).to(base.device).eval()
+    fields = (*base.description.conditioning_fields, "control")
+    description = dataclasses.replace(base.description, conditioning_fields=fields, source=source)
+    return DiffusionPipeline(net, base.schedule, description, base.autoencoder, base.precision)
