@@ -22,7 +22,7 @@ import torch
 from difflab.config import dataclass_from_dict
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint, split_prefix
-from difflab.io.weights import resolve_checkpoint, weights_dir
+from difflab.io.weights import resolve_checkpoint
 from difflab.metrics.features import file_digest
 from difflab.models.controlnet import (
     CONTROL_KIND,
@@ -32,6 +32,7 @@ from difflab.models.controlnet import (
     UNetControlNet,
 )
 from difflab.pipelines.diffusion import DiffusionPipeline
+from difflab.pipelines.latent import locate_recorded
 
 
 def base_record(path: Path) -> dict[str, str]:
@@ -47,8 +48,7 @@ def recorded_base_path(recorded: dict[str, Any], checkpoint: Path) -> Path:
         raise DifflabError(
             f"{checkpoint}: its 'base' entry lacks the path or the sha256; retrain it with difflab."
         ) from None
-    candidates = [name, checkpoint.parent / name.name, weights_dir() / name.name]
-    found = next((path for path in candidates if path.is_file()), None)
+    found = locate_recorded(name, checkpoint)
     if found is None:
         raise DifflabError(
             f"{checkpoint} controls the base model {name}, which is not there (also looked beside "

@@ -59,6 +59,13 @@ def open_latent_stage(path: str | Path) -> LatentStage:
     return LatentStage(load_autoencoder(path), path, file_digest(path))
 
 
+def locate_recorded(name: Path, checkpoint: Path) -> Path | None:
+    """A file another checkpoint records (an autoencoder, a ControlNet's base): at its recorded
+    path, else beside ``checkpoint``, else among the shipped weights; None when nowhere."""
+    candidates = [name, checkpoint.parent / name.name, weights_dir() / name.name]
+    return next((path for path in candidates if path.is_file()), None)
+
+
 def latent_stage_of(recorded: dict[str, Any], checkpoint: Path) -> LatentStage:
     """The autoencoder a latent model's checkpoint names, found and checked.
 
@@ -70,8 +77,7 @@ def latent_stage_of(recorded: dict[str, Any], checkpoint: Path) -> LatentStage:
         raise DifflabError(
             f"{checkpoint}: its 'autoencoder' entry lacks the path or the sha256; re-export it."
         ) from None
-    candidates = [name, checkpoint.parent / name.name, weights_dir() / name.name]
-    found = next((path for path in candidates if path.is_file()), None)
+    found = locate_recorded(name, checkpoint)
     if found is None:
         raise DifflabError(
             f"{checkpoint} decodes with the autoencoder {name}, which is not there (also looked "
