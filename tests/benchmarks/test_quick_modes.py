@@ -124,6 +124,22 @@ def test_dit_scaling(tmp_path, at_repo_root):
 
 
 @pytest.mark.slow
+@needs("diffusers")
+def test_samplers(tmp_path, at_repo_root):
+    """Fails if a sampler's NFE is misreported (Heun at NFE 3 runs S = 2) or the diffusers peer
+    drifts from difflab's samplers."""
+    report, markdown = run_quick("samplers", tmp_path)
+    cells = report["rows"]["dit_mnist_s4"]
+    assert {(r["sampler"], r["steps"], r["nfe"]) for r in cells} == {
+        ("ddim", 3, 3),
+        ("dpm++2m", 3, 3),
+        ("heun", 2, 3),
+    }
+    assert all(r["max_abs_diff"] < 1e-3 for r in report["rows"]["peer"])
+    assert "## Against diffusers" in markdown and "karras" in markdown
+
+
+@pytest.mark.slow
 def test_vqvae_table(tmp_path, at_repo_root):
     report, markdown = run_quick("vqvae_table", tmp_path)
     assert report["models"]["samples"]["diffusion_ddim"]["fd"] > 0
@@ -149,6 +165,7 @@ RENDERED = {
     "fd_floor_fashion-mnist": ("fd_floor", ("--data", "fashion-mnist")),
     "guidance": ("guidance_table", ()),
     "lpips_speed": ("lpips_speed", ()),
+    "samplers": ("samplers", ()),
     "unet_vs_diffusers": ("unet_vs_diffusers", ()),
     "vqvae": ("vqvae_table", ()),
 }
