@@ -17,14 +17,14 @@ from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint, shipped_names
-from difflab.models.controlnet import ControlledNetwork
+from difflab.models.controlnet import CONTROL_KIND, ControlledNetwork
 from difflab.pipelines import DiffusionPipeline, load_pipeline
 from difflab.samplers import Guidance
 from difflab.web.images import decode_data_url, hint_tensor
 from difflab.web.limits import ServeLimits
 from difflab.web.schemas import GenerateRequest, RequestRefused
 
-SERVABLE_KINDS: tuple[str, ...] = ("diffusion",)
+SERVABLE_KINDS: tuple[str, ...] = ("diffusion", CONTROL_KIND)
 """Checkpoint kinds :func:`~difflab.pipelines.load_pipeline` reads, offered by default."""
 
 HINT_CHANNELS = 1
