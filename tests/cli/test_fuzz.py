@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -167,7 +168,7 @@ META_PATHS = (
     value=json_values,
     command=st.sampled_from(["info", "sample"]),
 )
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=15)
 def test_fuzzed_checkpoint_metadata(
     where, value, command, tiny_checkpoint, tmp_path_factory, capsys
 ):
@@ -210,3 +211,25 @@ def test_an_unexpected_error_is_one_sentence_and_debug_shows_the_traceback(
     assert err.strip().splitlines()[-1].endswith("run with --debug for the traceback.")
     assert "unexpected ZeroDivisionError (a bug)" in err
     assert ("Traceback" in err) == (flag == "--debug")
+
+
+class ClosedPipe:
+    """A stdout whose reader went away (``difflab info ... | head -1``)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_ends_quietly(tiny_checkpoint, monkeypatch, capsys):
+    """Issue 18.17: a closed pipe is status 141 and nothing on stderr, not a BrokenPipeError
+    traceback. Fails if the handler's BrokenPipeError branch is removed."""
+    from difflab.cli import main
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    code = main(["info", str(tiny_checkpoint)])
+    monkeypatch.undo()
+    assert code == 141
+    assert capsys.readouterr().err == ""
