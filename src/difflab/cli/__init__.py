@@ -32,6 +32,7 @@ from difflab.cli import (
     lpips,
     reconstruct,
     serve,
+    text_to_image,
     train,
 )
 from difflab.errors import DifflabError
@@ -49,6 +50,7 @@ COMMAND_MODULES = (
     evaluate,
     serve,
     hint,
+    text_to_image,
 )
 
 

@@ -268,12 +268,13 @@ def load_frozen_text_encoder(
             f"text_encoder.max_length {config.max_length} exceeds the encoder's "
             f"{bert['max_position_embeddings']} positions; lower it."
         )
-    encoder = FrozenTextEncoder(bert, _tokenizer_from(folder / TOKENIZER_FILE), config)
+    tokenizer = _tokenizer_from(folder / TOKENIZER_FILE)
+    with torch.device("meta"):  # no random initialisation of weights that are loaded next
+        encoder = FrozenTextEncoder(bert, tokenizer, config)
     weights = load_file(str(folder / WEIGHTS_FILE))
-    weights = {
-        k: v for k, v in weights.items() if not k.startswith(("pooler.", "embeddings.position_ids"))
-    }
-    missing, unexpected = encoder.load_state_dict(weights, strict=False)
+    unused = ("pooler.", "embeddings.position_ids")
+    weights = {k: v for k, v in weights.items() if not k.startswith(unused)}
+    missing, unexpected = encoder.load_state_dict(weights, strict=False, assign=True)
     if missing or unexpected:
         raise DifflabError(
             f"{folder}/{WEIGHTS_FILE} does not fit a BERT of its config.json "

@@ -37,6 +37,37 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             context_dim=16,
         ),
     ),
+    # Imagen (Saharia et al. 2022) stages on colour digits, Efficient U-Net style: pooled text in
+    # the timestep embedding, cross-attention to the frozen encoder's tokens at the lowest
+    # resolution and in the middle, skips scaled by 1/sqrt(2); image_size, channels and
+    # context_dim come from the stage config (base 16x16 -> 8 -> 4; super-resolution
+    # 32x32 -> 16 -> 8 with low_res_channels)
+    "unet-imagen-base": (
+        "unet",
+        dict(
+            base_channels=32,
+            channel_mult=(1, 2, 2),
+            num_res_blocks=1,
+            attention_resolutions=(4,),
+            head_channels=16,
+            context_dim=384,
+            pooled_text=True,
+            skip_scale=2**-0.5,
+        ),
+    ),
+    "unet-imagen-sr": (
+        "unet",
+        dict(
+            base_channels=16,
+            channel_mult=(1, 2, 4),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            head_channels=16,
+            context_dim=384,
+            pooled_text=True,
+            skip_scale=2**-0.5,
+        ),
+    ),
     # the shipped MNIST model: 28x28 -> 14 -> 7, attention at 7x7
     "unet-mnist": (
         "unet",

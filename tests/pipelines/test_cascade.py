@@ -1,0 +1,124 @@
+"""A tiny Imagen cascade end to end: train two stages for a few steps, sample, CLI, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.cli import main
+from difflab.diffusion.denoiser import Prediction
+from difflab.errors import DifflabError
+from difflab.io.checkpoint import load_checkpoint_meta
+from difflab.pipelines import CascadePipeline, StageSettings
+from difflab.samplers.thresholding import DynamicThreshold
+from difflab.training.imagen_loop import imagen_stage_config, train_imagen_stage
+from tests.data.conftest import write_idx
+
+TINY_MODEL = dict(
+    preset="unet-imagen-base", base_channels=8, channel_mult=[1, 2], attention_resolutions=[4],
+    head_channels=8,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    """A base stage at 8x8 and a super-resolution stage 8 -> 16, 3 training steps each."""
+    folder = tmp_path_factory.mktemp("imagen")
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        images = np.zeros((n, 28, 28), np.uint8)
+        images[:, 6:22, 12:16] = 255
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    common = dict(
+        text_encoder={"max_length": 16},
+        model=TINY_MODEL,
+        diffusion={"schedule": "cosine", "num_timesteps": 50},
+    )
+    train = dict(steps=3, batch_size=4, log_every=100)
+    base = imagen_stage_config(
+        dict(common, stage="base", data=dict(size=8, count=40, data_dir=str(folder)),
+             train=dict(train, out=str(folder / "base.safetensors"))),
+        "base",
+    )  # fmt: skip
+    sr = imagen_stage_config(
+        dict(common, stage="super_resolution", low_res_size=8,
+             data=dict(size=16, count=40, data_dir=str(folder)),
+             train=dict(train, out=str(folder / "sr.safetensors"))),
+        "sr",
+    )  # fmt: skip
+    return train_imagen_stage(base, progress=False), train_imagen_stage(sr, progress=False)
+
+
+def test_checkpoints_record_the_stage_and_are_fp16(stages):
+    """Fails if the stage, the augmentation or the training cost go missing from the JSON."""
+    meta = load_checkpoint_meta(stages[1])
+    assert meta["imagen"]["stage"] == "super_resolution" and meta["imagen"]["low_res_size"] == 8
+    assert meta["training"]["steps"] == 3 and meta["training"]["seconds"] > 0
+    assert meta["model"]["low_res_channels"] == 3 and meta["model"]["skip_scale"] == 2**-0.5
+
+
+def test_cascade_shapes_and_per_stage_settings(stages):
+    """Fails if a stage is skipped, sizes do not chain, or the SR noise level is not applied."""
+    cascade = CascadePipeline.load(stages)
+    prompts = ["a red 7 on a yellow background", ""]  # "" = the null prompt
+    settings = [StageSettings(steps=2), StageSettings(steps=2, threshold=None, noise_level=0.5)]
+    base, final = cascade.generate(prompts, settings, seed=3, return_stages=True)
+    assert base.shape == (2, 3, 8, 8) and final.shape == (2, 3, 16, 16)
+    assert final.abs().max() <= 1
+    again = cascade.generate(prompts, settings, seed=3)
+    assert torch.equal(again, final)
+    cleaner = cascade.generate(
+        prompts, [settings[0], StageSettings(steps=2, threshold=None)], seed=3
+    )
+    assert not torch.equal(cleaner, final)
+
+
+def test_stages_that_do_not_chain(stages):
+    """Fails if an SR stage can come first or a base stage can follow another."""
+    with pytest.raises(DifflabError, match="starts with a base stage"):
+        CascadePipeline.load(stages[::-1])
+    with pytest.raises(DifflabError, match="must be a super-resolution stage"):
+        CascadePipeline.load([stages[0], stages[0]])
+
+
+def test_cli_generate_and_bad_prompt_file(stages, tmp_path, capsys):
+    """Fails if the CLI cannot reach the cascade, or a non-UTF-8 prompt file is a traceback."""
+    out = tmp_path / "img.png"
+    code = main([
+        "generate", "a blue 1 on a white background", "--stages", f"{stages[0]},{stages[1]}",
+        "--steps", "2", "--sr-steps", "2", "--guidance-scale", "3", "--threshold", "dynamic",
+        "--out", str(out),
+    ])  # fmt: skip
+    assert code == 0 and out.is_file()
+    assert "16x16" in capsys.readouterr().out
+    bad = tmp_path / "prompts.txt"
+    bad.write_bytes(b"a red \xff seven\n")
+    assert main(["generate", "--prompt-file", str(bad), "--out", str(tmp_path / "x.png")]) == 2
+    assert "is not UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+class _FixedX0:
+    """A denoiser stand-in whose x0 is a fixed tensor (for a hand-computed threshold)."""
+
+    def __init__(self, x0: torch.Tensor, schedule) -> None:
+        self.x0, self.schedule = x0, schedule
+
+    def __call__(self, x_t, t, cond=None) -> Prediction:
+        return Prediction(torch.zeros_like(self.x0), self.x0)
+
+
+def test_dynamic_threshold_against_a_hand_computation():
+    """|x0| sorted = 0.2, 0.5, 1.5, 2.5, 3; the 0.75-quantile (linear) is element 3 = 2.5 and the
+    0.5-quantile element 2 = 1.5, so x0 <- clip(x0, -s, s) / s by hand. Fails if s is not the
+    per-sample quantile of |x0| or the division by s is dropped."""
+    from difflab.diffusion import NoiseSchedule
+
+    schedule = NoiseSchedule.from_name("linear", 10)
+    x0 = torch.tensor([-3.0, -0.5, 0.2, 1.5, 2.5]).reshape(1, 1, 1, 5)
+    x_t = torch.zeros_like(x0)
+    out = DynamicThreshold(_FixedX0(x0, schedule), percentile=0.75)(x_t, torch.tensor([5])).x0
+    torch.testing.assert_close(out.flatten(), torch.tensor([-1.0, -0.2, 0.08, 0.6, 1.0]))
+    out = DynamicThreshold(_FixedX0(x0, schedule), percentile=0.5)(x_t, torch.tensor([5])).x0
+    torch.testing.assert_close(out.flatten(), torch.tensor([-1.0, -1 / 3, 0.2 / 1.5, 1.0, 1.0]))
