@@ -70,8 +70,8 @@ def draw(page, box: dict) -> None:
 
 def test_strokes_drawn_in_the_browser_shape_the_generated_image(browser):
     """Fails if the canvas does not record mouse strokes, if the page does not send them as the
-    hint, if the server decodes or resizes the hint wrongly (flipped, transposed, inverted), or
-    if the result never reaches the gallery. The model is :class:`SketchEcho` (x0 = the hint),
+    hint, if the server decodes or resizes the hint wrongly (flipped, transposed, inverted), if
+    the result never reaches the gallery, or if an uploaded image's edges do not reach the canvas. The model is :class:`SketchEcho` (x0 = the hint),
     so the image must show the strokes themselves."""
     catalog = ModelCatalog.from_pipelines(
         {"sketch-echo": pipeline_of(SketchEcho()), "mnist_cond": load_pipeline("mnist_cond")}
@@ -97,6 +97,7 @@ def test_strokes_drawn_in_the_browser_shape_the_generated_image(browser):
         status, png = call(f"{base}{source}")
         assert status == 200
         page.screenshot(path=_screenshot_path(), full_page=True)
+        lit = upload_and_read_canvas(page)
         page.close()
     assert errors == []
     image = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32) / 255
@@ -105,9 +106,31 @@ def test_strokes_drawn_in_the_browser_shape_the_generated_image(browser):
     assert image[on].mean() > 0.6, "the strokes are missing from the image"
     assert image[off].mean() < 0.05, "the image is bright away from the strokes"
     assert hint_source is not None  # the gallery shows the hint the model received
+    # the upload's edges replace the sketch: lit along the square's contour, dark inside and out
+    assert lit[35:245, 35:245].any() and not lit[120:160, 120:160].any() and not lit[:20].any()
     if os.environ.get("DIFFLAB_UPDATE_DOCS") == "1":
         DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(SCREENSHOT, DOCS_SCREENSHOT)
+
+
+def upload_and_read_canvas(page) -> np.ndarray:
+    """Upload a picture of a bright square; (280, 280) bool: the canvas pixels lit afterwards."""
+    photo = Image.new("RGB", (84, 84), (20, 20, 20))
+    photo.paste((230, 230, 230), (21, 21, 63, 63))
+    buffer = io.BytesIO()
+    photo.save(buffer, format="PNG")
+    page.click("#clear")
+    file = {"name": "square.png", "mimeType": "image/png", "buffer": buffer.getvalue()}
+    page.set_input_files("#upload", files=[file])
+    read = """() => {
+        const c = document.getElementById('sketch');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const lit = [];
+        for (let i = 0; i < d.length; i += 4) lit.push(d[i] > 127 ? 1 : 0);
+        return lit;
+    }"""
+    page.wait_for_function(f"() => ({read})().includes(1)", polling=100, timeout=10_000)
+    return np.array(page.evaluate(read), bool).reshape(280, 280)
 
 
 def _screenshot_path() -> str:
