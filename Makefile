@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion
+.PHONY: install demo test lint bench bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion
 
 install: $(STAMP)
 
@@ -70,7 +70,7 @@ bench: bench-unet
 # named *_quick), --out-dir, --threads, and --render-only (redo the markdown and plots from the
 # JSON of an earlier run, measuring nothing). bench-quick runs all quick modes into
 # outputs/bench-quick (a few minutes on 2 cores; tests/benchmarks runs them too).
-BENCH_SCRIPTS := attention_kernels fd_floor ddim_tables ddim_inversion guidance_table \
+BENCH_SCRIPTS := attention_kernels fd_floor ddim_tables ddim_inversion guidance_table controlnet \
 	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table
 bench-quick: install
 	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py --quick --out-dir outputs/bench-quick || exit 1; done
@@ -112,6 +112,12 @@ bench-inversion: install
 # busy core, about 75 min with --bf16; --plan-only, --n, --steps: see the script).
 bench-guidance: install
 	$(PY) benchmarks/guidance_table.py
+
+# ControlNet on MNIST: edge F1 / label accuracy / FD of 200 held-out Canny hints vs the base,
+# the sudden-convergence curve of the training run (runs/controlnet_mnist_canny), sampling cost.
+# About 10 minutes on 2 cores.
+bench-controlnet: install
+	$(PY) benchmarks/controlnet.py --threads 2
 
 # VQ-VAE: the shipped models' reconstruction, prior NLL and samples beside the diffusion model's,
 # a codebook ablation on MNIST and Fashion-MNIST, quantiser speed vs vector-quantize-pytorch

@@ -157,8 +157,20 @@ def test_lpips_speed(tmp_path):
     assert "channels_last ablation" in markdown
 
 
+@pytest.mark.slow
+def test_controlnet(tmp_path, at_repo_root):
+    """An untrained ControlNet is the base exactly (zero convolutions): same F1, accuracy, FD."""
+    report, markdown = run_quick("controlnet", tmp_path)
+    base, control = report["rows"][0], report["rows"][1]
+    assert control["edge_f1"] == base["edge_f1"] and control["fd"] == base["fd"]
+    assert set(report["goals"]) == {"f1", "f1_ratio", "fd_ratio"}
+    assert "Sudden convergence" in markdown
+    assert (tmp_path / "controlnet_quick_samples.png").stat().st_size > 1000
+
+
 RENDERED = {
     "attention_kernels": ("attention_kernels", ()),
+    "controlnet": ("controlnet", ()),
     "ddim_tables": ("ddim_tables", ()),
     "dit_scaling": ("dit_scaling", ()),
     "fd_floor": ("fd_floor", ()),

@@ -1,0 +1,259 @@
+"""ControlNet on MNIST: how closely samples follow Canny hints, at what cost to quality.
+
+Zhang, Rao & Agrawala (2023) measure control fidelity by how well generated images reproduce the
+condition. This script does so on held-out MNIST digits (the first ``--n`` test images, never seen
+in training): their Canny edges are the hints, and
+
+* **edge F1**: the Canny edges of each generated image against the hint's edges, a pixel matched
+  when the other map has an edge within 1 pixel (also reported within 0 pixels), averaged over
+  the images (:func:`difflab.data.hints.edge_f1`);
+* **label accuracy** (the evaluation suite's clean CNN, ``weights/mnist_cnn``) and **FD-MNIST**
+  against the MNIST test set.
+
+Cells: the locked base (``weights/mnist_cond``) given only the digit's label, the ControlNet
+given label and hint, and the ControlNet given the hint alone (no label). Every cell uses DDIM
+with ``--steps`` steps and the same x_T per batch (``SeedSequence([seed, i])``). Goals (issue 15):
+F1 >= 0.7, F1 >= 3x the base's, FD <= 1.3x the base's.
+
+The **sudden-convergence curve** (the paper's sec. 4.1 observation) is read from the training
+run's ``metrics.jsonl`` (``edge_f1`` of 36 held-out hints every ``train.sample_every`` steps):
+the step at which F1 first passes halfway from its first to its last value is reported.
+**Cost**: sampling seconds per image and step of the ControlNet cells over the base's.
+
+Writes ``controlnet.{json,md}``, ``controlnet.png`` (F1 against training step) and
+``controlnet_samples.png`` (hints, base, ControlNet); ``--quick`` writes ``controlnet_quick*``
+with an untrained ControlNet on n = 4, S = 2 (a smoke test whose numbers mean nothing).
+
+    python benchmarks/controlnet.py          # make bench-controlnet
+    python benchmarks/controlnet.py --quick --out-dir /tmp/controlnet
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import common as bench
+from difflab.data import load_dataset
+from difflab.data.hints import canny_hint, edge_f1
+from difflab.diffusion import Conditioning
+from difflab.metrics.evaluate import evaluate_samples
+from difflab.models.controlnet import ControlNetConfig, build_controlnet
+from difflab.pipelines import DiffusionPipeline, load_pipeline, model_reference
+from difflab.pipelines.control import controlled_pipeline
+
+NAME = "controlnet"
+DEFAULT_BASE = Path("weights/mnist_cond.safetensors")
+DEFAULT_CONTROLNET = Path("weights/controlnet_mnist_canny.safetensors")
+DEFAULT_RUN = Path("runs/controlnet_mnist_canny")
+GOAL_F1 = 0.7
+GOAL_F1_RATIO = 3.0
+GOAL_FD_RATIO = 1.3
+SAMPLE_COLUMNS = 12
+
+
+def parse_args(argv: Sequence[str] | None) -> Any:
+    parser = bench.bench_parser(__doc__, "untrained ControlNet, n = 4, S = 2: a smoke test")
+    parser.add_argument("--n", type=int, default=200, help="held-out test digits (default 200)")
+    parser.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    parser.add_argument("--batch", type=int, default=100, help="images per sampling batch")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--base", type=Path, default=DEFAULT_BASE)
+    parser.add_argument("--controlnet", type=Path, default=DEFAULT_CONTROLNET)
+    parser.add_argument(
+        "--run",
+        type=Path,
+        default=DEFAULT_RUN,
+        help="training run whose metrics.jsonl holds the curve",
+    )
+    args = bench.parse(parser, argv)
+    if args.quick:
+        args.n, args.steps, args.batch = 4, 2, 4
+    return args
+
+
+def pipelines(args: Any) -> tuple[DiffusionPipeline, DiffusionPipeline, str]:
+    """(base, ControlNet, where the ControlNet came from)."""
+    base = load_pipeline(args.base)
+    if args.quick:  # an untrained ControlNet (zero convolutions: the base's samples)
+        control = build_controlnet(base.net, ControlNetConfig(base_arch="unet"))
+        return (
+            base,
+            controlled_pipeline(load_pipeline(args.base), [control], "untrained"),
+            "untrained",
+        )
+    return base, load_pipeline(args.controlnet), str(args.controlnet)
+
+
+def held_out(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(labels, Canny hints) of the first ``n`` MNIST test digits."""
+    test = load_dataset("mnist", split="test", limit=n)
+    return test.labels, canny_hint(test.images)
+
+
+def run_cell(pipe: DiffusionPipeline, cond: Conditioning, args: Any) -> tuple[torch.Tensor, float]:
+    """(images, sampling seconds) of one cell: ``--n`` images in batches of ``--batch``."""
+    tick = time.perf_counter()
+    images = pipe.generate(args.n, cond, steps=args.steps, seed=args.seed, batch_size=args.batch)
+    return images.clamp(-1, 1), time.perf_counter() - tick
+
+
+def scores(
+    images: torch.Tensor, labels: torch.Tensor, hints: torch.Tensor, reference: Any
+) -> dict[str, Any]:
+    edges = canny_hint(images)
+    metrics = evaluate_samples(images, reference, labels=labels)
+    return {
+        "edge_f1": float(edge_f1(edges, hints).mean()),
+        "edge_f1_exact": float(edge_f1(edges, hints, tolerance=0).mean()),
+        "label_accuracy": metrics["label_accuracy"],
+        "fd": metrics["fd"],
+        "metric": metrics["metric"],
+    }
+
+
+def convergence(run: Path) -> dict[str, Any] | None:
+    """F1 against step from a training run's metrics, and the step F1 passes halfway."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    points = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    curve = [(p["step"], p["edge_f1"]) for p in points if "edge_f1" in p]
+    if len(curve) < 2:
+        return None
+    first, last = curve[0][1], curve[-1][1]
+    halfway = first + (last - first) / 2
+    jump = next((step for step, f1 in curve if f1 >= halfway), None)
+    rises = [(b[1] - a[1], b[0]) for a, b in itertools.pairwise(curve)]
+    steepest = max(rises)[1]
+    return {"run": str(run), "curve": curve, "halfway_step": jump, "steepest_step": steepest}
+
+
+def measure(args: Any) -> dict[str, Any]:
+    base, control, source = pipelines(args)
+    labels, hints = held_out(args.n)
+    reference = model_reference(base)
+    cells = {
+        "base (label only)": (base, Conditioning(labels=labels)),
+        "ControlNet (label + hint)": (control, Conditioning(labels=labels, control=hints)),
+        "ControlNet (hint only)": (control, Conditioning(control=hints)),
+    }
+    rows, samples = [], {"hints": hints[:SAMPLE_COLUMNS].tolist()}
+    for name, (pipe, cond) in cells.items():
+        generated, seconds = run_cell(pipe, cond, args)
+        row = {"cell": name, **scores(generated, labels, hints, reference), "seconds": seconds}
+        row["seconds_per_image_step"] = seconds / (args.n * args.steps)
+        rows.append(row)
+        samples[name] = generated[:SAMPLE_COLUMNS].tolist()
+        print(
+            f"{name}: F1 {row['edge_f1']:.3f}, accuracy {row['label_accuracy']:.3f}, FD {row['fd']:.2f}"
+        )
+    base_row, control_row = rows[0], rows[1]
+    goals = {
+        "f1": control_row["edge_f1"] >= GOAL_F1,
+        "f1_ratio": control_row["edge_f1"] >= GOAL_F1_RATIO * base_row["edge_f1"],
+        "fd_ratio": control_row["fd"] <= GOAL_FD_RATIO * base_row["fd"],
+    }
+    return {
+        "machine": bench.machine_info(),
+        "quick": args.quick,
+        "n": args.n,
+        "steps": args.steps,
+        "seed": args.seed,
+        "controlnet": source,
+        "base": str(args.base),
+        "rows": rows,
+        "goals": goals,
+        "f1_ratio": control_row["edge_f1"] / max(base_row["edge_f1"], 1e-12),
+        "fd_ratio": control_row["fd"] / base_row["fd"],
+        "sampling_cost_ratio": control_row["seconds"] / base_row["seconds"],
+        "convergence": None if args.quick else convergence(args.run),
+        "samples": samples,
+    }
+
+
+def render(report: dict[str, Any]) -> str:
+    table = bench.markdown_table(
+        [
+            "cell",
+            "edge F1 (±1 px)",
+            "edge F1 (exact)",
+            "label accuracy",
+            report["rows"][0]["metric"],
+            "s / image / step",
+        ],
+        [
+            [
+                r["cell"],
+                r["edge_f1"],
+                r["edge_f1_exact"],
+                r["label_accuracy"],
+                r["fd"],
+                r["seconds_per_image_step"],
+            ]
+            for r in report["rows"]
+        ],
+    )
+    goals = report["goals"]
+    goal_lines = [
+        f"- F1 >= {GOAL_F1}: {bench.passfail(goals['f1'])} ({report['rows'][1]['edge_f1']:.3f})",
+        f"- F1 >= {GOAL_F1_RATIO:g}x the base's: {bench.passfail(goals['f1_ratio'])} "
+        f"({report['f1_ratio']:.2f}x)",
+        f"- FD <= {GOAL_FD_RATIO:g}x the base's: {bench.passfail(goals['fd_ratio'])} "
+        f"({report['fd_ratio']:.2f}x)",
+        f"- sampling cost of control: {report['sampling_cost_ratio']:.2f}x the base's per step "
+        "(expected 1.3-1.5x)",
+    ]
+    curve = report["convergence"]
+    curve_lines = ["No training run's metrics were given (--run)."]
+    if curve is not None:
+        points = ", ".join(f"{step}: {f1:.3f}" for step, f1 in curve["curve"])
+        curve_lines = [
+            f"Edge F1 of 36 held-out hints by training step ({curve['run']}): {points}.",
+            f"F1 passes halfway from its first to its last value at step {curve['halfway_step']}; "
+            f"the steepest rise ends at step {curve['steepest_step']}.",
+        ]
+    header = (
+        f"# ControlNet on MNIST{' (quick: numbers mean nothing)' if report['quick'] else ''}\n\n"
+        f"{report['n']} held-out test digits, Canny hints, DDIM {report['steps']} steps, "
+        f"ControlNet {report['controlnet']} on {report['base']}.\n\n"
+        f"Machine: {bench.machine_line(report['machine'])}"
+    )
+    return bench.sections(header, table, goal_lines, "## Sudden convergence", curve_lines)
+
+
+def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    stem = bench.stem_of(NAME, report["quick"])
+    samples = report["samples"]
+    rows = [torch.tensor(samples[key]) for key in samples]
+    written = [bench.image_rows_figure(rows, list(samples), out_dir / f"{stem}_samples.png")]
+    curve = report["convergence"]
+    plt = bench.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if curve is not None:
+        steps, f1 = zip(*curve["curve"], strict=True)
+        ax.plot(steps, f1, marker="o")
+        if curve["halfway_step"] is not None:
+            ax.axvline(curve["halfway_step"], color="tab:red", linestyle="--", label="halfway")
+            ax.legend()
+    ax.axhline(report["rows"][0]["edge_f1"], color="gray", linestyle=":", label="base")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("edge F1 (±1 px)")
+    ax.set_title("ControlNet on MNIST: edge F1 of held-out hints")
+    written.append(bench.save_figure(fig, out_dir / f"{stem}.png"))
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    return bench.publish(args, NAME, lambda: measure(args), render, figures)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
