@@ -19,7 +19,7 @@ from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint, shipped_names
 from difflab.models.controlnet import CONTROL_KIND, ControlledNetwork
 from difflab.pipelines import DiffusionPipeline, load_pipeline
-from difflab.samplers import Guidance
+from difflab.samplers import Guidance, StepInfo
 from difflab.web.images import decode_data_url, hint_tensor
 from difflab.web.limits import ServeLimits
 from difflab.web.schemas import GenerateRequest, RequestRefused
@@ -52,7 +52,7 @@ class SamplingRun:
         """(n, C, H, W) images in [-1, 1]; ``on_step`` sees the predicted x0 of every step."""
         pipeline = self.pipeline
 
-        def callback(info: Any) -> None:
+        def callback(info: StepInfo) -> None:
             on_step(info.index + 1, info.total, pipeline.decode(info.x0).float())
 
         return pipeline.generate(

@@ -43,6 +43,7 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     status: str = "queued"
     step: int = 0
+    total: int = 0  # the sampler's steps (the request's, until the sampler reports its own)
     preview: str | None = None  # data URL of the latest predicted x0 (a grid of the n images)
     images: list[bytes] = field(default_factory=list)  # one PNG per image
     hint_png: bytes | None = None
@@ -51,6 +52,7 @@ class Job:
     cancel_requested: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
+        self.total = self.run.total_steps
         if self.run.hint is not None:
             self.hint_png = png_bytes(self.run.hint)
 
@@ -58,7 +60,7 @@ class Job:
         if self.cancel_requested.is_set():
             raise JobCancelled
         self.preview = png_data_url(x0)
-        self.step = step
+        self.step, self.total = step, total
 
     def execute(self) -> None:
         """Run to the end (the worker's thread); every outcome is recorded, none raised."""
@@ -87,7 +89,7 @@ class Job:
             "status": self.status,
             "position": position,
             "step": self.step,
-            "total": self.run.total_steps,
+            "total": self.total,
             "preview": self.preview,
             "images": [f"/api/jobs/{self.id}/images/{k}.png" for k in range(len(self.images))],
             "hint": f"/api/jobs/{self.id}/hint.png" if self.hint_png is not None else None,
