@@ -125,3 +125,21 @@ def test_parsed_documents_and_quoted_values_are_bounded():
         check_tree(bomb, "the config")
     text = quote(bomb)
     assert time.perf_counter() - start < 2 and len(text) <= 80 and text.endswith("…")
+
+
+def test_images_with_nan_are_refused_and_a_killed_writers_leftovers_removed(tmp_path):
+    """Issue 18.9 and 18.5: NaN samples used to become an all-black grid with exit 0; a
+    ``sample --out-dir`` killed mid-write left its temporaries for good."""
+    import torch
+
+    from difflab.io.images import save_grid, save_images
+
+    images = torch.zeros(2, 1, 4, 4)
+    images[1, 0, 0, 0] = float("nan")
+    with pytest.raises(DifflabError, match=r"1 of 32 values .* are NaN or infinite"):
+        save_grid(images, tmp_path / "grid.png")
+    assert list(tmp_path.iterdir()) == []
+    leftover = tmp_path / f"{TEMP_PREFIX}{dead_pid()}.sample_00000.png.x.tmp"
+    leftover.write_bytes(b"half a png")
+    saved = save_images(torch.zeros(2, 1, 4, 4), tmp_path)
+    assert sorted(tmp_path.iterdir()) == saved
