@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from difflab.data.folder import convert_mode, resize_and_center_crop
-from difflab.data.hints import canny_hint
+from difflab.data.hints import make_hint
 from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
@@ -26,6 +26,10 @@ from difflab.web.schemas import GenerateRequest, RequestRefused
 
 SERVABLE_KINDS: tuple[str, ...] = ("diffusion", CONTROL_KIND)
 """Checkpoint kinds :func:`~difflab.pipelines.load_pipeline` reads, offered by default."""
+
+DEFAULT_HINT = "canny"
+SKETCH_HINTS: tuple[str, ...] = ("canny", "sobel", "scribble")
+"""Hint kinds that are grey line drawings, so a sketch or an upload's edges can stand for them."""
 
 HINT_CHANNELS = 1
 """A control hint is one grey channel (edges, a sketch), in the pixel space of the images."""
@@ -67,6 +71,7 @@ class ServedModel:
     name: str
     pipeline: DiffusionPipeline
     source: str = field(default="<python>")
+    hint_kind: str = DEFAULT_HINT  # the hints it was trained on (a ControlNet checkpoint's "hint")
 
     @property
     def reads_control(self) -> bool:
@@ -98,6 +103,7 @@ class ServedModel:
             "guidance": self.takes_guidance,
             "control": self.reads_control,
             "control_scale": self.has_controlnet,
+            "hint": self.hint_kind if self.reads_control else None,
             "latent": self.pipeline.autoencoder is not None,
             "source": self.source,
         }
@@ -131,12 +137,13 @@ class ServedModel:
         return SamplingRun(self.pipeline, request.n, conditioning, options, hint)
 
     def edges(self, image: Image.Image) -> torch.Tensor:
-        """Canny edges (1, 1, H, W) in [-1, 1] of an uploaded image at the model's image size:
-        grey, resized and centre-cropped as a dataset image is, so the edges look like the
-        training hints (:func:`~difflab.data.hints.canny_hint`, white edges on black)."""
+        """The edges (1, 1, H, W) in [-1, 1] of an uploaded image at the model's image size, made
+        as the model's training hints were (Canny, Sobel or scribbles: :mod:`difflab.data.hints`;
+        white on black) from the image in grey, resized and centre-cropped as a dataset image is."""
         _, size, _ = self.pipeline.image_shape
         grey = resize_and_center_crop(convert_mode(image, "L"), size)
-        return canny_hint(np.asarray(grey))[None]  # (1, 1, H, W)
+        kind = self.hint_kind if self.hint_kind in SKETCH_HINTS else DEFAULT_HINT
+        return make_hint(kind, np.asarray(grey))[None]  # (1, 1, H, W)
 
     def _labels(self, request: GenerateRequest) -> torch.Tensor | None:
         classes = self.pipeline.num_classes
@@ -214,8 +221,9 @@ class ModelCatalog:
         models = []
         for given in chosen:
             path = resolve_checkpoint(given)
-            model = ServedModel(Path(given).stem, load_pipeline(path, device), str(path))
-            models.append(model)
+            hint_kind = str(load_checkpoint_meta(path).get("hint", DEFAULT_HINT))
+            pipeline = load_pipeline(path, device)
+            models.append(ServedModel(Path(given).stem, pipeline, str(path), hint_kind))
         return cls(models)
 
     def names(self) -> list[str]:

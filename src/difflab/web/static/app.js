@@ -87,7 +87,7 @@ function showModel() {
   $("control-scale").disabled = !model.control_scale;
   if (!model.control) $("use-sketch").checked = false;
   $("sketch-note").textContent = model.control
-    ? `${model.name} follows the sketch (white strokes on black).`
+    ? `${model.name} follows the sketch: white strokes on black, like its ${model.hint} hints.`
     : `${model.name} does not read a sketch; pick a ControlNet model to use it.`;
 }
 
