@@ -18,7 +18,9 @@ from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint
 from difflab.io.process_group import SINGLE, Distributed, check_same_config, current
 from difflab.training import train
-from difflab.training.state import STATE_FILE
+from difflab.training.loop import build_run, diffusion_loss, restore_training_state
+from difflab.training.state import STATE_FILE, open_run
+from difflab.training.update import optimizer_update
 from tests.cli.conftest import CONFIGS
 from tests.helpers import torchrun
 
@@ -91,6 +93,49 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def reduced_gradients(out_dir: Path) -> dict[str, torch.Tensor]:
+    """The gradients left on the network after one update of a fresh run (no clipping, so they
+    are what DDP's all-reduce handed the optimizer), in this process's group."""
+    config = load_config(TINY, overrides(out_dir, 1, "train.grad_clip=0"))
+    run, _ = open_run(config, False, build_run, restore_training_state, group=current())
+    optimizer_update(run, lambda index: diffusion_loss(run, index))
+    return {name: p.grad.detach().clone() for name, p in run.net.named_parameters()}
+
+
+def _gradients_of_rank(rank: int, store_dir: str, out_dir: str, results: dict) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store_dir}/store", rank=rank, world_size=2
+    )
+    try:
+        grads = reduced_gradients(Path(out_dir))
+        results[rank] = {name: grad.numpy() for name, grad in grads.items()}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_hand_the_optimizer_the_gradient_of_one_process(tmp_path):
+    """AdamW hides a constant gradient factor (a summing all-reduce changed the weights by 2.6e-6),
+    so the reduced gradients themselves are compared with one process's gradient of the whole
+    batch (class-conditional, label dropout, 2 accumulation micro-steps). Fails if the gradients
+    are summed over the ranks instead of averaged (tried: relative difference 1.0)."""
+    single = reduced_gradients(tmp_path / "one")
+    with tempfile.TemporaryDirectory() as store_dir, mp.Manager() as manager:
+        results = manager.dict()
+        # forked, not spawned: the children start with torch and difflab already imported
+        mp.start_processes(
+            _gradients_of_rank,
+            args=(store_dir, str(tmp_path / "two"), results),
+            nprocs=2,
+            start_method="fork",
+        )
+        ranks = dict(results)
+    assert set(ranks) == {0, 1}
+    for rank in ranks.values():
+        grads = {name: torch.from_numpy(value) for name, value in rank.items()}
+        assert relative_difference(single, grads, "") < 1e-5
+
+
 def _check_configs(rank: int, store_dir: str, results: dict) -> None:
     dist.init_process_group(
         "gloo", init_method=f"file://{store_dir}/store", rank=rank, world_size=2
@@ -106,7 +151,7 @@ def _check_configs(rank: int, store_dir: str, results: dict) -> None:
 def test_ranks_with_different_configs_all_stop_with_one_sentence_naming_the_rank():
     with tempfile.TemporaryDirectory() as store_dir, mp.Manager() as manager:
         results = manager.dict()
-        mp.spawn(_check_configs, args=(store_dir, results), nprocs=2)
+        mp.start_processes(_check_configs, args=(store_dir, results), nprocs=2, start_method="fork")
         messages = dict(results)
     assert set(messages) == {0, 1}  # every rank stops, none waits for the others
     assert messages[0] == messages[1]
