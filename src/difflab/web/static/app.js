@@ -191,7 +191,7 @@ function addToGallery(job) {
   caption.textContent = `${s.model}, ${s.sampler} ${s.steps} steps, seed ${s.seed}` +
     (s.label !== null ? `, label ${s.label}` : "") +
     (s.guidance_scale !== null ? `, w ${s.guidance_scale}` : "") +
-    (s.hint ? `, control ${s.control_scale}` : "");
+    (s.hint ? `, control ${s.control_scale}; dashed: the hint it received` : "");
   card.append(caption);
   const links = document.createElement("p");
   for (const [k, url] of job.images.entries()) {
