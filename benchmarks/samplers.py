@@ -76,6 +76,7 @@ class Settings:
     peer_samples: int
     peer_nfe: int
     quick: bool = False
+    skip: tuple[str, ...] = ()  # "sampler@nfe" cells left out of the grid
 
 
 def steps_for(sampler: str, nfe: int) -> int:
@@ -99,6 +100,8 @@ def tasks(
     for model, pipeline in pipelines.items():
         for sampler in settings.samplers:
             for nfe in settings.nfe:
+                if f"{sampler}@{nfe}" in settings.skip:
+                    continue
                 steps = steps_for(sampler, nfe)
                 cost = settings.n * SAMPLERS[sampler].nfe(steps)
                 seconds = cost / rates[model] + CELL_OVERHEAD_S
@@ -382,6 +385,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", default=",".join(MODELS), help="default: %(default)s")
     parser.add_argument("--samplers", default=",".join(SAMPLER_CHOICE), help="default: %(default)s")
     parser.add_argument("--nfe", default=",".join(map(str, NFE)), help="default: %(default)s")
+    parser.add_argument(
+        "--skip", default="", help="cells to leave out, e.g. heun@50,dpm++2m@50 (CPU budget)"
+    )
     parser.add_argument("--n", type=int, default=1000, help="samples per cell (default 1000)")
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--peer-samples", type=int, default=PEER_SAMPLES)
@@ -398,7 +404,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         if unknown:
             raise SystemExit(f"error: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
     nfe = tuple(int(x) for x in bench.comma_list(args.nfe))
-    return Settings(models, samplers, nfe, args.n, args.batch_size, args.peer_samples, PEER_NFE)
+    skip = bench.comma_list(args.skip)
+    return Settings(
+        models, samplers, nfe, args.n, args.batch_size, args.peer_samples, PEER_NFE, skip=skip
+    )
 
 
 def floor_at(n: int) -> str | None:
@@ -447,6 +456,7 @@ def command_line(args: argparse.Namespace, settings: Settings) -> str:
     return (
         f"python benchmarks/samplers.py --models {','.join(settings.models)} --samplers "
         f"{','.join(settings.samplers)} --nfe {','.join(map(str, settings.nfe))} --n {settings.n}"
+        + (f" --skip {','.join(settings.skip)}" if settings.skip else "")
         + (f" --threads {args.threads}" if args.threads else "")
     )
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 
 import torch
 
 from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
-from difflab.io.device import DEVICE_CHOICES
+from difflab.io.device import DEVICE_CHOICES, bf16_enabled, cpu_has_native_bf16
 from difflab.io.validation import check_number, quote
 from difflab.pipelines import PRECISIONS, DiffusionPipeline, load_noisy_classifier
 from difflab.samplers import SAMPLER_NAMES, SAMPLERS, Guidance
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
+SAMPLING_PRECISIONS: tuple[str, ...] = ("auto", *PRECISIONS)
+"""``--precision`` of sample and eval: ``auto`` is bf16 where the device computes it natively."""
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: bool = True) -> None:
@@ -47,9 +50,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
         )
         parser.add_argument(
             "--precision",
-            choices=PRECISIONS,
-            default="fp32",
-            help="fp32, bf16 (autocast of the network) or fp64",
+            choices=SAMPLING_PRECISIONS,
+            default="auto",
+            help="auto (default: bf16 autocast where the device computes bf16 natively, i.e. "
+            "a bf16 GPU or a CPU with AVX-512 BF16 / AMX, else fp32), fp32, bf16 or fp64",
         )
     parser.add_argument(
         "--steps", type=int, default=50, help="number of sampling steps S (default 50)"
@@ -58,6 +62,31 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
         "--spacing", choices=SPACING_NAMES, default="uniform", help="timestep sub-sequence"
     )
     parser.add_argument("--seed", type=int, default=0)
+
+
+def resolve_precision(name: str, device: torch.device, *, report: bool = True) -> str:
+    """The precision a sampling command runs in: ``auto`` -> bf16 where bf16 is native on
+    ``device`` (:func:`difflab.io.device.bf16_enabled`), else fp32, said once on stderr; an explicit
+    bf16 on a CPU that emulates it gets a one-line warning. ``report=False`` prints nothing (the
+    other ranks of a distributed run)."""
+    if name not in SAMPLING_PRECISIONS:
+        raise DifflabError(
+            f"unknown precision {name!r}; choose one of {', '.join(SAMPLING_PRECISIONS)}."
+        )
+    emulated = device.type == "cpu" and not cpu_has_native_bf16()
+    chosen = ("bf16" if bf16_enabled("auto", device) else "fp32") if name == "auto" else name
+    if report and name == "auto":
+        why = "emulated on this CPU" if emulated else f"native on {device.type}"
+        if device.type == "cuda" and chosen == "fp32":
+            why = "not supported by this GPU"
+        print(f"precision: auto -> {chosen} (bf16 is {why})", file=sys.stderr)
+    elif report and chosen == "bf16" and emulated:
+        print(
+            "warning: bf16 is emulated on this CPU (no AVX-512 BF16 or AMX), about 10x slower "
+            "than fp32; use --precision auto or fp32",
+            file=sys.stderr,
+        )
+    return chosen
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

@@ -17,7 +17,12 @@ from typing import Any
 
 import torch
 
-from difflab.cli.common import add_guidance_arguments, add_sampling_arguments, guidance_from_args
+from difflab.cli.common import (
+    add_guidance_arguments,
+    add_sampling_arguments,
+    guidance_from_args,
+    resolve_precision,
+)
 from difflab.errors import DifflabError
 from difflab.io.atomic import check_output_path, write_bytes_atomic
 from difflab.io.images import save_grid
@@ -187,7 +192,8 @@ def run_eval(args: argparse.Namespace) -> int:
             elapsed = time.perf_counter() - start
             print(f"\rsampled {done}/{total} images ({elapsed:.0f} s)", end="", file=sys.stderr)
 
-    pipeline = load_pipeline(args.checkpoint, precision=args.precision)
+    precision = resolve_precision(args.precision, torch.device("cpu"))
+    pipeline = load_pipeline(args.checkpoint, precision=precision)
     guidance = guidance_from_args(args, pipeline)
     result = evaluate_pipeline(
         pipeline,

@@ -21,6 +21,7 @@ from difflab.cli.common import (
     guidance_from_args,
     parse_captions,
     parse_labels,
+    resolve_precision,
 )
 from difflab.cli.hint import add_control_arguments, control_from_args
 from difflab.data import load_dataset
@@ -156,10 +157,11 @@ def run_sample(args: argparse.Namespace) -> int:
 
 def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int:
     load = load_control_pipeline if args.control else load_pipeline
+    device = select_device(args.device, group.local_rank)
     pipeline = load(
         [args.checkpoint, *args.control] if args.control else args.checkpoint,
-        select_device(args.device, group.local_rank),
-        args.precision,
+        device,
+        resolve_precision(args.precision, device, report=group.is_main),
     )
     label_text = _label_text(args)
     guidance = guidance_from_args(args, pipeline)
