@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion
+.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion
 
 install: $(STAMP)
 
@@ -71,7 +71,7 @@ bench: bench-unet
 # JSON of an earlier run, measuring nothing). bench-quick runs all quick modes into
 # outputs/bench-quick (a few minutes on 2 cores; tests/benchmarks runs them too).
 BENCH_SCRIPTS := attention_kernels fd_floor ddim_tables ddim_inversion guidance_table controlnet \
-	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table
+	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table samplers
 bench-quick: install
 	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py --quick --out-dir outputs/bench-quick || exit 1; done
 	$(PY) benchmarks/gpu_throughput.py --device cpu --quick --out outputs/bench-quick/gpu_throughput_quick.json
@@ -100,6 +100,13 @@ bench-lpips: install
 # 1.5 h at the default n on 2 idle cores; --plan-only, --n, --time-budget-min: see the script).
 bench-ddim: install
 	$(PY) benchmarks/ddim_tables.py
+
+# NFE vs FD-MNIST for DDIM, DPM-Solver++(2M) and Heun on weights/mnist_ddim, plus the samplers
+# against diffusers' schedulers (CPU budget: n = 150, NFE 5..50, about 35 min on one busy core; the
+# full grid of the script's defaults, three models at n = 1000, needs hours or a GPU).
+bench-samplers: install
+	$(PY) benchmarks/samplers.py --threads 1 --models mnist_ddim --samplers ddim,dpm++2m,heun \
+		--nfe 5,10,20,50 --skip heun@50,dpm++2m@50 --n 150
 
 # DDIM inversion with eps at the source or the destination timestep, on the shipped model
 # (50 test digits, S = 10 ... 200: about 25 min on one thread).
