@@ -6,7 +6,9 @@ import base64
 import http.client
 import io
 import json
+import struct
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -52,6 +54,19 @@ def noise_png(side: int) -> str:
     return png_url(Image.fromarray(pixels))
 
 
+def claimed_png(side: int) -> str:
+    """A PNG whose header claims side x side pixels and holds none (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
 BAD_REQUESTS = [
     # (body, status, words the one sentence must hold)
     (b"{not json", 422, "not valid JSON"),
@@ -78,6 +93,7 @@ BAD_REQUESTS = [
         "larger than this server's limit of 20,000 bytes",
     ),
     ({"model": "echo", "hint": png_url(Image.new("L", (3000, 10)))}, 413, "at most 2048 on a side"),
+    ({"model": "echo", "hint": claimed_png(30000)}, 413, "claims more pixels than any image"),
     (b"{" + b" " * 100_000 + b"}", 413, "request is larger than this server's limit of 90,666"),
 ]
 

@@ -37,6 +37,10 @@ def decode_data_url(url: str, limits: ServeLimits, what: str = "hint") -> Image.
         raise RequestRefused(413, _too_large(what, limits))
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError:
+        raise RequestRefused(
+            413, f"{what} claims more pixels than any image this server takes."
+        ) from None
     except (UnidentifiedImageError, OSError):
         raise RequestRefused(422, f"{what} is not a readable image.") from None
     if max(image.size) > limits.max_image_side:
