@@ -240,6 +240,8 @@ def _sample_vqvae_prior(args: argparse.Namespace, out: Path) -> int:
         "--guidance-scale": args.guidance_scale,
         "--dynamic-threshold": args.dynamic_threshold,
         "--caption": args.captions,
+        "--hint": args.hint,
+        "--control": args.control,
     }
     given = [flag for flag, value in diffusion_only.items() if value is not None]
     if given:
