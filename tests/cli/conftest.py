@@ -1,7 +1,9 @@
 from pathlib import Path
 
 import pytest
+import torch
 
+import difflab.cli.generate
 from difflab.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -15,6 +17,23 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, s
         code = stop.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def sampled_images(argv: list[str]) -> torch.Tensor:
+    """The images ``difflab ARGV`` (sample, invert, interpolate) hands to its PNG grid, before
+    the PNG's clamping and rounding: ``(N, C, H, W)`` floats. Fails if the command fails."""
+    grids: list[torch.Tensor] = []
+    real_save_grid = difflab.cli.generate.save_grid
+
+    def keep(images: torch.Tensor, *args, **kwargs) -> None:
+        grids.append(images.detach().cpu().clone())
+        real_save_grid(images, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(difflab.cli.generate, "save_grid", keep)
+        assert main(argv) == 0, argv
+    assert len(grids) == 1
+    return grids[0]
 
 
 def train_tiny(out_dir: Path, *overrides: str) -> int:
