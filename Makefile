@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion
+.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen
 
 install: $(STAMP)
 
@@ -71,7 +71,7 @@ bench: bench-unet
 # JSON of an earlier run, measuring nothing). bench-quick runs all quick modes into
 # outputs/bench-quick (a few minutes on 2 cores; tests/benchmarks runs them too).
 BENCH_SCRIPTS := attention_kernels fd_floor ddim_tables ddim_inversion guidance_table controlnet \
-	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table samplers
+	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table samplers imagen
 bench-quick: install
 	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py --quick --out-dir outputs/bench-quick || exit 1; done
 	$(PY) benchmarks/gpu_throughput.py --device cpu --quick --out outputs/bench-quick/gpu_throughput_quick.json
@@ -145,3 +145,10 @@ bench-ldm: install
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+
+# Imagen on colour digits: guidance x thresholding sweep, held-out triples, SR noise level, cost,
+# on the shipped cascade (tens of minutes on 2 busy cores); retrain the stages first with
+# `difflab train-imagen configs/imagen_base16.yaml` and configs/imagen_sr32.yaml (about 16 min of
+# one core together), then copy them to src/difflab/weights/imagen_digits_{base16,sr32}.safetensors
+bench-imagen: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/imagen.py --threads 1

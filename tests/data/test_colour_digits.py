@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -17,16 +19,20 @@ from difflab.data.colour_digits import (
 from tests.data.conftest import write_idx
 
 
-@pytest.fixture(scope="module")
-def mnist_like(tmp_path_factory):
-    """Tiny MNIST-style IDX files (a full-intensity square on empty ground): fast to read."""
-    folder = tmp_path_factory.mktemp("mnist")
-    for prefix, n in (("train", 600), ("t10k", 60)):
+def write_square_mnist(folder: Path, num_train: int, num_test: int) -> str:
+    """Tiny MNIST-style IDX files (a full-intensity block on empty ground, labels 0..9 in turn):
+    fast to read, and the block's core is exactly the foreground colour."""
+    for prefix, n in (("train", num_train), ("t10k", num_test)):
         images = np.zeros((n, 28, 28), np.uint8)
         images[:, 8:20, 10:18] = 255
         write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
     return str(folder)
+
+
+@pytest.fixture(scope="module")
+def mnist_like(tmp_path_factory):
+    return write_square_mnist(tmp_path_factory.mktemp("mnist"), 600, 60)
 
 
 def test_deterministic_sizes_and_colours(mnist_like):

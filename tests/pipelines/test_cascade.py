@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors import safe_open
 
 from difflab.cli import main
 from difflab.diffusion.denoiser import Prediction
@@ -13,7 +15,7 @@ from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.pipelines import CascadePipeline, StageSettings
 from difflab.samplers.thresholding import DynamicThreshold
 from difflab.training.imagen_loop import imagen_stage_config, train_imagen_stage
-from tests.data.conftest import write_idx
+from tests.data.test_colour_digits import write_square_mnist
 
 TINY_MODEL = dict(
     preset="unet-imagen-base", base_channels=8, channel_mult=[1, 2], attention_resolutions=[4],
@@ -24,12 +26,7 @@ TINY_MODEL = dict(
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
     """A base stage at 8x8 and a super-resolution stage 8 -> 16, 3 training steps each."""
-    folder = tmp_path_factory.mktemp("imagen")
-    for prefix, n in (("train", 40), ("t10k", 10)):
-        images = np.zeros((n, 28, 28), np.uint8)
-        images[:, 6:22, 12:16] = 255
-        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    folder = Path(write_square_mnist(tmp_path_factory.mktemp("imagen"), 40, 10))
     common = dict(
         text_encoder={"max_length": 16},
         model=TINY_MODEL,
@@ -56,6 +53,8 @@ def test_checkpoints_record_the_stage_and_are_fp16(stages):
     assert meta["imagen"]["stage"] == "super_resolution" and meta["imagen"]["low_res_size"] == 8
     assert meta["training"]["steps"] == 3 and meta["training"]["seconds"] > 0
     assert meta["model"]["low_res_channels"] == 3 and meta["model"]["skip_scale"] == 2**-0.5
+    with safe_open(str(stages[0]), "pt") as weights:
+        assert weights.get_tensor("ema.conv_out.weight").dtype == torch.float16
 
 
 def test_cascade_shapes_and_per_stage_settings(stages):

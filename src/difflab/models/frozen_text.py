@@ -158,11 +158,13 @@ class FrozenTextEncoder(nn.Module):
         self.cls_id = tokenizer.token_to_id("[CLS]")
         self.sep_id = tokenizer.token_to_id("[SEP]")
         self.embeddings = nn.Module()
-        self.embeddings.word_embeddings = nn.Embedding(int(bert["vocab_size"]), width)
-        self.embeddings.position_embeddings = nn.Embedding(
-            int(bert["max_position_embeddings"]), width
-        )
-        self.embeddings.token_type_embeddings = nn.Embedding(int(bert["type_vocab_size"]), width)
+        for name, rows in (
+            ("word_embeddings", bert["vocab_size"]),
+            ("position_embeddings", bert["max_position_embeddings"]),
+            ("token_type_embeddings", bert["type_vocab_size"]),
+        ):  # no random initialisation: the weights are loaded next
+            table = nn.Embedding(int(rows), width, _weight=torch.empty(int(rows), width))
+            setattr(self.embeddings, name, table)
         self.embeddings.LayerNorm = nn.LayerNorm(width, eps=eps)
         self.encoder = nn.Module()
         self.encoder.layer = nn.ModuleList(
@@ -269,8 +271,7 @@ def load_frozen_text_encoder(
             f"{bert['max_position_embeddings']} positions; lower it."
         )
     tokenizer = _tokenizer_from(folder / TOKENIZER_FILE)
-    with torch.device("meta"):  # no random initialisation of weights that are loaded next
-        encoder = FrozenTextEncoder(bert, tokenizer, config)
+    encoder = FrozenTextEncoder(bert, tokenizer, config)
     weights = load_file(str(folder / WEIGHTS_FILE))
     unused = ("pooler.", "embeddings.position_ids")
     weights = {k: v for k, v in weights.items() if not k.startswith(unused)}

@@ -78,6 +78,7 @@ class CascadeStage:
     kind: str  # "base" or "super_resolution"
     low_res_size: int  # 0 for the base stage
     name: str
+    training: dict = dataclasses.field(default_factory=dict)  # steps, seconds, cpu_seconds
 
     @property
     def image_size(self) -> int:
@@ -126,7 +127,8 @@ class CascadePipeline:
         stages, encoders = [], set()
         for checkpoint in checkpoints:
             path = resolve_checkpoint(checkpoint)
-            imagen = load_checkpoint_meta(path, kind="diffusion").get("imagen")
+            meta = load_checkpoint_meta(path, kind="diffusion")
+            imagen = meta.get("imagen")
             if not isinstance(imagen, dict):
                 raise DifflabError(
                     f"{path} is not an Imagen stage (no 'imagen' entry); train one with "
@@ -134,8 +136,9 @@ class CascadePipeline:
                 )
             encoders.add((imagen["text_encoder_sha256"], int(imagen["text_encoder_max_length"])))
             stage = CascadeStage(
-                load_pipeline(path, device), imagen["stage"], int(imagen["low_res_size"]), path.stem
-            )
+                load_pipeline(path, device), imagen["stage"], int(imagen["low_res_size"]),
+                path.stem, dict(meta.get("training", {})),
+            )  # fmt: skip
             stages.append(stage)
         if len(encoders) != 1:
             raise DifflabError(
