@@ -35,6 +35,7 @@ from difflab.cli import (
     text_to_image,
     train,
 )
+from difflab.cli.common import held_notes
 from difflab.errors import DifflabError
 from difflab.io.lock import release_all
 from difflab.io.validation import check_number, shorten
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = f"difflab {args.command}"
     try:
-        with warnings.catch_warnings(), _terminate_as_interrupt():
+        with warnings.catch_warnings(), _terminate_as_interrupt(), held_notes():
             # a header that claims ~10^8 pixels: an error of the file, not a warning beside one
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             check_numeric_options(parser, args)

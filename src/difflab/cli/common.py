@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
+from collections.abc import Iterator
 
 import torch
 
@@ -79,14 +81,40 @@ def resolve_precision(name: str, device: torch.device, *, report: bool = True) -
         why = "emulated on this CPU" if emulated else f"native on {device.type}"
         if device.type == "cuda" and chosen == "fp32":
             why = "not supported by this GPU"
-        print(f"precision: auto -> {chosen} (bf16 is {why})", file=sys.stderr)
+        note(f"precision: auto -> {chosen} (bf16 is {why})")
     elif report and chosen == "bf16" and emulated:
-        print(
+        note(
             "warning: bf16 is emulated on this CPU (no AVX-512 BF16 or AMX), about 10x slower "
-            "than fp32; use --precision auto or fp32",
-            file=sys.stderr,
+            "than fp32; use --precision auto or fp32"
         )
     return chosen
+
+
+_held_notes: list[str] | None = None  # set while a command runs (held_notes)
+
+
+def note(text: str) -> None:
+    """A line for stderr that is not an error: printed at once outside a command; while one runs
+    (:func:`held_notes`), kept until it succeeds, so that a failing command says only its one
+    sentence."""
+    if _held_notes is None:
+        print(text, file=sys.stderr)
+    else:
+        _held_notes.append(text)
+
+
+@contextlib.contextmanager
+def held_notes() -> Iterator[None]:
+    """Hold :func:`note` lines while a command runs; print them when it returns, drop them when
+    it raises."""
+    global _held_notes
+    outer, _held_notes = _held_notes, []
+    try:
+        yield
+        for line in _held_notes:
+            print(line, file=sys.stderr)
+    finally:
+        _held_notes = outer
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
