@@ -140,7 +140,7 @@ def fd_to(reference: FeatureStats, images: torch.Tensor, vgg: Any) -> float:
     )
 
 
-def test_prompts(n: int, size: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def split_captions(n: int, size: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(captions, triples (n, 3), real images (n, 3, size, size)) of the test split."""
     data = load_colour_digits("test", size, n, seed=1)
     return list(data.captions), torch.stack([data.digits, data.fg, data.bg], 1), data.images
@@ -151,7 +151,7 @@ def guidance_sweep(
 ) -> dict[str, Any]:
     base = cascade.stages[0]
     size = base.image_size
-    captions, triples, _ = test_prompts(args.n, size)
+    captions, triples, _ = split_captions(args.n, size)
     real_data = load_colour_digits("test", size, args.n_ref, seed=2)
     real, real_triples = (
         real_data.images,
@@ -217,7 +217,7 @@ def noise_level_sweep(
     if len(cascade.stages) < 2:
         return {}
     size = cascade.stages[-1].image_size
-    captions, _, _ = test_prompts(args.n, size)
+    captions, _, _ = split_captions(args.n, size)
     real = load_colour_digits("test", size, args.n_ref, seed=2).images
     reference = FeatureStats.from_features(
         extract_features(vgg, real, 64), vgg.space.id, keep_features=0
@@ -284,29 +284,46 @@ def peer_threshold_check() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- run and report
 
 
+PARTS: tuple[str, ...] = ("base", "cascade")
+"""``base``: guidance sweep, held-out triples and the thresholding check (base stage only);
+``cascade``: the SR noise-level sweep and the cost (every stage). A part not run is carried over
+from the JSON already in --out-dir, so the base part can run while the SR stage still trains."""
+
+
+def best_scale(sweep: dict[str, Any]) -> float:
+    """The w of the best dynamic-thresholding row: highest joint alignment, then lowest FD."""
+    dynamic = [r for r in sweep["rows"] if r["threshold"] == "dynamic"]
+    return max(dynamic, key=lambda r: (r["joint"], -r["fd_vgg16"]))["w"]
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    earlier = args.out_dir / f"{bench.stem_of('imagen', args.quick)}.json"
+    report = bench.read_json(earlier) if set(args.parts) != set(PARTS) and earlier.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         stages = tiny_stages(Path(tmp)) if args.quick else list(bench.comma_list(args.stages))
+        if "cascade" not in args.parts:
+            stages = stages[:1]
         cascade = CascadePipeline.load(stages)
         vgg = build_feature_extractor("vgg16", image_size=args.vgg_size).eval()
         cnn, _ = load_feature_cnn(weights_dir() / "mnist_cnn.safetensors")
-        sweep = guidance_sweep(cascade, args, vgg, cnn)
-        dynamic = [r for r in sweep["rows"] if r["threshold"] == "dynamic"]
-        best_w = max(dynamic, key=lambda r: (r["joint"], -r["fd_vgg16"]))["w"]
-        report = {
-            "machine": bench.machine_info(["diffusers"]),
-            "settings": {k: v for k, v in vars(args).items() if k not in ("out_dir",)}
-            | {"out_dir": None},
-            "stages": [
-                {"name": s.name, "size": s.image_size, "kind": s.kind, "training": s.training}
-                for s in cascade.stages
-            ],
-            "sweep": sweep,
-            "compositional": compositional(cascade, args, best_w, cnn),
-            "noise_level": noise_level_sweep(cascade, args, best_w, vgg),
-            "cost": cost(cascade, args),
-            "peer_threshold": peer_threshold_check(),
-        }
+        report["machine"] = bench.machine_info(["diffusers"])
+        report["settings"] = {k: v for k, v in vars(args).items() if k != "out_dir"}
+        stage_rows = [
+            {"name": s.name, "size": s.image_size, "kind": s.kind, "training": s.training}
+            for s in cascade.stages
+        ]
+        report["stages"] = stage_rows + report.get("stages", [])[len(stage_rows) :]
+        if "base" in args.parts:
+            report["sweep"] = guidance_sweep(cascade, args, vgg, cnn)
+            w = best_scale(report["sweep"])
+            report["compositional"] = compositional(cascade, args, w, cnn)
+            report["peer_threshold"] = peer_threshold_check()
+        if "cascade" in args.parts:
+            w = best_scale(report["sweep"])
+            report["noise_level"] = noise_level_sweep(cascade, args, w, vgg)
+            report["cost"] = cost(cascade, args)
+    report.setdefault("noise_level", {})
+    report.setdefault("cost", {"batch": 0, "cascade_seconds_per_image": 0.0, "stages": []})
     report["goals"] = goals(report)
     return report
 
@@ -427,12 +444,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-levels", default="0,0.1,0.3,0.5")
     parser.add_argument("--vgg-size", type=int, default=64, help="VGG16 input side for FD")
     parser.add_argument("--cost-batch", type=int, default=8)
+    parser.add_argument("--parts", default=",".join(PARTS), help="base and/or cascade")
     args = bench.parse(parser, argv)
     if args.quick:
         args.n, args.n_ref, args.n_held, args.steps, args.sr_steps = 4, 8, 4, 2, 2
         args.scales, args.noise_levels, args.vgg_size, args.cost_batch = "1,5", "0,0.3", 32, 2
     args.scales = [float(w) for w in bench.comma_list(args.scales)]
     args.noise_levels = [float(a) for a in bench.comma_list(args.noise_levels)]
+    args.parts = bench.comma_list(args.parts)
+    if not args.parts or not set(args.parts) <= set(PARTS):
+        parser.error(f"--parts takes {', '.join(PARTS)}")
     return bench.publish(args, "imagen", lambda: measure(args), render, figures)
 
 
