@@ -46,7 +46,6 @@ from difflab.samplers import SAMPLERS, Guidance, SamplerOptions
 
 NAME = "samplers"
 NFE = (5, 8, 10, 15, 20, 50)
-SPACING = {"ddim": "uniform"}  # every other sampler: "karras"
 SAMPLER_CHOICE = ("ddim", "dpm++2m", "heun", "euler", "euler-a")
 MODELS: dict[str, float | None] = {"mnist_ddim": None, "mnist_cond": 3.0, "dit_mnist_s4": 2.0}
 """Shipped model -> its classifier-free guidance weight (None: unguided). w = 3 is mnist_cond's
@@ -86,7 +85,8 @@ def steps_for(sampler: str, nfe: int) -> int:
 
 
 def spacing_of(sampler: str) -> str:
-    return SPACING.get(sampler, "karras")
+    """The spacing the sampler is meant for (``SamplerSpec.spacing``)."""
+    return SAMPLERS[sampler].spacing
 
 
 # ----------------------------------------------------------------------------- the plan

@@ -57,3 +57,20 @@ def test_sample_reports_the_chosen_precision(tiny_checkpoint, tmp_path, capsys, 
     expected = "precision: auto -> fp32" if precision == "auto" else "warning: bf16 is emulated"
     said = [line for line in err.splitlines() if "bf16" in line or "precision" in line]
     assert len(said) == 1 and said[0].startswith(expected)
+
+
+@pytest.mark.parametrize(
+    "args,spacing",
+    [
+        (["--sampler", "ddim"], "uniform"),
+        (["--sampler", "dpm++2m"], "karras"),
+        (["--sampler", "heun", "--spacing", "trailing"], "trailing"),
+    ],
+)
+def test_the_spacing_defaults_to_the_samplers_own(args, spacing):
+    """Fails if DPM-Solver++ and the EDM samplers lose their karras default or --spacing stops
+    overriding it."""
+    from difflab.cli import build_parser
+
+    parsed = build_parser().parse_args(["sample", "mnist_ddim", *args])
+    assert common.sampler_spacing(parsed) == spacing

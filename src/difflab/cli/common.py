@@ -18,6 +18,7 @@ from difflab.pipelines import PRECISIONS, DiffusionPipeline, load_noisy_classifi
 from difflab.samplers import SAMPLER_NAMES, SAMPLERS, Guidance
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
+DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
 SAMPLING_PRECISIONS: tuple[str, ...] = ("auto", *PRECISIONS)
 """``--precision`` of sample and eval: ``auto`` is bf16 where the device computes it natively."""
 
@@ -27,7 +28,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
         parser.add_argument(
             "--sampler",
             choices=SAMPLER_NAMES,
-            default="ddim",
+            default=DEFAULT_SAMPLER,
             help="; ".join(f"{spec.name}: {spec.summary}" for spec in SAMPLERS.values()),
         )
         parser.add_argument(
@@ -57,11 +58,18 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
             help="auto (default: bf16 autocast where the device computes bf16 natively, i.e. "
             "a bf16 GPU or a CPU with AVX-512 BF16 / AMX, else fp32), fp32, bf16 or fp64",
         )
+    steps = DEFAULT_STEPS if with_sampler else 50
     parser.add_argument(
-        "--steps", type=int, default=50, help="number of sampling steps S (default 50)"
+        "--steps", type=int, default=steps, help=f"number of sampling steps S (default {steps})"
     )
     parser.add_argument(
-        "--spacing", choices=SPACING_NAMES, default="uniform", help="timestep sub-sequence"
+        "--spacing",
+        choices=SPACING_NAMES,
+        default=None if with_sampler else "uniform",
+        help="timestep sub-sequence (default: the sampler's own, uniform for ddim and ddpm, "
+        "karras for the others)"
+        if with_sampler
+        else "timestep sub-sequence (default uniform)",
     )
     parser.add_argument("--seed", type=int, default=0)
 
@@ -115,6 +123,11 @@ def held_notes() -> Iterator[None]:
             print(line, file=sys.stderr)
     finally:
         _held_notes = outer
+
+
+def sampler_spacing(args: argparse.Namespace) -> str:
+    """``--spacing``, or the spacing the chosen sampler is meant for (``SamplerSpec.spacing``)."""
+    return args.spacing or SAMPLERS[args.sampler].spacing
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

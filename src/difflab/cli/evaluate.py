@@ -22,6 +22,7 @@ from difflab.cli.common import (
     add_sampling_arguments,
     guidance_from_args,
     resolve_precision,
+    sampler_spacing,
 )
 from difflab.errors import DifflabError
 from difflab.io.atomic import check_output_path, write_bytes_atomic
@@ -201,7 +202,7 @@ def run_eval(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         eta=args.eta,
-        spacing=args.spacing,
+        spacing=sampler_spacing(args),
         seed=args.seed,
         batch_size=args.batch_size,
         sigma_hat=args.sigma_hat,

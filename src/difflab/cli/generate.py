@@ -22,6 +22,7 @@ from difflab.cli.common import (
     parse_captions,
     parse_labels,
     resolve_precision,
+    sampler_spacing,
 )
 from difflab.cli.hint import add_control_arguments, control_from_args
 from difflab.data import load_dataset
@@ -188,7 +189,7 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
         seed=args.seed if group.is_main else rank_seed(args.seed, group.rank, 0),
         sampler=args.sampler,
         steps=args.steps,
-        spacing=args.spacing,
+        spacing=sampler_spacing(args),
         eta=args.eta,
         sigma_hat=args.sigma_hat,
         guidance=guidance,

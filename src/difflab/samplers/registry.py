@@ -70,6 +70,8 @@ class SamplerSpec:
             guided by Algorithm 2 (a modified eps).
         summary: one line for ``--help`` and ``difflab info``.
         nfe: network evaluations of a run over S timesteps (S for one-evaluation steps).
+        spacing: the timestep spacing it is meant for (its paper's), the CLI's default for it:
+            ``"uniform"`` for DDIM and DDPM, ``"karras"`` for DPM-Solver++ and the EDM samplers.
     """
 
     name: str
@@ -78,6 +80,7 @@ class SamplerSpec:
     ancestral: bool
     summary: str
     nfe: Callable[[int], int] = int
+    spacing: str = "uniform"
 
 
 def _run_ddim(
@@ -175,19 +178,45 @@ SAMPLERS: dict[str, SamplerSpec] = {
         SamplerSpec("ddim", _run_ddim, True, False, "DDIM (Song et al. 2021), any eta >= 0"),
         SamplerSpec("ddpm", _run_ddpm, False, True, "DDPM ancestral sampling (Ho et al. 2020)"),
         SamplerSpec(
-            "dpm++2m", _run_dpm_solver(False), False, False, "DPM-Solver++(2M) (Lu et al. 2022)"
+            "dpm++2m",
+            _run_dpm_solver(False),
+            False,
+            False,
+            "DPM-Solver++(2M) (Lu et al. 2022)",
+            spacing="karras",
         ),
         SamplerSpec(
-            "dpm++2m-sde", _run_dpm_solver(True), False, False, "SDE-DPM-Solver++(2M), stochastic"
+            "dpm++2m-sde",
+            _run_dpm_solver(True),
+            False,
+            False,
+            "SDE-DPM-Solver++(2M), stochastic",
+            spacing="karras",
         ),
         SamplerSpec(
-            "euler", _deterministic(euler_sample), False, False, "Euler, EDM (Karras 2022)"
+            "euler",
+            _deterministic(euler_sample),
+            False,
+            False,
+            "Euler, EDM (Karras et al. 2022)",
+            spacing="karras",
         ),
         SamplerSpec(
-            "euler-a", _run_euler_ancestral, False, False, "Euler ancestral, EDM formulation"
+            "euler-a",
+            _run_euler_ancestral,
+            False,
+            False,
+            "Euler ancestral, EDM formulation",
+            spacing="karras",
         ),
         SamplerSpec(
-            "heun", _deterministic(heun_sample), False, False, "Heun 2nd order, EDM", heun_nfe
+            "heun",
+            _deterministic(heun_sample),
+            False,
+            False,
+            "Heun 2nd order, EDM (2 S - 1 NFE)",
+            nfe=heun_nfe,
+            spacing="karras",
         ),
     )
 }
