@@ -11,7 +11,10 @@ in training): their Canny edges are the hints, and
   against the MNIST test set.
 
 Cells: the locked base (``weights/mnist_cond``) given only the digit's label, the ControlNet
-given label and hint, and the ControlNet given the hint alone (no label). Every cell uses DDIM
+given label and hint, and the ControlNet given the hint alone (no label); then, when a DiT
+ControlNet is there (``--dit-controlnet``, default the shipped scribble one), its locked DiT base
+given the label and the DiT ControlNet given label and its own kind of hint (scribbles of the same
+digits; F1 still against their Canny edges). Every cell uses DDIM
 with ``--steps`` steps and the same x_T per batch (``SeedSequence([seed, i])``). Goals (issue 15):
 F1 >= 0.7, F1 >= 3x the base's, FD <= 1.3x the base's.
 
@@ -41,8 +44,9 @@ import torch
 
 import common as bench
 from difflab.data import load_dataset
-from difflab.data.hints import canny_hint, edge_f1
+from difflab.data.hints import canny_hint, edge_f1, make_hint
 from difflab.diffusion import Conditioning
+from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.metrics.evaluate import evaluate_samples
 from difflab.models.controlnet import ControlNetConfig, build_controlnet
 from difflab.pipelines import DiffusionPipeline, load_pipeline, model_reference
@@ -52,6 +56,8 @@ NAME = "controlnet"
 DEFAULT_BASE = Path("weights/mnist_cond.safetensors")
 DEFAULT_CONTROLNET = Path("weights/controlnet_mnist_canny.safetensors")
 DEFAULT_RUN = Path("runs/controlnet_mnist_canny")
+DEFAULT_DIT_CONTROLNET = Path("weights/controlnet_mnist_dit_scribble.safetensors")
+DEFAULT_DIT_RUN = Path("runs/controlnet_mnist_dit_scribble")
 GOAL_F1 = 0.7
 GOAL_F1_RATIO = 3.0
 GOAL_FD_RATIO = 1.3
@@ -72,6 +78,13 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         default=DEFAULT_RUN,
         help="training run whose metrics.jsonl holds the curve",
     )
+    parser.add_argument(
+        "--dit-controlnet",
+        type=Path,
+        default=DEFAULT_DIT_CONTROLNET,
+        help="a DiT ControlNet (its base and hint kind read from it); skipped when missing",
+    )
+    parser.add_argument("--dit-run", type=Path, default=DEFAULT_DIT_RUN)
     args = bench.parse(parser, argv)
     if args.quick:
         args.n, args.steps, args.batch = 4, 2, 4
@@ -196,6 +209,27 @@ def step_costs(
     }
 
 
+def dit_cells(args: Any, labels: torch.Tensor) -> dict[str, tuple[DiffusionPipeline, Conditioning]]:
+    """The DiT base given labels, and its ControlNet given labels + its own kind of hint (made
+    from the same test digits; F1 is still against their Canny edges)."""
+    control = load_pipeline(args.dit_controlnet)
+    kind = load_checkpoint_meta(args.dit_controlnet).get("hint", "canny")
+    images = load_dataset("mnist", split="test", limit=args.n).images
+    hint = make_hint(kind, images)
+    cells = {
+        "DiT base (label only)": (control_base(control), Conditioning(labels=labels)),
+        f"DiT ControlNet (label + {kind})": (control, Conditioning(labels=labels, control=hint)),
+    }
+    return cells
+
+
+def control_base(control: DiffusionPipeline) -> DiffusionPipeline:
+    """The locked base of a ControlNet pipeline, as a pipeline of its own."""
+    return DiffusionPipeline(
+        control.net.base, control.schedule, control.description, control.autoencoder
+    )
+
+
 def measure(args: Any) -> dict[str, Any]:
     base, control, source = pipelines(args)
     labels, hints = held_out(args.n)
@@ -205,6 +239,9 @@ def measure(args: Any) -> dict[str, Any]:
         "ControlNet (label + hint)": (control, Conditioning(labels=labels, control=hints)),
         "ControlNet (hint only)": (control, Conditioning(control=hints)),
     }
+    dit = None if args.quick or not args.dit_controlnet.is_file() else dit_cells(args, labels)
+    if dit is not None:
+        cells.update(dit)
     rows, samples = [], {"hints": hints[:SAMPLE_COLUMNS].tolist()}
     for name, (pipe, cond) in cells.items():
         generated, seconds = run_cell(pipe, cond, args)
@@ -216,6 +253,14 @@ def measure(args: Any) -> dict[str, Any]:
             f"{name}: F1 {row['edge_f1']:.3f}, accuracy {row['label_accuracy']:.3f}, FD {row['fd']:.2f}"
         )
     base_row, control_row = rows[0], rows[1]
+    dit_goals = None
+    if dit is not None:
+        dit_base, dit_control = rows[3], rows[4]
+        dit_goals = {
+            "f1": dit_control["edge_f1"] >= GOAL_F1,
+            "f1_ratio": dit_control["edge_f1"] >= GOAL_F1_RATIO * dit_base["edge_f1"],
+            "fd_ratio": dit_control["fd"] <= GOAL_FD_RATIO * dit_base["fd"],
+        }
     cost = step_costs(load_pipeline(args.base), control, hints, labels, args)  # its own base copy
     goals = {
         "f1": control_row["edge_f1"] >= GOAL_F1,
@@ -232,6 +277,9 @@ def measure(args: Any) -> dict[str, Any]:
         "base": str(args.base),
         "rows": rows,
         "goals": goals,
+        "dit_goals": dit_goals,
+        "dit_controlnet": None if dit is None else str(args.dit_controlnet),
+        "dit_convergence": None if dit is None else convergence(args.dit_run),
         "f1_ratio": control_row["edge_f1"] / max(base_row["edge_f1"], 1e-12),
         "fd_ratio": control_row["fd"] / base_row["fd"],
         "sampling_cost_ratio": control_row["seconds"] / base_row["seconds"],
@@ -278,12 +326,25 @@ def render(report: dict[str, Any]) -> str:
         f"{report['cost']['training_images_per_s']['full_fine_tune']:.1f} for a full fine-tune of "
         "the base",
     ]
-    curve = report["convergence"]
+    dit_goals = report.get("dit_goals")
+    if dit_goals is not None:
+        dit_base, dit_control = report["rows"][3], report["rows"][4]
+        goal_lines += [
+            f"- DiT ControlNet ({report['dit_controlnet']}): F1 >= {GOAL_F1}: "
+            f"{bench.passfail(dit_goals['f1'])} ({dit_control['edge_f1']:.3f}); F1 >= "
+            f"{GOAL_F1_RATIO:g}x the DiT base's: {bench.passfail(dit_goals['f1_ratio'])} "
+            f"({dit_control['edge_f1'] / dit_base['edge_f1']:.2f}x); FD <= {GOAL_FD_RATIO:g}x: "
+            f"{bench.passfail(dit_goals['fd_ratio'])} ({dit_control['fd'] / dit_base['fd']:.2f}x)",
+        ]
     curve_lines = ["No training run's metrics were given (--run)."]
-    if curve is not None:
+    for curve in (report["convergence"], report.get("dit_convergence")):
+        if curve is None:
+            continue
+        if curve_lines[0].startswith("No training"):
+            curve_lines = []
         points = ", ".join(f"{step}: {f1:.3f}" for step, f1 in curve["curve"])
-        curve_lines = [
-            f"Edge F1 of 36 held-out hints by training step ({curve['run']}): {points}.",
+        curve_lines += [
+            f"Edge F1 of 36 held-out hints by training step ({curve['run']}): {points}. "
             f"F1 passes halfway from its first to its last value at step {curve['halfway_step']}; "
             f"the steepest rise ends at step {curve['steepest_step']}.",
         ]
@@ -301,16 +362,14 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
     samples = report["samples"]
     rows = [torch.tensor(samples[key]) for key in samples]
     written = [bench.image_rows_figure(rows, list(samples), out_dir / f"{stem}_samples.png")]
-    curve = report["convergence"]
     plt = bench.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if curve is not None:
-        steps, f1 = zip(*curve["curve"], strict=True)
-        ax.plot(steps, f1, marker="o")
-        if curve["halfway_step"] is not None:
-            ax.axvline(curve["halfway_step"], color="tab:red", linestyle="--", label="halfway")
-            ax.legend()
-    ax.axhline(report["rows"][0]["edge_f1"], color="gray", linestyle=":", label="base")
+    for curve in (report["convergence"], report.get("dit_convergence")):
+        if curve is not None:
+            steps, f1 = zip(*curve["curve"], strict=True)
+            ax.plot(steps, f1, marker="o", label=Path(curve["run"]).name)
+    ax.axhline(report["rows"][0]["edge_f1"], color="gray", linestyle=":", label="U-Net base")
+    ax.legend(fontsize=8)
     ax.set_xlabel("training step")
     ax.set_ylabel("edge F1 (±1 px)")
     ax.set_title("ControlNet on MNIST: edge F1 of held-out hints")
