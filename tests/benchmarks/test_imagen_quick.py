@@ -3,9 +3,12 @@ steps, a few images per part) and its report re-renders identically from the JSO
 
 from __future__ import annotations
 
+import pytest
+
 from tests.benchmarks.test_quick_modes import run_quick
 
 
+@pytest.mark.slow
 def test_imagen_quick(tmp_path):
     """Fails if a part of the Imagen benchmark breaks, or if the markdown needs more than the JSON."""
     report, markdown = run_quick("imagen", tmp_path, "--threads", "1")
