@@ -65,8 +65,13 @@ def test_missing_config_file(tmp_path):
 def test_every_shipped_config_loads():
     from pathlib import Path
 
+    from difflab.training.imagen_loop import ImagenStageConfig, load_imagen_stage_config
+
     for path in sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml")):
-        assert isinstance(load_config(path), ExperimentConfig)
+        if path.name.startswith("imagen_"):  # one stage of an Imagen cascade (difflab train-imagen)
+            assert isinstance(load_imagen_stage_config(path), ImagenStageConfig)
+        else:
+            assert isinstance(load_config(path), ExperimentConfig)
 
 
 yaml_values = st.recursive(
