@@ -7,7 +7,7 @@ from PIL import Image
 
 from difflab.cli import main
 from difflab.io.checkpoint import load_checkpoint
-from tests.cli.conftest import CONFIGS, run_cli, train_tiny
+from tests.cli.conftest import CONFIGS, run_cli, sampled_images, train_tiny
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "weights"
 
@@ -66,19 +66,22 @@ def sample(checkpoint: Path, out: Path, *args: str) -> list[str]:
     [
         ["--label", "3"],
         ["--labels", "0,1,2,3", "--classifier-scale", "10"],
-        ["--labels", "1", "--sampler", "ddpm", "--classifier-scale", "2"],
+        ["--labels", "1", "--sampler", "ddpm", "--classifier-scale", "2000"],  # Alg. 1 moves less
         ["--label", "5", "--eta", "1", "--clip-x0"],
     ],
 )
 def test_classifier_guidance_of_an_unconditional_model(
     tiny_checkpoint, digits_classifier, tmp_path, capsys, args
 ):
-    out = tmp_path / "guided.png"
-    code, stdout, err = run_cli(
-        sample(tiny_checkpoint, out, "--classifier", str(digits_classifier), *args), capsys
-    )
-    assert code == 0, err
-    assert out.exists() and "classifier scale" in stdout
+    """Same seed with the classifier's scale as given vs 0: the images differ, and --clip-x0 keeps
+    them in [-1, 1]. Fails if the CLI drops the guidance on its way to ``generate`` (tried)."""
+    argv = sample(tiny_checkpoint, tmp_path / "guided.png", "--classifier", str(digits_classifier))
+    guided = sampled_images([*argv, *args])
+    assert "classifier scale" in capsys.readouterr().out
+    unguided = sampled_images([*argv, *args, "--classifier-scale", "0"])
+    assert (guided - unguided).abs().max() > 1e-4  # exactly 0 when the guidance is dropped
+    if "--clip-x0" in args:
+        assert guided.abs().max() <= 1 + 1e-6
 
 
 def test_labels_all_grid_with_a_classifier(tiny_checkpoint, digits_classifier, tmp_path, capsys):
@@ -94,40 +97,29 @@ def test_labels_all_grid_with_a_classifier(tiny_checkpoint, digits_classifier, t
 def test_classifier_free_guidance_and_stacking(
     tiny_conditional_checkpoint, digits_classifier, tmp_path, capsys
 ):
+    """Each flag changes the images at the same seed: w = 3 vs the conditional model (w = 1), a
+    classifier on top of CFG vs CFG alone, dynamic thresholding vs none (and it bounds them).
+    Fails if the CLI drops the guidance on its way to ``generate`` (tried)."""
     out = tmp_path / "cfg.png"
-    code, stdout, err = run_cli(
-        sample(tiny_conditional_checkpoint, out, "--labels", "all", "--guidance-scale", "3"),
-        capsys,
+    plain = sampled_images(sample(tiny_conditional_checkpoint, out, "--labels", "all"))
+    guided = sampled_images(
+        sample(tiny_conditional_checkpoint, out, "--labels", "all", "--guidance-scale", "3")
     )
-    assert code == 0 and "guidance scale 3" in stdout, err
-    both = sample(
-        tiny_conditional_checkpoint,
-        out,
-        "--label",
-        "7",
-        "--guidance-scale",
-        "2",
-        "--classifier",
-        str(digits_classifier),
-        "--classifier-scale",
-        "1.5",
-        "--sampler",
-        "ddpm",
+    assert "guidance scale 3" in capsys.readouterr().out
+    assert (guided - plain).abs().max() > 1e-3
+    cfg = ["--label", "7", "--guidance-scale", "2", "--sampler", "ddpm"]
+    classifier = ["--classifier", str(digits_classifier), "--classifier-scale", "2000"]
+    alone = sampled_images(sample(tiny_conditional_checkpoint, out, *cfg))
+    both = sampled_images(sample(tiny_conditional_checkpoint, out, *cfg, *classifier))
+    assert "guidance scale 2, classifier scale 2000" in capsys.readouterr().out
+    assert (both - alone).abs().max() > 1e-4
+    cfg = ["--label", "7", "--guidance-scale", "3"]
+    unthresholded = sampled_images(sample(tiny_conditional_checkpoint, out, *cfg))
+    dynamic = sampled_images(
+        sample(tiny_conditional_checkpoint, out, *cfg, "--dynamic-threshold", "0.995")
     )
-    code, stdout, err = run_cli(both, capsys)
-    assert code == 0 and "guidance scale 2, classifier scale 1.5" in stdout, err
-    dynamic = sample(
-        tiny_conditional_checkpoint,
-        out,
-        "--label",
-        "7",
-        "--guidance-scale",
-        "3",
-        "--dynamic-threshold",
-        "0.995",
-    )
-    code, stdout, err = run_cli(dynamic, capsys)
-    assert code == 0 and "guidance scale 3, dynamic thresholding p=0.995" in stdout, err
+    assert "guidance scale 3, dynamic thresholding p=0.995" in capsys.readouterr().out
+    assert unthresholded.abs().max() > 1 and dynamic.abs().max() <= 1 + 1e-6
 
 
 @pytest.fixture(scope="session")
