@@ -79,6 +79,7 @@ BAD_REQUESTS = [
     ({"model": "echo", "steps": 51}, 422, "steps = 51 is over this server's limit of 50"),
     ({"model": "echo", "steps": 0}, 422, "steps: input should be greater than or equal to 1"),
     ({"model": "echo", "sampler": "plms"}, 422, "unknown sampler 'plms'"),
+    ({"model": "echo", "spacing": "log"}, 422, "unknown spacing 'log'"),
     ({"model": "echo", "eta": -1}, 422, "eta: input should be greater than or equal to 0"),
     ({"model": "mnist_cond", "label": 10}, 422, "label 10 is out of range"),
     ({"model": "mnist_cond", "guidance_scale": 2}, 422, "needs a label"),

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from difflab import __version__
+from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
 from difflab.samplers import SAMPLERS
 from difflab.web.catalog import ModelCatalog
@@ -149,7 +150,11 @@ def create_app(catalog: ModelCatalog, limits: ServeLimits | None = None) -> Fast
     def models() -> dict[str, Any]:
         return {
             "models": catalog.summaries(),
-            "samplers": [{"name": s.name, "summary": s.summary} for s in SAMPLERS.values()],
+            "samplers": [
+                {"name": s.name, "summary": s.summary, "spacing": s.spacing}
+                for s in SAMPLERS.values()
+            ],
+            "spacings": list(SPACING_NAMES),
             "limits": {
                 "max_n": limits.max_n,
                 "max_steps": limits.max_steps,

@@ -19,7 +19,7 @@ from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint, shipped_names
 from difflab.models.controlnet import CONTROL_KIND, ControlledNetwork
 from difflab.pipelines import DiffusionPipeline, load_pipeline
-from difflab.samplers import Guidance, StepInfo
+from difflab.samplers import SAMPLERS, Guidance, StepInfo
 from difflab.web.images import decode_data_url, hint_tensor
 from difflab.web.limits import ServeLimits
 from difflab.web.schemas import GenerateRequest, RequestRefused
@@ -129,6 +129,7 @@ class ServedModel:
             "seed": request.seed,
             "sampler": request.sampler,
             "steps": request.steps,
+            "spacing": request.spacing or SAMPLERS[request.sampler].spacing,
             "eta": request.eta,
             "guidance": guidance,
         }

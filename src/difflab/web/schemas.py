@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from difflab.diffusion import SPACING_NAMES
 from difflab.samplers import SAMPLER_NAMES
 from difflab.web.limits import ServeLimits
 
@@ -35,6 +36,7 @@ class GenerateRequest(BaseModel):
     n: int = Field(1, ge=1)
     steps: int = Field(20, ge=1)
     sampler: str = "ddim"
+    spacing: str | None = None  # None: the sampler's own (SamplerSpec.spacing)
     eta: float = Field(0.0, ge=0, allow_inf_nan=False)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     label: int | None = Field(None, ge=0)
@@ -55,6 +57,10 @@ class GenerateRequest(BaseModel):
         if self.sampler not in SAMPLER_NAMES:
             raise RequestRefused(
                 422, f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}."
+            )
+        if self.spacing is not None and self.spacing not in SPACING_NAMES:
+            raise RequestRefused(
+                422, f"unknown spacing {self.spacing!r}; choose one of {', '.join(SPACING_NAMES)}."
             )
 
 

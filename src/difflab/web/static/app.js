@@ -103,6 +103,8 @@ async function loadModels() {
     element.title = sampler.summary;
     $("sampler").append(element);
   }
+  $("spacing").append(option("", "the sampler's own"));
+  for (const spacing of answer.spacings) $("spacing").append(option(spacing, spacing));
   $("steps").max = answer.limits.max_steps;
   $("n").max = answer.limits.max_n;
   showModel();
@@ -119,6 +121,7 @@ function requestBody() {
     seed: Number($("seed").value),
     control_scale: Number($("control-scale").value),
   };
+  if ($("spacing").value !== "") body.spacing = $("spacing").value;
   if ($("label").value !== "") body.label = Number($("label").value);
   if ($("guidance").value !== "") body.guidance_scale = Number($("guidance").value);
   if ($("use-sketch").checked) body.hint = canvas.toDataURL("image/png");
