@@ -10,10 +10,12 @@ from PIL import Image
 
 from difflab.cli import main
 from difflab.config import load_config
+from difflab.data import load_dataset
 from difflab.data.hints import canny_hint, read_hint_image
 from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint
+from difflab.io.weights import resolve_checkpoint
 from difflab.metrics.features import file_digest
 from difflab.models.controlnet import ControlledNetwork, ControlSettings
 from difflab.pipelines import load_control_pipeline, load_pipeline
@@ -136,3 +138,21 @@ def test_sample_cli_with_a_hint_image_and_its_bad_inputs(controlnet, tmp_path, c
         code, _, err = run_cli([*args, *extra], capsys)
         last = err.strip().splitlines()[-1]  # one sentence, after any notice
         assert code == 2 and words in last and err.count("error:") == 1, err
+
+
+@pytest.mark.parametrize(
+    ("name", "base"), [("controlnet_mnist_canny", "unet"), ("controlnet_mnist_dit_scribble", "dit")]
+)
+def test_shipped_controlnets_load_with_their_base_and_follow_a_hint(name, base):
+    """The shipped fp16 ControlNets record their config, training time and base hash, load with
+    the shipped base, and generate from a hint."""
+    tensors, meta = load_checkpoint(resolve_checkpoint(name), kind="controlnet")
+    assert all(v.dtype == torch.float16 for v in tensors.values() if v.is_floating_point())
+    assert meta["weights_dtype"] == "float16" and meta["train_seconds"] > 0
+    assert (
+        meta["model"]["base_arch"] == base and meta["experiment"]["train"]["steps"] == meta["step"]
+    )
+    pipe = load_pipeline(name)
+    hint = canny_hint(load_dataset("mnist", split="test", limit=2).images)
+    cond = Conditioning(labels=torch.tensor([1, 2]), control=hint)
+    assert pipe.generate(2, cond, steps=2).shape == (2, 1, 28, 28)
