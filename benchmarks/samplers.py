@@ -264,9 +264,10 @@ def model_table(report: dict[str, Any], model: str) -> list[str]:
     cells = cells_of(report, model)
     nfe = report["settings"]["nfe"]
     samplers = list(dict.fromkeys(row["sampler"] for row in cells))
-    rows = []
+    rows, seconds_rows = [], []
     for sampler in samplers:
         line = [f"{sampler} ({spacing_of(sampler)})"]
+        seconds_rows.append([sampler])
         for budget in nfe:
             row = next(
                 (
@@ -277,6 +278,7 @@ def model_table(report: dict[str, Any], model: str) -> list[str]:
                 None,
             )
             text = "—" if row is None else f"{row['fd']:.3f}"
+            seconds_rows[-1].append("—" if row is None else f"{row['sample_seconds']:.0f}")
             if row is not None and row["nfe"] != budget:
                 text += f" ({row['nfe']})"
             line.append(text)
@@ -289,9 +291,11 @@ def model_table(report: dict[str, Any], model: str) -> list[str]:
         "",
         bench.markdown_table(["FD-MNIST", *(f"NFE {b}" for b in nfe)], rows),
         "",
-        f"Precision / recall (k = 3) and seconds per cell are in `{NAME}.json`; "
-        f"{len(cells)} cells, {seconds / 60:.1f} min. "
-        "An NFE in parentheses is the one spent (Heun: 2 S - 1).",
+        f"Precision / recall (k = 3) are in `{NAME}.json`; {len(cells)} cells, "
+        f"{seconds / 60:.1f} min. An NFE in parentheses is the one spent (Heun: 2 S - 1). "
+        "Sampling seconds follow the machine's load as much as the NFE; NFE is the cost measure.",
+        "",
+        bench.markdown_table(["sampling seconds", *(f"NFE {b}" for b in nfe)], seconds_rows),
     ]
 
 
@@ -313,7 +317,8 @@ def peer_table(report: dict[str, Any]) -> list[str]:
         "## Against diffusers (same network, x_T, timesteps and noise)",
         "",
         f"`{first}`, {report['settings']['peer_samples']} samples, diffusers' `leading` timesteps, "
-        "fp32. Speed ratio: diffusers' seconds over difflab's (> 1: difflab faster).",
+        "fp32. Speed ratio: diffusers' seconds over difflab's (> 1: difflab faster); one run "
+        "each, so on a loaded machine the ratio is mostly noise.",
         "",
         bench.markdown_table(["sampler", "diffusers", "S", "max abs diff", "speed ratio"], rows),
     ]
@@ -328,7 +333,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"n = {settings['n']} samples per cell, seed 0 in every cell (the same x_T per model), "
         f"batch {settings['batch_size']}, fp32. Spacing: DDIM uniform, the others karras (rho = 7). "
-        f"Machine: {bench.machine_line(report['machine'])} {bf16_words(report['machine']['bf16'])}. "
+        f"Machine: {bench.machine_line(report['machine'])} {bf16_words(report['machine']['bf16'])}"
+        f"; load average at the end {report['machine']['load_average'][0]:.1f}. "
         f"Network rates (images/s per NFE): {rates}.",
         "",
         f"FD floor (MNIST train vs test) at this n: {report.get('fd_floor') or 'not measured'}; "
