@@ -139,6 +139,7 @@ META_SCHEMA: dict[str, type | tuple[type, ...]] = {
     "text_encoder": dict,
     "step": int,
 }
+NULLABLE_META = ("step",)  # an imported model has no training step
 MAX_META_VALUES = 1_000_000  # vocabularies and class names included
 POSITIVE_DATA_FIELDS = ("channels", "image_size")
 
@@ -156,7 +157,7 @@ def check_meta(meta: Any, path: Path) -> None:
     check_tree(meta, f"{path}'s metadata", MAX_META_VALUES)
     for key, kind in META_SCHEMA.items():
         value = meta.get(key)
-        if value is None:
+        if key not in meta or (value is None and key in NULLABLE_META):
             continue
         if not isinstance(value, kind) or isinstance(value, bool):
             raise DifflabError(
