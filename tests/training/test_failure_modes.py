@@ -6,6 +6,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from difflab.training.data_order import BatchStream, check_same_data, dataset_id
 from difflab.training.progress import JsonlLog
 from difflab.training.state import trim_log
 from tests.cli.conftest import CONFIGS, run_cli
+from tests.io.test_ownership import HOLD_LOCK
 
 TINY = str(CONFIGS / "digits_tiny.yaml")
 
@@ -139,3 +142,26 @@ def test_metric_lines_are_whole_or_absent(tmp_path, monkeypatch):
     note = trim_log(log.path, 2)
     assert note is not None and "dropped 1 malformed line(s)" in note
     assert log.path.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+def test_a_second_run_on_a_held_folder_names_the_holder_and_changes_nothing(tmp_path, capsys):
+    """Issue 18.2: while another process holds train.out_dir (here a small Python process that
+    took the lock as a training run does), ``difflab train`` and ``--resume`` exit 2 naming it,
+    and the folder stays as it was. Fails if open_run stops taking the lock."""
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted((p.name, p.read_bytes()) for p in run.iterdir())
+        for extra in ([], ["--resume"]):
+            code, _, err = run_cli([*train_argv(run), *extra], capsys)
+            assert code == 2, err
+            assert f"in use by another difflab run (process {holder.pid})" in err
+            assert sorted((p.name, p.read_bytes()) for p in run.iterdir()) == before
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        holder.stdout.close()
