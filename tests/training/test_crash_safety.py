@@ -1,8 +1,10 @@
-"""Training survives ``kill -9``: during a checkpoint write, and at a random moment.
+"""Training survives ``kill -9``: while a checkpoint's bytes are written, while it is renamed,
+and at a random moment.
 
-The run is a real ``difflab train`` process. A small launcher slows every checkpoint rename (the
-last moment of an atomic write) and announces it, so the test can kill the process while a
-temporary file is half-way to becoming the checkpoint. After each kill the last complete
+The run is a real ``difflab train`` process. A small launcher slows every checkpoint write half-way
+through its bytes and every checkpoint rename (the last moment of an atomic write), announcing
+each, so the test can kill the process with half a file on disk or while a complete temporary file
+is about to become the checkpoint. After each kill the last complete
 checkpoint must load and at most one checkpoint interval may be lost; the final ``--resume``
 must leave no temporary behind and end with the weights an uninterrupted run has, bit for bit.
 """
@@ -36,7 +38,19 @@ OVERRIDES = [
     "train.batch_size=16",
 ]
 LAUNCHER = """
-import os, sys, time
+import os, pathlib, sys, time
+real_write_bytes = pathlib.Path.write_bytes
+def slow_write_bytes(self, data):
+    if "last.safetensors" not in self.name:
+        return real_write_bytes(self, data)
+    with open(self, "wb") as handle:  # half the bytes reach the disk, then a pause
+        handle.write(data[: len(data) // 2])
+        handle.flush()
+        os.fsync(handle.fileno())
+        print("HALF-WRITTEN", self, flush=True)
+        time.sleep(0.15)
+        return handle.write(data[len(data) // 2 :]) + len(data) // 2
+pathlib.Path.write_bytes = slow_write_bytes
 real_replace = os.replace
 def slow_replace(src, dst, *args, **kwargs):
     if str(dst).endswith(".safetensors"):
@@ -99,15 +113,29 @@ def test_kill_9_during_a_checkpoint_write_and_at_random_then_resume(tmp_path):
     assert temporaries(out_dir), "the kill should have caught a write in flight"
     assert check_after_kill(out_dir) == INTERVAL  # the step-8 write never landed
 
-    # 2. resumed, then killed at a random moment (seeded)
+    # 2. resumed, then killed with half of the next checkpoint's bytes on disk: a half-written
+    # file is never what loads. (Writing the checkpoint in place instead of through a temporary
+    # file fails this test; tried: step 1 already catches it, the bytes land before the rename.)
+    process = start(launcher, out_dir, "--resume")
+    for line in process.stdout:
+        if line.startswith("HALF-WRITTEN"):
+            break
+    kill(process)
+    assert temporaries(out_dir), "the kill should have caught the bytes being written"
+    assert check_after_kill(out_dir) == INTERVAL  # its step-8 write never completed
+
+    # 3. resumed, then killed at a random moment (seeded) before the run ends
     process = start(launcher, out_dir, "--resume")
     process.stdout.readline()  # its first checkpoint write (step 8): training is under way
     time.sleep(random.Random(8).uniform(0.0, 1.2))  # the remaining 16 steps take ~1.7 s
+    assert process.poll() is None, "the run ended before the kill; kill it sooner"
     kill(process)
+    assert process.returncode == -signal.SIGKILL
     step = check_after_kill(out_dir)
-    assert step >= INTERVAL  # never behind the checkpoint it resumed from
+    assert INTERVAL <= step < STEPS  # never behind where it resumed; the kill beat the end
+    assert max(logged_steps(out_dir)) < STEPS
 
-    # 3. resumed to the end: no temporary left, a gap-free log, and an uninterrupted run's weights
+    # 4. resumed to the end: no temporary left, a gap-free log, and an uninterrupted run's weights
     process = start(launcher, out_dir, "--resume")
     _, err = process.communicate(timeout=120)
     assert process.returncode == 0, err
