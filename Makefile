@@ -55,7 +55,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/difflab sample weights/mnist_ddim.safetensors --sampler ddim --steps 50 --n 64 --seed 0 --out outputs/demo.png
+	$(VENV)/bin/difflab sample weights/mnist_ddim.safetensors --sampler dpm++2m --steps 20 --n 64 --seed 0 --out outputs/demo.png
 
 test: install
 	$(PY) -m pytest -q

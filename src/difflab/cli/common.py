@@ -18,18 +18,30 @@ from difflab.pipelines import PRECISIONS, DiffusionPipeline, load_noisy_classifi
 from difflab.samplers import SAMPLER_NAMES, SAMPLERS, Guidance
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
-DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
+SAMPLE_DEFAULTS: tuple[str, int] = ("dpm++2m", 20)
+"""``difflab sample``'s sampler and steps: DPM-Solver++(2M) at 20 karras steps matched DDIM-50's
+FD-MNIST at 2.5x fewer network evaluations (benchmarks/results/samplers.md). ``eval`` keeps
+DDIM-50, the setting of every FD in the README."""
 SAMPLING_PRECISIONS: tuple[str, ...] = ("auto", *PRECISIONS)
 """``--precision`` of sample and eval: ``auto`` is bf16 where the device computes it natively."""
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: bool = True) -> None:
+def add_sampling_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    with_sampler: bool = True,
+    defaults: tuple[str, int] = ("ddim", 50),
+) -> None:
+    """``--sampler --eta --sigma-hat --clip-x0 --dynamic-threshold --precision`` (with a sampler),
+    ``--steps --spacing --seed``; ``defaults`` = (sampler, steps)."""
+    default_sampler, default_steps = defaults
     if with_sampler:
         parser.add_argument(
             "--sampler",
             choices=SAMPLER_NAMES,
-            default=DEFAULT_SAMPLER,
-            help="; ".join(f"{spec.name}: {spec.summary}" for spec in SAMPLERS.values()),
+            default=default_sampler,
+            help=f"default {default_sampler}; "
+            + "; ".join(f"{spec.name}: {spec.summary}" for spec in SAMPLERS.values()),
         )
         parser.add_argument(
             "--eta", type=float, default=0.0, help="DDIM noise level: 0 deterministic, 1 DDPM-like"
@@ -58,9 +70,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, *, with_sampler: boo
             help="auto (default: bf16 autocast where the device computes bf16 natively, i.e. "
             "a bf16 GPU or a CPU with AVX-512 BF16 / AMX, else fp32), fp32, bf16 or fp64",
         )
-    steps = DEFAULT_STEPS if with_sampler else 50
     parser.add_argument(
-        "--steps", type=int, default=steps, help=f"number of sampling steps S (default {steps})"
+        "--steps",
+        type=int,
+        default=default_steps,
+        help=f"number of sampling steps S (default {default_steps})",
     )
     parser.add_argument(
         "--spacing",

@@ -13,6 +13,7 @@ import torch
 
 from difflab.autoencoders import PRIOR_KIND
 from difflab.cli.common import (
+    SAMPLE_DEFAULTS,
     add_caption_argument,
     add_device_argument,
     add_guidance_arguments,
@@ -25,7 +26,7 @@ from difflab.cli.common import (
     sampler_spacing,
 )
 from difflab.cli.hint import add_control_arguments, control_from_args
-from difflab.data import load_dataset
+from difflab.data import ImageDataset, load_dataset
 from difflab.diffusion import Conditioning
 from difflab.errors import DifflabError
 from difflab.io.atomic import check_output_folder, check_output_path
@@ -34,6 +35,7 @@ from difflab.io.device import select_device
 from difflab.io.images import save_grid, save_images
 from difflab.io.process_group import Distributed, process_group, rank_seed
 from difflab.io.weights import resolve_checkpoint
+from difflab.models import dataset_captions
 from difflab.pipelines import DiffusionPipeline, load_control_pipeline, load_pipeline
 from difflab.pipelines.vqvae import load_code_prior, sample_vqvae
 from difflab.samplers.ddim import EPS_AT
@@ -42,7 +44,7 @@ from difflab.samplers.ddim import EPS_AT
 def register(subparsers: argparse._SubParsersAction) -> None:
     sample = subparsers.add_parser("sample", help="generate images from a checkpoint")
     sample.add_argument("checkpoint")
-    add_sampling_arguments(sample)
+    add_sampling_arguments(sample, defaults=SAMPLE_DEFAULTS)
     sample.add_argument(
         "--n",
         "--num-samples",
@@ -86,6 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     invert.add_argument("--data", default="mnist", help="dataset name or image folder")
     invert.add_argument("--data-dir", default=None)
     invert.add_argument("--n", type=int, default=8)
+    add_caption_argument(invert)
     invert.add_argument(
         "--eps-at",
         choices=EPS_AT,
@@ -107,6 +110,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     interp.add_argument("--points", type=int, default=10)
     interp.add_argument("--label", type=int, default=None)
+    add_caption_argument(interp)
     interp.add_argument("--out", default="outputs/interpolation.png")
     add_device_argument(interp)
     interp.set_defaults(handler=run_interpolate)
@@ -280,15 +284,40 @@ def run_invert(args: argparse.Namespace) -> int:
         limit=args.n,
     )
     x0 = dataset.images.to(pipeline.device)  # (n, C, H, W)
-    cond = Conditioning(labels=dataset.labels) if pipeline.num_classes else None
+    cond = _dataset_conditioning(args, pipeline, dataset)
     x_T = pipeline.invert(x0, args.steps, args.spacing, cond, eps_at=args.eps_at)
     recon = pipeline.reconstruct(x_T, args.steps, args.spacing, cond)
     mse = torch.mean((recon - x0) ** 2).item()
-    save_grid(torch.cat([x0, x_T.clamp(-3, 3) / 3, recon]), out, nrow=len(x0))
+    rows = [x0, recon]
+    if x_T.shape == x0.shape:  # pixel space: the noises between (latent noises have no image)
+        rows.insert(1, x_T.clamp(-3, 3) / 3)
+    save_grid(torch.cat(rows), out, nrow=len(x0))
     print(
         f"inverted {len(x0)} images with {args.steps} DDIM steps: reconstruction MSE {mse:.6f}; grid at {out.resolve()}"
     )
     return 0
+
+
+def _dataset_conditioning(
+    args: argparse.Namespace, pipeline: DiffusionPipeline, dataset: ImageDataset
+) -> Conditioning | None:
+    """What the images to invert are conditioned on: their labels for a class-conditional model,
+    and for a caption model ``--caption`` (cycled) or else the captions the model was trained on
+    (the dataset's own, or its class names)."""
+    labels = dataset.labels if pipeline.num_classes else None
+    encoder = pipeline.text_encoder
+    if encoder is not None and args.captions is None:
+        own = dataset_captions(encoder.config, dataset, range(len(dataset.images)))
+        if own is None:
+            raise DifflabError(
+                f"{args.checkpoint} is conditioned on captions and --data {args.data} has none; "
+                "give --caption TEXT."
+            )
+        return pipeline.caption_conditioning(own, labels)
+    captions = checked_captions(args, pipeline, len(dataset.images), report=True)
+    if captions is not None:
+        return pipeline.caption_conditioning(captions, labels)
+    return None if labels is None else Conditioning(labels=labels)
 
 
 def run_interpolate(args: argparse.Namespace) -> int:
@@ -296,6 +325,9 @@ def run_interpolate(args: argparse.Namespace) -> int:
     out = _check_png(args.out, args.checkpoint)
     pipeline = load_pipeline(args.checkpoint, select_device(args.device))
     cond = None if args.label is None else Conditioning(labels=torch.tensor([args.label]))
+    captions = checked_captions(args, pipeline, 1, report=True)
+    if captions is not None:
+        cond = pipeline.caption_conditioning(captions, None if cond is None else cond.labels)
     if cond is not None:
         pipeline.check_conditioning(cond, None)
     images = pipeline.interpolate(
