@@ -61,9 +61,12 @@ def all_tensors(out_dir):
             "model.num_classes=10",
             "train.label_dropout=0.2",
         ),
+        ("model.preset=dit-tiny", "model.num_classes=10", "train.label_dropout=0.2"),  # DiT
     ],
+    ids=["unet", "unet-conditional-accumulated-bf16", "dit-conditional"],
 )
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, extra):
+    """U-Net and DiT alike; fails if resuming drops the optimizer's moments (tried on the DiT)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(
         tiny_config(straight, "train.steps=8", "train.checkpoint_every=4", *extra), progress=False
