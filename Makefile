@@ -120,11 +120,11 @@ bench-inversion: install
 bench-guidance: install
 	$(PY) benchmarks/guidance_table.py
 
-# ControlNet on MNIST: edge F1 / label accuracy / FD of 200 held-out Canny hints vs the base,
+# ControlNet on MNIST: edge F1 / label accuracy / FD of 100 held-out Canny hints vs the base,
 # the sudden-convergence curve of the training run (runs/controlnet_mnist_canny), sampling cost.
-# About 10 minutes on 2 cores.
+# About 15 minutes on a shared 2-core machine (the U-Net and the DiT ControlNets).
 bench-controlnet: install
-	$(PY) benchmarks/controlnet.py --threads 2
+	$(PY) benchmarks/controlnet.py --n 100 --steps 10 --threads 1
 
 # VQ-VAE: the shipped models' reconstruction, prior NLL and samples beside the diffusion model's,
 # a codebook ablation on MNIST and Fashion-MNIST, quantiser speed vs vector-quantize-pytorch
