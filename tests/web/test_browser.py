@@ -4,6 +4,7 @@ image follows the strokes."""
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -172,15 +173,10 @@ def upload_and_read_canvas(page) -> np.ndarray:
     page.click("#clear")
     file = {"name": "square.png", "mimeType": "image/png", "buffer": buffer.getvalue()}
     page.set_input_files("#upload", files=[file])
-    read = """() => {
-        const c = document.getElementById('sketch');
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        const lit = [];
-        for (let i = 0; i < d.length; i += 4) lit.push(d[i] > 127 ? 1 : 0);
-        return lit;
-    }"""
-    page.wait_for_function(f"() => ({read})().includes(1)", polling=100, timeout=10_000)
-    return np.array(page.evaluate(read), bool).reshape(280, 280)
+    page.wait_for_selector("#sketch[data-source='square.png']", state="attached", timeout=10_000)
+    url = page.evaluate("() => document.getElementById('sketch').toDataURL('image/png')")
+    canvas = Image.open(io.BytesIO(base64.b64decode(url.split(",")[1]))).convert("L")
+    return np.asarray(canvas) > 127  # (280, 280)
 
 
 def _screenshot_path() -> str:

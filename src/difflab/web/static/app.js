@@ -13,6 +13,7 @@ let drawing = false;
 let last = null;
 
 function clearSketch() {
+  delete canvas.dataset.source;
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
 }
@@ -62,6 +63,7 @@ $("upload").addEventListener("change", async () => {
   edges.onload = () => {
     ctx.imageSmoothingEnabled = false;
     ctx.drawImage(edges, 0, 0, canvas.width, canvas.height);
+    canvas.dataset.source = file.name;  // the canvas now holds this upload's edges
     if (!$("use-sketch").disabled) $("use-sketch").checked = true;
   };
   edges.src = answer.hint;
