@@ -45,6 +45,7 @@ from difflab.data import load_dataset
 from difflab.metrics import LPIPS
 from difflab.metrics.features import build_feature_extractor, extract_features
 from difflab.metrics.frechet import FeatureStats
+from difflab.models import forward_gflops
 from difflab.pipelines import evaluate_pipeline, load_pipeline
 from difflab.training.autoencoder_loop import autoencoder_stats, reconstruct, train_autoencoder
 
@@ -191,19 +192,29 @@ def evaluate_variant(
 
 # ----------------------------------------------------------------------------- pixel vs latent
 
-LATENT_RUNS: dict[str, int] = {"ldm-f1": 1, "ldm-f2": 2, "ldm-f4": 4}  # name -> f (1: pixels)
+LATENT_RUNS: dict[str, int] = {"ldm-f1": 1, "ldm-f2": 2, "ldm-f4": 4, "ldm-f8": 8, "dit-f4": 4}
+"""Run name -> f (1: pixels). ``dit-*`` runs train a DiT instead of the U-Net."""
+BACKBONE_PRESETS = {"ldm": "unet-mnist", "dit": "dit-mnist-s-2"}
+"""The U-Net recipe, and the DiT the DiT paper trains on latents (DiT-S/2 at hidden 128, depth 6:
+16 tokens of a 3x8x8 latent, 0.040 forward GFLOPs against the U-Net's 0.031 there)."""
+
+
+def backbone_preset(name: str) -> str:
+    return BACKBONE_PRESETS[name.split("-")[0]]
+
+
 DIFFUSION_CONFIG = bench.REPO / "configs" / "digits_tiny.yaml"
 
 
 def diffusion_overrides(
     name: str, args: argparse.Namespace, out_dir: Path, steps: int
 ) -> list[str]:
-    """The same U-Net recipe (unet-mnist sizes, T = 1000) on pixels or on a part-1 latent."""
+    """The same recipe (unet-mnist or DiT-S/2 sizes, T = 1000) on pixels or a part-1 latent."""
     f = LATENT_RUNS[name]
     values = [
         "data.name=emoji",
         f"data.image_size={args.image_size}",
-        "model.preset=unet-mnist",
+        f"model.preset={backbone_preset(name)}",
         "diffusion.num_timesteps=1000",
         f"train.steps={steps}",
         f"train.batch_size={args.diffusion_batch_size}",
@@ -264,6 +275,8 @@ def evaluate_latent_run(
     row = {
         "run": name,
         "f": LATENT_RUNS[name],
+        "network": backbone_preset(name),
+        "gflops": forward_gflops(pipeline.description.arch, pipeline.description.config),
         "train_seconds": trained["seconds"],
         "train_steps": trained["steps"],
         "train_images_per_s": trained["images_per_s"],
@@ -308,7 +321,7 @@ def goals_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def latent_goals_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """f = 4 against pixels: a lower FD at the same training time, and >= 4x faster sampling."""
-    by = {r["f"]: r for r in rows}
+    by = {r["f"]: r for r in rows if r.get("network", "unet-mnist") == "unet-mnist"}
     if 1 not in by or 4 not in by:
         return {}
     pixel, f4 = by[1], by[4]
@@ -445,6 +458,8 @@ def latent_markdown(report: dict[str, Any]) -> str:
     table = [
         [
             "pixels" if r["f"] == 1 else f"latent f = {r['f']}",
+            r.get("network", "unet-mnist"),
+            bench.fmt(r.get("gflops"), 3, "n/a"),
             r["f"],
             f"{r['train_seconds'] / 60:.1f}",
             r["train_steps"],
@@ -468,9 +483,11 @@ def latent_markdown(report: dict[str, Any]) -> str:
             f"({g['speedup']:.1f}x)."
         )
     return bench.sections(
-        "## Pixel vs latent diffusion (same U-Net recipe, same training wall clock)",
+        "## Pixel vs latent diffusion (same recipe, same training wall clock)",
         "unet-mnist sizes (base_channels 32, channel_mult 1, 2, 2, one residual block per level; its "
-        "attention sits at 7x7, so none runs at these sizes), "
+        "attention sits at 7x7, so none runs at these sizes); dit-mnist-s-2 is DiT-S/2 at hidden "
+        "128, depth 6 (the DiT paper's setting: a transformer on the latents); GFLOPs: one forward "
+        "pass on one sample (a multiply-add = 2), "
         f"T = 1000 linear, batch {s['diffusion_batch_size']}, lr 5e-4, {s['budget_min']:g} min of "
         "training each (steps = budget x the images/s of a 15-step probe), one thread; latents are "
         f"those of the KL autoencoders above. FD-VGG16 of n = {s['n']} DDIM-{s['sample_steps']} "
@@ -478,7 +495,18 @@ def latent_markdown(report: dict[str, Any]) -> str:
         "the run's own wall clock: where the load changed between probe and run (another job "
         "started or ended on the other core) a run got more or less than the budget.",
         bench.markdown_table(
-            ["space", "f", "train min", "steps", "train img/s", "FD-VGG16", "s / sample"], table
+            [
+                "space",
+                "network",
+                "GFLOPs",
+                "f",
+                "train min",
+                "steps",
+                "train img/s",
+                "FD-VGG16",
+                "s / sample",
+            ],
+            table,
         ),
         "\n".join(lines),
     )
@@ -542,7 +570,7 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
     if latent:
         axis = axes[-1]
         axis.bar(range(len(latent)), [r["fd_vgg16"] for r in latent], color="tab:orange")
-        axis.set_xticks(range(len(latent)), [f"f={r['f']}" for r in latent], fontsize=8)
+        axis.set_xticks(range(len(latent)), [r["run"] for r in latent], fontsize=8)
         axis.set_title("diffusion samples: FD-VGG16 (same training time)", fontsize=9)
     return [bench.save_figure(figure, out_dir / f"{bench.stem_of(NAME, report['quick'])}.png")]
 

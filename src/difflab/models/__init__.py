@@ -18,6 +18,7 @@ from difflab.models.text import (
     caption_encoder_from_meta,
     caption_encoder_meta,
     caption_encoder_of,
+    dataset_captions,
 )
 from difflab.models.unet import UNet, UNetConfig
 
@@ -39,6 +40,7 @@ __all__ = [
     "caption_encoder_of",
     "config_from_dict",
     "count_flops",
+    "dataset_captions",
     "forward_flops",
     "forward_gflops",
     "model_config",

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from difflab.config import dataclass_from_dict
+from difflab.data import ImageDataset
 from difflab.errors import DifflabError
 
 PAD_ID = 0
@@ -208,6 +209,18 @@ class CaptionEncoder(nn.Module):
         device = self.word_embedding.weight.device
         ids, mask = ids.to(device), mask.to(device)
         return self(ids, mask), mask
+
+
+def dataset_captions(
+    config: TextEncoderConfig, dataset: ImageDataset, index: Iterable[int]
+) -> list[str] | None:
+    """The captions a model with this encoder reads for the items ``index`` of ``dataset``: their
+    own captions (``captions: dataset``, e.g. emoji names) or their class names (``class_names``);
+    None when the dataset has none of that kind."""
+    if config.captions == "class_names":
+        names = dataset.class_names
+        return [names[int(dataset.labels[i])] for i in index] if names else None
+    return [dataset.captions[int(i)] for i in index] if dataset.captions else None
 
 
 def build_caption_encoder(config: TextEncoderConfig, captions: Iterable[str]) -> CaptionEncoder:

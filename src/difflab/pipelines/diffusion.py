@@ -53,9 +53,12 @@ Progress = Callable[[int, int], None]
 
 
 class Autoencoder(Protocol):
-    """The autoencoder stage: ``decode(z) -> x`` and the ``latent_scale`` the model's z carries."""
+    """The autoencoder stage: ``encode(x) -> z``, ``decode(z) -> x`` and the ``latent_scale`` the
+    model's z carries (the network denoises ``encode(x) * latent_scale``)."""
 
     latent_scale: float
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor: ...
 
     def decode(self, z: torch.Tensor) -> torch.Tensor: ...
 
@@ -182,6 +185,15 @@ class DiffusionPipeline:
         if self.autoencoder is None:
             return x
         return self.autoencoder.decode(x / self.autoencoder.latent_scale)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> what the network denoises: the scaled latents
+        ``E(x) * latent_scale`` under an autoencoder stage (as training saw them), else the images.
+        """
+        images = images.to(self.device, self.dtype)
+        if self.autoencoder is None:
+            return images
+        return self.autoencoder.encode(images) * self.autoencoder.latent_scale
 
     def check_conditioning(self, cond: Conditioning, guidance: Guidance | None) -> None:
         """A DifflabError when ``cond`` cannot drive this model under ``guidance``."""
@@ -345,12 +357,15 @@ class DiffusionPipeline:
         conditioning: Conditioning | None = None,
         eps_at: str | None = None,
     ) -> torch.Tensor:
-        """DDIM inversion x0 (B, C, H, W) -> x_T (pixel space; see ``ddim_invert``)."""
-        self._pixel_space_only("inversion")
+        """DDIM inversion of images x0 (B, C, H, W) -> x_T (see ``ddim_invert``).
+
+        A latent pipeline inverts the scaled latents of x0 (``encode``): x_T is then (B, c, h, w),
+        and :meth:`reconstruct` decodes it back to images.
+        """
         extra = {} if eps_at is None else {"eps_at": eps_at}
         cond = (conditioning or Conditioning()).to(self.device)
-        x0 = x0.to(self.device, self.dtype)
-        return ddim_invert(self.denoiser(), x0, self.timesteps(steps, spacing), cond, **extra)
+        z0 = self.encode(x0)  # (B, C, H, W) or (B, c, h, w)
+        return ddim_invert(self.denoiser(), z0, self.timesteps(steps, spacing), cond, **extra)
 
     @torch.no_grad()
     def reconstruct(
@@ -389,7 +404,3 @@ class DiffusionPipeline:
             cond,
         )
         return self.decode(x)
-
-    def _pixel_space_only(self, what: str) -> None:
-        if self.autoencoder is not None:
-            raise DifflabError(f"{what} of a latent-space pipeline is not supported yet.")

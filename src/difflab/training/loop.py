@@ -43,6 +43,7 @@ from difflab.models import (
     build_model,
     caption_encoder_meta,
     caption_encoder_of,
+    dataset_captions,
     model_config,
 )
 from difflab.pipelines import DiffusionPipeline, ModelDescription
@@ -178,10 +179,9 @@ def caption_texts(run: TrainingRun, index: torch.Tensor) -> list[str]:
     """The training captions of the dataset items ``index`` (k,)."""
     encoder = caption_encoder_of(run.net)
     assert encoder is not None
-    if encoder.config.captions == "class_names":
-        names = run.dataset.class_names
-        return [names[int(run.dataset.labels[i])] for i in index]
-    return [run.dataset.captions[int(i)] for i in index]
+    captions = dataset_captions(encoder.config, run.dataset, index)
+    assert captions is not None  # build_run refuses a dataset without them
+    return captions
 
 
 def build_optimizer(net: torch.nn.Module, train: TrainConfig) -> torch.optim.Optimizer:
