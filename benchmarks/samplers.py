@@ -14,9 +14,9 @@ within 1.2x of the best FD of any sampler at any NFE, and at most half of DDIM's
 
 The peer, in the same run: each sampler with a diffusers counterpart (DPMSolverMultistepScheduler,
 also with ``algorithm_type="sde-dpmsolver++"``, EulerDiscreteScheduler,
-EulerAncestralDiscreteScheduler, HeunDiscreteScheduler) drives the same U-Net from the same x_T on
-the same timesteps (diffusers' ``leading`` spacing) with the same noise: the largest difference
-of the final samples and the wall-time ratio.
+EulerAncestralDiscreteScheduler, HeunDiscreteScheduler, UniPCMultistepScheduler) drives the
+same network from the same x_T on the same timesteps (diffusers' ``leading`` spacing) with the
+same noise: the largest difference of the final samples and the wall-time ratio.
 
 Before measuring, the script times the networks and prints the plan; ``--plan-only`` stops there.
 Writes ``samplers.{json,md}`` and ``samplers.png``; ``--quick`` (one model, a few samplers, NFE
@@ -46,7 +46,7 @@ from difflab.samplers import SAMPLERS, Guidance, SamplerOptions
 
 NAME = "samplers"
 NFE = (5, 8, 10, 15, 20, 50)
-SAMPLER_CHOICE = ("ddim", "dpm++2m", "heun", "euler", "euler-a")
+SAMPLER_CHOICE = ("ddim", "dpm++2m", "unipc", "heun", "euler", "euler-a")
 MODELS: dict[str, float | None] = {"mnist_ddim": None, "mnist_cond": 3.0, "dit_mnist_s4": 2.0}
 """Shipped model -> its classifier-free guidance weight (None: unguided). w = 3 is mnist_cond's
 best FD in ``guidance.md`` (3.60 at 50 DDIM steps); w = 2 is the DiT study's."""
@@ -60,6 +60,7 @@ PEER_SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),
     "euler-a": ("EulerAncestralDiscreteScheduler", {}),
     "heun": ("HeunDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
 }
 
 

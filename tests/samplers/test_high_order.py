@@ -14,6 +14,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     HeunDiscreteScheduler,
+    UniPCMultistepScheduler,
 )
 
 from difflab.diffusion import Conditioning, Denoiser, NoiseSchedule, timestep_sequence
@@ -25,6 +26,7 @@ from difflab.samplers import (
     euler_ancestral_sample,
     euler_sample,
     heun_sample,
+    unipc_sample,
 )
 from tests.helpers import GaussianOptimalEps, RandomLinearNet
 
@@ -91,6 +93,18 @@ def test_dpm_solver_pp_2m_matches_diffusers(sde, steps, spacing):
         DENOISER, x_T(), timesteps, sde=sde, generator=torch.Generator().manual_seed(7)
     )
     assert (ours - theirs).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("steps,spacing", [(6, "linspace"), (12, "trailing")])
+def test_unipc_matches_diffusers(steps, spacing):
+    """Fails if the corrector's (rho_1, rho_c) solve, the predictor's 1/2 D1 or the lower-order
+    first and last steps change. (UniPCMultistepScheduler takes no custom timesteps: ours run
+    on its integer ones.)"""
+    scheduler = UniPCMultistepScheduler(**diffusers_config(), timestep_spacing=spacing)
+    scheduler.set_timesteps(steps)
+    timesteps = scheduler.timesteps.long()
+    theirs = run_diffusers(scheduler, x_T(), stochastic=False)
+    assert (unipc_sample(DENOISER, x_T(), timesteps) - theirs).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("spacing", ["uniform", "karras"])

@@ -24,6 +24,7 @@ from difflab.samplers.registry import (
 )
 from difflab.samplers.stack import THRESHOLDS, WRAPPER_ORDER, Guidance
 from difflab.samplers.thresholding import DynamicThreshold, StaticThreshold
+from difflab.samplers.unipc import unipc_sample
 
 __all__ = [
     "SAMPLERS",
@@ -53,4 +54,5 @@ __all__ = [
     "heun_sample",
     "interpolate",
     "slerp",
+    "unipc_sample",
 ]

@@ -22,6 +22,7 @@ from difflab.samplers.dpm_solver import dpm_solver_pp_2m_sample
 from difflab.samplers.euler import euler_sample
 from difflab.samplers.euler_ancestral import euler_ancestral_sample
 from difflab.samplers.heun import heun_nfe, heun_sample
+from difflab.samplers.unipc import unipc_sample
 
 
 @dataclass(frozen=True)
@@ -216,6 +217,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
             False,
             "Heun 2nd order, EDM (2 S - 1 NFE)",
             nfe=heun_nfe,
+            spacing="karras",
+        ),
+        SamplerSpec(
+            "unipc",
+            _deterministic(unipc_sample),
+            False,
+            False,
+            "UniPC-2 bh2 predictor-corrector (Zhao et al. 2023)",
             spacing="karras",
         ),
     )
