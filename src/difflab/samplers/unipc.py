@@ -92,13 +92,9 @@ def unipc_sample(
     *,
     callback: Callback | None = None,
 ) -> torch.Tensor:
-    """Generate x_0 (B, C, H, W) from x_T (B, C, H, W) with UniPC-2 bh2 (S NFE).
-
-    Args:
-        denoiser: a Denoiser or any guidance wrapper around one.
-        timesteps: (S,) strictly decreasing.
-        callback: called with a :class:`StepInfo` after every step (the predicted state).
-    """
+    """UniPC-2 bh2 from x_T (B, C, H, W) over the (S,) decreasing ``timesteps``: S network
+    evaluations, the corrector reusing each one; ``callback`` gets the predictor's state after
+    every step. Returns x_0 (B, C, H, W)."""
     moves = transitions(timesteps)
     schedule = denoiser.schedule
     x = x_T
