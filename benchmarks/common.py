@@ -2,7 +2,8 @@
 progress, bf16 autocast, JSON and markdown, plots, and the speed race against diffusers.
 
 A benchmark is a thin script: it measures through the library, writes one JSON file
-(:func:`publish`), and renders its markdown (and plots) from that JSON alone, so that
+(:func:`publish`, which adds the run's ``provenance``: the git commit and the SHA-256 of every
+shipped checkpoint the measurement opened), and renders its markdown (and plots) from that JSON alone, so that
 ``--render-only`` redoes the report of an earlier run without measuring anything. Timings use
 ``time.perf_counter`` around whole calls; a benchmark chooses its own warm-up and repeat counts.
 """
@@ -12,14 +13,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
+import hashlib
 import importlib.metadata
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from difflab.diffusion import Conditioning, NoiseSchedule, denoising_loss
 from difflab.io.atomic import write_bytes_atomic
+from difflab.io.weights import weights_dir
 from difflab.pipelines import DiffusionPipeline, evaluate_pipeline
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -104,13 +109,81 @@ def publish(
         print(f"error: --render-only needs {path}; run the benchmark first (or name --out-dir).")
         return 1
     if not args.render_only:
-        print(f"wrote {write_json(path, measure())}")
+        with recording_weights() as opened:
+            report = measure()
+        if isinstance(report, dict):
+            report = {**report, "provenance": provenance(opened)}
+        print(f"wrote {write_json(path, report)}")
     report = read_json(path)
     written = [write_text(path.with_suffix(".md"), render(report))]
     written += figures(report, args.out_dir) if figures else []
     for out in written:
         print(f"wrote {out}")
     return 0
+
+
+# ----------------------------------------------------------------------------- provenance
+
+_opened_weights: list[set[Path]] = []  # one set per recording_weights() in progress
+
+
+def _note_opened_weights(event: str, args: tuple[Any, ...]) -> None:
+    """Audit hook: remember every shipped checkpoint a recording measurement opens."""
+    if event != "open" or not _opened_weights or not isinstance(args[0], str | Path):
+        return
+    path = Path(os.path.realpath(args[0]))
+    if path.parent == weights_dir().resolve():
+        for opened in _opened_weights:
+            opened.add(path)
+
+
+sys.addaudithook(_note_opened_weights)
+
+
+@contextlib.contextmanager
+def recording_weights() -> Iterator[set[Path]]:
+    """Collect the shipped checkpoints (``weights/*``) opened inside the block, by any code."""
+    opened: set[Path] = set()
+    _opened_weights.append(opened)
+    try:
+        yield opened
+    finally:
+        _opened_weights.remove(opened)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> dict[str, Any]:
+    """``{"commit": HEAD, "uncommitted_changes": bool}`` of the checkout (code under src/,
+    benchmarks/, configs/); ``commit`` is None outside a git checkout."""
+
+    def git(*argv: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(REPO), *argv], capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    changes = git("status", "--porcelain", "--", "src", "benchmarks", "configs")
+    return {"commit": commit, "uncommitted_changes": bool(changes) if commit else None}
+
+
+def provenance(weights: Iterable[Path]) -> dict[str, Any]:
+    """What a result ran on: the commit and the SHA-256 of each shipped checkpoint it opened
+    (``tests/benchmarks/test_provenance.py`` checks these against the files in ``weights/``)."""
+    return {
+        **git_commit(),
+        "weights": {path.name: sha256_of(path) for path in sorted(weights)},
+    }
 
 
 # ----------------------------------------------------------------------------- machine
