@@ -112,6 +112,12 @@ class ServedModel:
         """Check ``request`` against this model and ``limits``; a :class:`RequestRefused` (4xx,
         one sentence) says what does not fit."""
         request.check_limits(limits)
+        if self.pipeline.text_encoder is not None:
+            raise RequestRefused(
+                422,
+                f"model {self.name} is conditioned on captions, which the web app does not take "
+                "yet; use difflab sample --caption.",
+            )
         labels = self._labels(request)
         guidance = self._guidance(request)
         hint = self._hint(request, limits)
