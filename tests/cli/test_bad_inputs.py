@@ -402,6 +402,12 @@ ISSUE_18: dict[str, Callable[[Inputs], list[str]]] = {
     "18.12 negative base_channels": lambda i: i.sample(
         with_meta(i, "neg.safetensors", lambda m: m["model"].update(base_channels=-8))
     ),
+    "18.12 width of 10^6": lambda i: i.sample(
+        with_meta(i, "wide.safetensors", lambda m: m["model"].update(base_channels=10**6))
+    ),
+    "18.12 heads that do not divide the width": lambda i: i.sample(
+        with_meta(i, "heads.safetensors", lambda m: m["model"].update(num_heads=3))
+    ),
     "18.12 negative image_size": lambda i: i.sample(
         with_meta(i, "neg_size.safetensors", lambda m: m["data"].update(image_size=-28))
     ),
@@ -499,6 +505,8 @@ EXPECTED: dict[str, str] = {
     "18.4 export X X": "difflab never overwrites its input",
     "18.4 --out-dir is a file": "--out-dir",
     "18.12 negative base_channels": "config.base_channels must be 0 or more, got -8",
+    "18.12 width of 10^6": "but the file holds only",
+    "18.12 heads that do not divide the width": "its model description cannot be built",
     "18.12 negative image_size": "data.image_size must be an integer of at least 1, got -28",
     "18.12 missing channels": "the data entry must give channels and image_size",
     "18.12 num_timesteps a string": "num_timesteps must be an integer, got 'x'",
