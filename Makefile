@@ -55,7 +55,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/difflab sample weights/mnist_ddim.safetensors --sampler dpm++2m --steps 20 --n 64 --seed 0 --out outputs/demo.png
+	@start=$$(date +%s%N); \
+	$(VENV)/bin/difflab sample weights/mnist_ddim.safetensors --sampler dpm++2m --steps 20 --n 64 --seed 0 --out outputs/demo.png && \
+	echo "make demo: $$(( ($$(date +%s%N) - start) / 1000000 )) ms in all (loading included; the sampling time is on the line above)"
 
 test: install
 	$(PY) -m pytest -q
