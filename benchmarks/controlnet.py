@@ -284,6 +284,10 @@ def measure(args: Any) -> dict[str, Any]:
         "fd_ratio": control_row["fd"] / base_row["fd"],
         "sampling_cost_ratio": control_row["seconds"] / base_row["seconds"],
         "cost": cost,
+        "other_digit_f1": {  # each hint against the next test digit's edges: the metric's floor
+            "edge_f1": float(edge_f1(hints.roll(1, dims=0), hints).mean()),
+            "edge_f1_exact": float(edge_f1(hints.roll(1, dims=0), hints, tolerance=0).mean()),
+        },
         "convergence": None if args.quick else convergence(args.run),
         "samples": samples,
     }
@@ -321,6 +325,9 @@ def render(report: dict[str, Any]) -> str:
         f"- sampling cost of control: {report['cost']['sampling_ratio']:.2f}x the base's per "
         f"denoiser call at batch {report['cost']['batch']} (expected 1.3-1.5x; the whole cells "
         f"above took {report['sampling_cost_ratio']:.2f}x)",
+        f"- another real test digit's edges (each hint against the next digit's) score F1 "
+        f"{report['other_digit_f1']['edge_f1']:.3f} (exact {report['other_digit_f1']['edge_f1_exact']:.3f}): "
+        "what a sample unrelated to the hint scores",
         f"- training: {report['cost']['training_images_per_s']['control_branch']:.1f} images/s for "
         "the control branch (base locked) against "
         f"{report['cost']['training_images_per_s']['full_fine_tune']:.1f} for a full fine-tune of "
