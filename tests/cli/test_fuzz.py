@@ -95,14 +95,14 @@ GENERATION_OPTIONS = (  # (command, option) pairs with a numeric value
             "--temperature",
         )
     ),
-    *(("interpolate", option) for option in ("--points", "--seed-b", "--steps", "--label")),
+    *(("interpolate", option) for option in ("--points", "--seed-b")),
     *(("invert", option) for option in ("--n", "--steps", "--seed")),
 )
 SMALL_COUNTS = ("--steps", "--n", "--points")  # valid ones are cut to 3: keep runs short
 
 
 @given(choice=st.sampled_from(GENERATION_OPTIONS), value=numbers)
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=6)
 def test_fuzzed_generation_options(choice, value, tiny_checkpoint, tmp_path_factory, capsys):
     command, option = choice
     folder = tmp_path_factory.mktemp("fuzz_generate")
@@ -187,7 +187,7 @@ def yaml_text(value) -> str:
 
 
 @given(key=st.sampled_from(TRAIN_KEYS), value=json_values)
-@settings(FUZZ, max_examples=15)
+@settings(FUZZ, max_examples=8)
 def test_fuzzed_config_values(key, value, tiny_checkpoint, tmp_path_factory, capsys):
     """A config value of any JSON shape: a sentence, or a resume that ends."""
     if isinstance(value, int) and not isinstance(value, bool) and 64 < value < 2**63:
@@ -198,7 +198,7 @@ def test_fuzzed_config_values(key, value, tiny_checkpoint, tmp_path_factory, cap
 
 
 def test_hostile_values_of_every_config_key(tiny_checkpoint, tmp_path, capsys):
-    """Each of TRAIN_KEYS set to null, a string, -1, 2**70, [] and .nan.
+    """Each of TRAIN_KEYS set to null, a string, -1, 2**70 and .nan.
 
     Fails if config integers lose their 64-bit bound (tried: ``train.seed=2**70`` reaches
     torch.manual_seed, an "unexpected ValueError"); the other checks overlap (a negative width is
@@ -255,7 +255,7 @@ def check_crafted(path: Path, command: str, folder: Path, capsys) -> None:
     value=json_values,
     command=st.sampled_from(["info", "sample"]),
 )
-@settings(FUZZ, max_examples=10)
+@settings(FUZZ, max_examples=6)
 def test_fuzzed_checkpoint_metadata(
     where, value, command, tiny_checkpoint, tmp_path_factory, capsys
 ):
@@ -265,11 +265,11 @@ def test_fuzzed_checkpoint_metadata(
     )
 
 
-HOSTILE_JSON = (None, "x", -1, 2**70, [])
+HOSTILE_JSON = (None, "x", -1, 2**70)
 
 
 def test_hostile_values_of_every_metadata_entry(tiny_checkpoint, tmp_path, capsys):
-    """Each entry of META_PATHS set to null, a string, -1, 2**70 and [], then sampled.
+    """Each entry of META_PATHS set to null, a string, -1 and 2**70, then sampled.
 
     Fails if the checkpoint metadata schema (io.checkpoint.check_meta) is removed: ``data`` as a
     string or a list becomes an "unexpected AttributeError"."""
