@@ -58,6 +58,7 @@ DEFAULT_CONTROLNET = Path("weights/controlnet_mnist_canny.safetensors")
 DEFAULT_RUN = Path("runs/controlnet_mnist_canny")
 DEFAULT_DIT_CONTROLNET = Path("weights/controlnet_mnist_dit_scribble.safetensors")
 DEFAULT_DIT_RUN = Path("runs/controlnet_mnist_dit_scribble")
+DEFAULT_ABLATION_RUN = Path("runs/controlnet_mnist_canny_gaussian")
 GOAL_F1 = 0.7
 GOAL_F1_RATIO = 3.0
 GOAL_FD_RATIO = 1.3
@@ -85,6 +86,12 @@ def parse_args(argv: Sequence[str] | None) -> Any:
         help="a DiT ControlNet (its base and hint kind read from it); skipped when missing",
     )
     parser.add_argument("--dit-run", type=Path, default=DEFAULT_DIT_RUN)
+    parser.add_argument(
+        "--ablation-run",
+        type=Path,
+        default=DEFAULT_ABLATION_RUN,
+        help="the --run config trained with model.zero_init=false (Gaussian joining layers)",
+    )
     args = bench.parse(parser, argv)
     if args.quick:
         args.n, args.steps, args.batch = 4, 2, 4
@@ -289,6 +296,7 @@ def measure(args: Any) -> dict[str, Any]:
             "edge_f1_exact": float(edge_f1(hints.roll(1, dims=0), hints, tolerance=0).mean()),
         },
         "convergence": None if args.quick else convergence(args.run),
+        "ablation": None if args.quick else convergence(args.ablation_run),
         "samples": samples,
     }
 
@@ -361,7 +369,27 @@ def render(report: dict[str, Any]) -> str:
         f"ControlNet {report['controlnet']} on {report['base']}.\n\n"
         f"Machine: {bench.machine_line(report['machine'])}"
     )
-    return bench.sections(header, table, goal_lines, "## Sudden convergence", curve_lines)
+    ablation = report.get("ablation")
+    ablation_lines = ["Not run (no --ablation-run metrics)."]
+    if ablation is not None and report["convergence"] is not None:
+        zero = dict(report["convergence"]["curve"])
+        rows = [[step, zero.get(step), f1] for step, f1 in ablation["curve"] if step in zero]
+        ablation_lines = [
+            "The same config with Gaussian instead of zero-initialised joining layers "
+            f"(model.zero_init=false, {ablation['run']}), edge F1 of the same 36 held-out hints "
+            "at equal training steps (equal images):",
+            "",
+            bench.markdown_table(["step", "zero convolutions", "Gaussian init"], rows),
+        ]
+    return bench.sections(
+        header,
+        table,
+        goal_lines,
+        "## Sudden convergence",
+        curve_lines,
+        "## Ablation: zero convolutions",
+        ablation_lines,
+    )
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
