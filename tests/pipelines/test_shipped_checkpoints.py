@@ -14,8 +14,11 @@ import torch
 
 from difflab.data import load_dataset
 from difflab.diffusion import Conditioning
+from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import weights_dir
 from difflab.metrics.features import load_feature_cnn
+from difflab.models.frozen_text import FrozenTextEncoderConfig, load_frozen_text_encoder
+from difflab.models.text_cache import encode_prompts
 from difflab.pipelines import load_control_pipeline, load_noisy_classifier, load_pipeline
 from difflab.pipelines.vqvae import load_code_prior, load_vqvae, sample_vqvae
 
@@ -35,6 +38,15 @@ def digits(count: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 def samples_a_diffusion_model(path: Path) -> None:
     pipe = load_pipeline(path)
     cond = Conditioning(labels=torch.tensor([1, 7])) if pipe.num_classes else None
+    imagen = load_checkpoint_meta(path).get("imagen")
+    if imagen is not None:  # an Imagen stage: prompt tokens, and a low-res image for SR
+        encoder = load_frozen_text_encoder(
+            FrozenTextEncoderConfig(max_length=imagen["text_encoder_max_length"])
+        )
+        tokens, mask = encode_prompts(encoder, ["a red 7 on a yellow background", ""])
+        size = imagen["low_res_size"]
+        low_res = torch.zeros(2, 3, size, size) if size else None
+        cond = Conditioning(tokens=tokens, token_mask=mask, low_res=low_res)
     images = pipe.generate(2, cond, steps=2, seed=0)
     assert images.shape == (2, *pipe.image_shape) and torch.isfinite(images).all()
 

@@ -254,5 +254,6 @@ def default_model_names() -> list[str]:
     return [
         name
         for name in shipped_names()
-        if load_checkpoint_meta(resolve_checkpoint(name)).get("kind") in SERVABLE_KINDS
+        if (meta := load_checkpoint_meta(resolve_checkpoint(name))).get("kind") in SERVABLE_KINDS
+        and "imagen" not in meta  # Imagen's stages take prompts: `difflab generate`, not the page
     ]
