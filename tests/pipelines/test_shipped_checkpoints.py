@@ -1,5 +1,6 @@
 """Every checkpoint in ``weights/`` loads through the public API and does its job on a tiny input:
-diffusion models and ControlNets sample (2 steps), the VQ-VAE reconstructs, the prior samples,
+diffusion models and ControlNets sample (2 steps), the VQ-VAE reconstructs, an autoencoder
+encodes and decodes, the prior samples,
 the classifiers classify. A new shipped file of a kind not listed here fails until it is added."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 import safetensors
 import torch
 
+from difflab.autoencoders import load_autoencoder
 from difflab.data import load_dataset
 from difflab.diffusion import Conditioning
 from difflab.io.checkpoint import load_checkpoint_meta
@@ -61,6 +63,15 @@ def samples_a_controlnet(path: Path) -> None:
     assert images.shape == (2, *pipe.image_shape) and torch.isfinite(images).all()
 
 
+def encodes_and_decodes(path: Path) -> None:
+    model = load_autoencoder(path)
+    data = load_checkpoint_meta(path)["data"]
+    x = torch.rand(1, data["channels"], data["image_size"], data["image_size"]) * 2 - 1
+    with torch.no_grad():
+        y = model.decode(model.encode(x))
+    assert y.shape == x.shape and torch.isfinite(y).all()
+
+
 def reconstructs(path: Path) -> None:
     images, _ = digits()
     model = load_vqvae(path)
@@ -95,6 +106,7 @@ CHECKS: dict[str, Callable[[Path], None]] = {
     "diffusion": samples_a_diffusion_model,
     "controlnet": samples_a_controlnet,
     "vqvae": reconstructs,
+    "autoencoder": encodes_and_decodes,
     "vqvae_prior": samples_the_prior,
     "classifier": classifies_noisy_digits,
     "feature-cnn": classifies_clean_images,
