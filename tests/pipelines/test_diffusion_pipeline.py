@@ -62,28 +62,37 @@ def test_bf16_stays_close_to_fp32():
 
 
 class HalvingDecoder:
-    """A stand-in autoencoder stage: decode(z) = 2 z, with latent_scale 4."""
+    """A stand-in autoencoder stage: encode(x) = x / 2, decode(z) = 2 z, with latent_scale 4."""
 
     latent_scale = 4.0
+
+    def encode(self, x):
+        return x / 2
 
     def decode(self, z):
         return 2 * z
 
 
 def test_the_autoencoder_stage_decodes_scaled_latents():
+    """generate decodes z / latent_scale; encode gives E(x)·latent_scale, and inversion works on
+    those latents (fails if either side forgets the scale)."""
     pipe = tiny_pipeline()
     latents = pipe.generate(2, seed=3, steps=3)
     pipe.autoencoder = HalvingDecoder()
     assert torch.allclose(pipe.generate(2, seed=3, steps=3), 2 * latents / 4.0)
-    with pytest.raises(DifflabError, match="inversion of a latent-space pipeline"):
-        pipe.invert(latents, 3)
+    images = torch.randn(2, 1, 8, 8)
+    assert torch.allclose(pipe.encode(images), images / 2 * 4.0)
+    assert torch.allclose(pipe.decode(pipe.encode(images)), images)
+    x_T = pipe.invert(images, 3)  # inverts encode(images), not the images
+    pipe.autoencoder = None
+    assert torch.equal(x_T, pipe.invert(images * 2, 3))
 
 
 @pytest.mark.parametrize(
     "kwargs,message",
     [
         (dict(n=0), "at least 1"),
-        (dict(n=2, sampler="euler"), "unknown sampler 'euler'; choose one of ddim, ddpm"),
+        (dict(n=2, sampler="nope"), "unknown sampler 'nope'; choose one of ddim, ddpm"),
         (dict(n=2, eta=float("nan")), "eta must be a finite number"),
         (dict(n=2, batch_size=0), "batch size must be at least 1"),
         (dict(n=3, conditioning=Conditioning(labels=torch.tensor([1, 2]))), "conditioning for 2"),
