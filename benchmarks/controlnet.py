@@ -399,7 +399,7 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
     written = [bench.image_rows_figure(rows, list(samples), out_dir / f"{stem}_samples.png")]
     plt = bench.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for curve in (report["convergence"], report.get("dit_convergence")):
+    for curve in (report["convergence"], report.get("dit_convergence"), report.get("ablation")):
         if curve is not None:
             steps, f1 = zip(*curve["curve"], strict=True)
             ax.plot(steps, f1, marker="o", label=Path(curve["run"]).name)
