@@ -176,6 +176,7 @@ RENDERED = {
     "fd_floor": ("fd_floor", ()),
     "fd_floor_fashion-mnist": ("fd_floor", ("--data", "fashion-mnist")),
     "guidance": ("guidance_table", ()),
+    "imagen": ("imagen", ()),
     "lpips_speed": ("lpips_speed", ()),
     "samplers": ("samplers", ()),
     "unet_vs_diffusers": ("unet_vs_diffusers", ()),
