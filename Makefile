@@ -153,4 +153,4 @@ clean:
 # `difflab train-imagen configs/imagen_base16.yaml` and configs/imagen_sr32.yaml (about 16 min of
 # one core together), then copy them to src/difflab/weights/imagen_digits_{base16,sr32}.safetensors
 bench-imagen: install
-	OMP_NUM_THREADS=1 $(PY) benchmarks/imagen.py --threads 1
+	OMP_NUM_THREADS=1 $(PY) benchmarks/imagen.py --threads 1 --n 32 --n-ref 128 --noise-levels 0,0.2,0.5
