@@ -113,6 +113,7 @@ class TrainConfig:
     grad_clip: float = ranged(1.0, 0)
     ema_decay: float = ranged(0.999, 0, 1, high_open=True)
     label_dropout: float = ranged(0.0, 0, 1, high_open=True)
+    vlb_weight: float = ranged(0.0, 0)  # λ of L_hybrid (Improved DDPM; 0.001), model.learn_sigma
     bf16: str | bool = False  # true, false or "auto" (on where bf16 is native: io.device)
     channels_last: bool = False
     compile: bool = False

@@ -9,6 +9,11 @@ predict
   and ``eps = sqrt(1 - a) x_t + sqrt(a) v``.
 
 Samplers and guidance only ever see a Denoiser, never the network.
+
+A network with ``learn_sigma`` (Improved DDPM's learned variances) is called with
+``with_variance=True`` and returns twice the channels: the prediction, then the raw variance values
+``v``; the Denoiser splits them and hands the fraction ``(v + 1) / 2`` of eq. 15 on in
+``Prediction.variance_fraction``, which only the DDPM sampler (and Algorithm 1 guidance) read.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 
 from difflab.diffusion.conditioning import Conditioning
 from difflab.diffusion.schedule import NoiseSchedule
+from difflab.diffusion.vlb import variance_fraction
 from difflab.errors import DifflabError
 
 PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
@@ -37,6 +43,18 @@ class Network(Protocol):
 class Prediction(NamedTuple):
     eps: torch.Tensor  # (B, C, H, W)
     x0: torch.Tensor  # (B, C, H, W)
+    variance_fraction: torch.Tensor | None = None  # (B, C, H, W) eq. 15's f, learned-Σ nets only
+
+
+def learns_variance(net: object) -> bool:
+    """Whether ``net`` outputs learned variances (its ``learn_sigma`` attribute is true)."""
+    return bool(getattr(net, "learn_sigma", False))
+
+
+def split_variance(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 2C, H, W) -> (prediction (B, C, H, W), raw variance values v (B, C, H, W))."""
+    prediction, values = output.chunk(2, dim=1)
+    return prediction, values
 
 
 def prediction_to_eps_x0(
@@ -80,6 +98,11 @@ class Denoiser:
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> Prediction:
         t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])  # (B,)
-        output = self.net(x_t, t, cond if cond is not None else Conditioning())
+        cond = cond if cond is not None else Conditioning()
         alpha_bar = self.schedule.alpha_bar_at(t, x_t)  # (B, 1, 1, 1)
-        return prediction_to_eps_x0(output.to(x_t.dtype), self.net.prediction, x_t, alpha_bar)
+        if not learns_variance(self.net):
+            output = self.net(x_t, t, cond)
+            return prediction_to_eps_x0(output.to(x_t.dtype), self.net.prediction, x_t, alpha_bar)
+        output, values = split_variance(self.net(x_t, t, cond, with_variance=True).to(x_t.dtype))
+        pred = prediction_to_eps_x0(output, self.net.prediction, x_t, alpha_bar)
+        return pred._replace(variance_fraction=variance_fraction(values))

@@ -34,10 +34,10 @@ Choices and limits:
 * Attention goes through :func:`difflab.nn.packed_attention`: the fused kernel in float32, two
   bf16 matmuls and a softmax under bf16 autocast on the CPU (2.4x faster there, forward + backward).
 * ``learn_sigma=True`` adds the paper's learned-variance output (out_channels more channels, the
-  interpolation value ``v`` of Improved DDPM, eq. 15). difflab trains only the simple loss
-  (no L_vlb term) and its samplers use fixed variances, so ``net(...)`` returns the first half
-  (the prediction) and the variance half is reachable only through :meth:`DiT.predict_with_variance`.
-  It gets no gradient from :func:`difflab.diffusion.denoising_loss`: a limit, off by default.
+  raw value ``v`` of Improved DDPM's eq. 15, see :mod:`difflab.diffusion.vlb`). ``net(...)``
+  returns the first half (the prediction); ``net(..., with_variance=True)`` (or
+  :meth:`DiT.predict_with_variance`) both halves, which the Denoiser splits, the hybrid loss
+  trains (``train.vlb_weight``) and the DDPM sampler uses.
 """
 
 from __future__ import annotations
@@ -305,6 +305,7 @@ class DiT(nn.Module):
         check_dit_config(config)
         self.config = config
         self.prediction = config.prediction
+        self.learn_sigma = config.learn_sigma
         # the Conditioning fields this network reads
         self.conditioning_fields: tuple[str, ...] = ("labels",) if config.num_classes else ()
         c = config
@@ -420,9 +421,13 @@ class DiT(nn.Module):
         t: torch.Tensor,
         cond: Conditioning | None = None,
         control: ControlResiduals | None = None,
+        *,
+        with_variance: bool = False,
     ) -> torch.Tensor:
+        """The prediction (B, out_channels, H, W); with ``with_variance`` and ``learn_sigma`` the
+        head's full output (B, 2 out_channels, H, W): the prediction, then the variance values."""
         out = self._all_channels(x_t, t, cond, control)  # (B, output_channels, H, W)
-        return out[:, : self.config.out_channels] if self.config.learn_sigma else out
+        return out if with_variance or not self.learn_sigma else out[:, : self.config.out_channels]
 
     def predict_with_variance(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
@@ -430,12 +435,11 @@ class DiT(nn.Module):
         """(prediction, variance values), each (B, out_channels, H, W); needs ``learn_sigma``.
 
         The variance values are the paper's second output half: Improved DDPM's ``v`` with
-        ``Sigma = exp(v log beta_t + (1 - v) log beta_tilde_t)`` (eq. 15). difflab does not train
-        them (no L_vlb) and its samplers do not read them.
+        ``Sigma = exp(f log beta_t + (1 - f) log beta_tilde_t)``, ``f = (v + 1) / 2`` (eq. 15).
         """
         if not self.config.learn_sigma:
             raise DifflabError(
                 "this DiT has no learned-variance output; build it with model.learn_sigma=true."
             )
-        out = self._all_channels(x_t, t, cond)
+        out = self(x_t, t, cond, with_variance=True)
         return out[:, : self.config.out_channels], out[:, self.config.out_channels :]

@@ -66,6 +66,9 @@ class UNetConfig:
         low_res_channels: Imagen super-resolution: channels of ``cond.low_res``, upsampled to
             image_size and concatenated to x_t, with ``cond.noise_level`` embedded and added to the
             timestep embedding; 0 = not a super-resolution stage.
+        learn_sigma: also output Improved DDPM's learned-variance values (out_channels more output
+            channels, read with ``with_variance=True``; see :mod:`difflab.diffusion.vlb`); False
+            builds exactly the network of every checkpoint saved before this field.
     """
 
     image_size: int = 28
@@ -86,6 +89,7 @@ class UNetConfig:
     pooled_text: bool = False
     skip_scale: float = 1.0
     low_res_channels: int = 0
+    learn_sigma: bool = False
 
 
 class EncoderSizes(Protocol):
@@ -215,6 +219,7 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         self.prediction = config.prediction
+        self.learn_sigma = config.learn_sigma
         c = config
         if c.context_dim < 0:
             raise DifflabError(
@@ -268,7 +273,7 @@ class UNet(nn.Module):
                 ch = out_ch
             size = size * 2 if level > 0 else size  # nominal; Upsample uses the skip's real size
         self.norm_out = group_norm(ch)
-        self.conv_out = nn.Conv2d(ch, c.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, c.out_channels * (2 if c.learn_sigma else 1), 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -349,8 +354,14 @@ class UNet(nn.Module):
         t: torch.Tensor,
         cond: Conditioning | None = None,
         control: ControlResiduals | None = None,
+        *,
+        with_variance: bool = False,
     ) -> torch.Tensor:
-        """``control``: a ControlNet's zero-conv outputs, added to the skips and the middle output."""
+        """``control``: a ControlNet's zero-conv outputs, added to the skips and the middle output.
+
+        With ``learn_sigma`` the output is (B, out_channels, H, W), the prediction, or with
+        ``with_variance`` (B, 2 out_channels, H, W): the prediction, then the variance values.
+        """
         cond = cond if cond is not None else Conditioning()
         emb = self.embed(t, cond)  # (B, E)
         tokens, mask = self.context(cond, x_t)  # (B, L, D), (B, L) or None
@@ -369,4 +380,5 @@ class UNet(nn.Module):
             h = attend(attn, res(torch.cat([h, skips.pop()], dim=1), emb), tokens, mask)
             if isinstance(upsample, Upsample):
                 h = upsample(h, skips[-1].shape[-2:])
-        return self.conv_out(torch.nn.functional.silu(self.norm_out(h)))  # (B, out_channels, H, W)
+        out = self.conv_out(torch.nn.functional.silu(self.norm_out(h)))  # (B, C_out, H, W)
+        return out if with_variance or not self.learn_sigma else out[:, : self.config.out_channels]

@@ -5,6 +5,10 @@
 
 with ``beta_t = 1 - a_t / a_prev``, so the same code runs on a respaced sub-sequence of timesteps
 (Improved DDPM, sec. 4); with all T steps it is exactly Algorithm 2. No noise is added at the last step.
+
+A network with learned variances (its Prediction carries ``variance_fraction``) sets the variance
+itself, ``exp(f log beta_t + (1 - f) log beta_tilde_t)`` (Improved DDPM eq. 15) with the respaced
+betas above, whatever ``variance`` says.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from difflab.diffusion.conditioning import Conditioning
+from difflab.diffusion.vlb import learned_log_variance, posterior_mean, step_log_variances
 from difflab.errors import DifflabError
 from difflab.samplers.common import (
     Callback,
@@ -39,7 +44,8 @@ def ddpm_sample(
     """Ancestral sampling from x_T (B, C, H, W); all T steps unless ``timesteps`` (S,) is given.
 
     Args:
-        variance: ``"posterior"`` (beta-tilde, the lower bound) or ``"beta"`` (the upper bound).
+        variance: ``"posterior"`` (beta-tilde, the lower bound) or ``"beta"`` (the upper bound);
+            unused for a network with learned variances.
     """
     if variance not in VARIANCES:
         raise DifflabError(
@@ -55,17 +61,18 @@ def ddpm_sample(
             denoiser.schedule, t, t_prev, x
         )  # (B, 1, 1, 1) each
         beta_t = 1 - alpha_bar_t / alpha_bar_prev
-        mean = (
-            alpha_bar_prev.sqrt() * beta_t * pred.x0
-            + (1 - beta_t).sqrt() * (1 - alpha_bar_prev) * x
-        ) / (1 - alpha_bar_t)
+        mean = posterior_mean(pred.x0, x, alpha_bar_t, alpha_bar_prev)  # eq. 7
         if t_prev >= 0:
-            var = (
-                beta_t * (1 - alpha_bar_prev) / (1 - alpha_bar_t)
-                if variance == "posterior"
-                else beta_t
-            )
-            x = mean + var.sqrt() * gaussian_like(x, generator)
+            if pred.variance_fraction is not None:
+                log_var = learned_log_variance(
+                    pred.variance_fraction, *step_log_variances(alpha_bar_t, alpha_bar_prev)
+                )  # (B, C, H, W)
+                std = (0.5 * log_var).exp()
+            elif variance == "posterior":
+                std = (beta_t * (1 - alpha_bar_prev) / (1 - alpha_bar_t)).sqrt()
+            else:
+                std = beta_t.sqrt()
+            x = mean + std * gaussian_like(x, generator)
         else:
             x = mean
         if callback is not None:

@@ -18,7 +18,8 @@ without knowing they are there. With ``a = alpha_bar_t``, ``y`` the target label
       x_{t-1} ~ N(μ + s · Σ · g, Σ)
 
   with μ, Σ the mean and variance of the step p_θ(x_{t-1} | x_t). The shift is applied through
-  x0 (see the class), so :func:`~difflab.samplers.ddpm_sample` runs it unchanged.
+  x0 (see the class), so :func:`~difflab.samplers.ddpm_sample` runs it unchanged; with a learned
+  Σ (Improved DDPM eq. 15) the shift uses that Σ, per pixel.
 
 * :class:`ClassifierFreeGuidance` — Ho & Salimans 2022, eq. 6, written with the weight ``w`` on
   the conditional branch::
@@ -45,6 +46,7 @@ import torch
 from difflab.diffusion.conditioning import NULL_LABEL, Conditioning
 from difflab.diffusion.denoiser import Prediction, eps_from_x0
 from difflab.diffusion.schedule import NoiseSchedule
+from difflab.diffusion.vlb import learned_log_variance, step_log_variances
 from difflab.errors import DifflabError
 from difflab.samplers.common import DenoiserLike, transitions
 from difflab.samplers.ddpm import VARIANCES
@@ -160,7 +162,7 @@ class ClassifierGuidance:
         s = self.classifier_scale
         eps = pred.eps - s * (1 - alpha_bar).sqrt() * grad
         x0 = pred.x0 + s * (1 - alpha_bar) / alpha_bar.sqrt() * grad
-        return Prediction(eps, x0)
+        return pred._replace(eps=eps, x0=x0)
 
 
 class AncestralClassifierGuidance:
@@ -222,8 +224,11 @@ class AncestralClassifierGuidance:
                 raise DifflabError(f"timestep {t} is outside 0..{T - 1} of the model's schedule.")
             self._previous[t] = t_prev
 
-    def step_variance_over_c0(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``Σ / c0`` of the step from each ``t`` (B,), shaped (B, 1, 1, 1) like ``like``."""
+    def step_variance_over_c0(
+        self, t: torch.Tensor, like: torch.Tensor, fraction: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``Σ / c0`` of the step from each ``t`` (B,), shaped (B, 1, 1, 1) like ``like``, or
+        (B, C, H, W) for a learned Σ (Improved DDPM eq. 15 with ``fraction``, as ddpm_sample)."""
         t_prev = self._previous[t.cpu()].to(t.device)  # (B,)
         if bool((t_prev == -2).any()):
             bad = t[t_prev == -2][0].item()
@@ -233,7 +238,10 @@ class AncestralClassifierGuidance:
             )
         a_t = self.schedule.alpha_bar_at(t, like)  # (B, 1, 1, 1)
         a_prev = self.schedule.alpha_bar_at(t_prev, like)
-        if self.variance == "posterior":
+        if fraction is not None:
+            c0 = a_prev.sqrt() * (1 - a_t / a_prev) / (1 - a_t)
+            ratio = learned_log_variance(fraction, *step_log_variances(a_t, a_prev)).exp() / c0
+        elif self.variance == "posterior":
             ratio = (1 - a_prev) / a_prev.sqrt()  # β̃ / c0
         else:
             ratio = (1 - a_t) / a_prev.sqrt()  # β / c0
@@ -249,8 +257,9 @@ class AncestralClassifierGuidance:
             return pred
         t = _batch_t(t, x_t)  # (B,)
         grad = classifier_log_prob_grad(self.classifier, x_t, t, labels)  # (B, C, H, W)
-        x0 = pred.x0 + self.classifier_scale * self.step_variance_over_c0(t, x_t) * grad
-        return Prediction(eps_from_x0(x_t, x0, self.schedule.alpha_bar_at(t, x_t)), x0)
+        ratio = self.step_variance_over_c0(t, x_t, pred.variance_fraction)
+        x0 = pred.x0 + self.classifier_scale * ratio * grad
+        return pred._replace(eps=eps_from_x0(x_t, x0, self.schedule.alpha_bar_at(t, x_t)), x0=x0)
 
 
 class ClassifierFreeGuidance:
@@ -300,4 +309,8 @@ class ClassifierFreeGuidance:
         )
         eps_uncond, eps_cond = both.eps.chunk(2)  # (B, C, H, W) each
         x0_uncond, x0_cond = both.x0.chunk(2)
-        return Prediction((1 - w) * eps_uncond + w * eps_cond, (1 - w) * x0_uncond + w * x0_cond)
+        # a learned Σ comes from the conditional branch, as in DiT's sampling code
+        fraction = None if both.variance_fraction is None else both.variance_fraction.chunk(2)[1]
+        return Prediction(
+            (1 - w) * eps_uncond + w * eps_cond, (1 - w) * x0_uncond + w * x0_cond, fraction
+        )

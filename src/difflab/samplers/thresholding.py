@@ -40,9 +40,10 @@ class _X0Threshold:
     def __call__(
         self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning | None = None
     ) -> Prediction:
-        x0 = self.threshold(self.inner(x_t, t, cond).x0)  # (B, C, H, W)
+        pred = self.inner(x_t, t, cond)
+        x0 = self.threshold(pred.x0)  # (B, C, H, W)
         t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])  # (B,)
-        return Prediction(eps_from_x0(x_t, x0, self.schedule.alpha_bar_at(t, x_t)), x0)
+        return pred._replace(eps=eps_from_x0(x_t, x0, self.schedule.alpha_bar_at(t, x_t)), x0=x0)
 
 
 class StaticThreshold(_X0Threshold):

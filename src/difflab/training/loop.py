@@ -193,8 +193,14 @@ def build_optimizer(net: torch.nn.Module, train: TrainConfig) -> torch.optim.Opt
 
 def check_train_config(train: TrainConfig, net_config: Any) -> None:
     """What the train section's schema (:class:`~difflab.config.TrainConfig`: ranges checked when
-    it is built) cannot see alone: label dropout needs a conditional model."""
+    it is built) cannot see alone: label dropout needs a conditional model, the vlb term
+    (``train.vlb_weight``) learned variances (without the term they keep their initial values)."""
     check_ranges(train, "train")  # a TrainConfig changed in Python after it was built
+    if train.vlb_weight > 0 and not getattr(net_config, "learn_sigma", False):
+        raise DifflabError(
+            "train.vlb_weight > 0 (L_hybrid) trains only learned variances; set "
+            "model.learn_sigma=true too (e.g. model.learn_sigma=true train.vlb_weight=0.001)."
+        )
     if train.label_dropout > 0 and not conditional(net_config):
         raise DifflabError(
             "train.label_dropout needs a class- or caption-conditional model; set "
@@ -302,7 +308,11 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
     shape = (len(index), *run.dataset.images.shape[1:])
     t, eps = draw_noise(run.schedule, shape, run.generator)  # (B,), (B, C, H, W)
     noise = (t[part], eps[part])
-    return denoising_loss(run.forward_module(), run.schedule, x0, cond, noise=noise), {}
+    vlb_weight = run.config.train.vlb_weight
+    loss = denoising_loss(
+        run.forward_module(), run.schedule, x0, cond, noise=noise, vlb_weight=vlb_weight
+    )
+    return loss, {}
 
 
 def sample_grid(run: TrainingRun, path: Path, count: int = 64) -> None:
