@@ -18,7 +18,8 @@ def test_normal_kl_equals_the_integral_of_p_log_p_over_q():
     cases = [(0.3, 0.5, -0.2, 1.4), (-1.0, 0.05, 0.7, 0.3), (0.0, 1.0, 0.0, 1.0)]
     for m1, v1, m2, v2 in cases:
         p, q = stats.norm(m1, math.sqrt(v1)), stats.norm(m2, math.sqrt(v2))
-        expected, _ = integrate.quad(lambda x: p.pdf(x) * (p.logpdf(x) - q.logpdf(x)), -30, 30)
+        integrand = lambda x, p=p, q=q: p.pdf(x) * (p.logpdf(x) - q.logpdf(x))  # noqa: E731
+        expected, _ = integrate.quad(integrand, -30, 30)
         got = normal_kl(
             *(torch.tensor(v, dtype=torch.float64) for v in (m1, math.log(v1), m2, math.log(v2)))
         )

@@ -62,11 +62,13 @@ def all_tensors(out_dir):
             "train.label_dropout=0.2",
         ),
         ("model.preset=dit-tiny", "model.num_classes=10", "train.label_dropout=0.2"),  # DiT
+        ("model.learn_sigma=true", "train.vlb_weight=0.001"),  # L_hybrid
     ],
-    ids=["unet", "unet-conditional-accumulated-bf16", "dit-conditional"],
+    ids=["unet", "unet-conditional-accumulated-bf16", "dit-conditional", "unet-hybrid"],
 )
 def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, extra):
-    """U-Net and DiT alike; fails if resuming drops the optimizer's moments (tried on the DiT)."""
+    """U-Net and DiT alike; fails if resuming drops the optimizer's moments (tried on the DiT).
+    The L_hybrid run (learned Σ) checks that the vlb term adds no state outside the checkpoint."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(
         tiny_config(straight, "train.steps=8", "train.checkpoint_every=4", *extra), progress=False
