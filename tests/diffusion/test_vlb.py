@@ -6,11 +6,15 @@ import torch
 from diffusers import DDPMScheduler
 from scipy import integrate, stats
 
+from difflab.config import TrainConfig
 from difflab.diffusion import Conditioning, Denoiser, NoiseSchedule, denoising_loss
 from difflab.diffusion.vlb import bits_per_dim, discretized_gaussian_nll, normal_kl
+from difflab.errors import DifflabError
+from difflab.models.registry import build_model, model_config
 from difflab.models.unet import UNet, UNetConfig
 from difflab.samplers.ddpm import ddpm_sample
 from difflab.samplers.guidance import AncestralClassifierGuidance
+from difflab.training.loop import check_train_config
 
 
 def test_normal_kl_equals_the_integral_of_p_log_p_over_q():
@@ -178,3 +182,28 @@ def test_bits_per_dim_of_a_tiny_model_is_finite_and_positive():
     assert bits.shape == (2,) and bool(torch.isfinite(bits).all()) and bool((bits > 0).all())
     # an untrained model cannot beat uniform bits over 256 levels by much: 8 bits/dim is the scale
     assert 1 < float(bits.mean()) < 100
+
+
+def test_a_dit_trains_its_variance_head_with_the_hybrid_loss_and_samples_with_it():
+    """DiT's existing learn_sigma head goes through the same path; fails if the DiT's forward
+    ignores ``with_variance`` (tried: the Denoiser and the loss then cannot split its output)."""
+    torch.manual_seed(0)
+    net = build_model(*model_config("dit-tiny", image_size=8, patch_size=4, learn_sigma=True))
+    torch.nn.init.normal_(net.final_layer.linear.weight, std=0.1)
+    schedule = NoiseSchedule.from_name("linear", 10)
+    x0 = torch.rand(2, 1, 8, 8) * 2 - 1
+    denoising_loss(
+        net, schedule, x0, noise=(torch.tensor([0, 5]), torch.randn(2, 1, 8, 8)), vlb_weight=0.001
+    ).backward()
+    rows = net.final_layer.linear.weight.grad.reshape(4, 4, 2, -1)  # (p, p, 2 C, D)
+    assert rows[:, :, 1].abs().sum() > 0
+    pred = Denoiser(net, schedule)(torch.randn(2, 1, 8, 8), torch.tensor([3, 4]))
+    assert pred.variance_fraction is not None and pred.variance_fraction.shape == (2, 1, 8, 8)
+
+
+def test_vlb_weight_without_learned_variances_is_refused_by_name():
+    """Fails if a run with train.vlb_weight but a fixed-variance model starts (its vlb term would
+    train nothing)."""
+    with pytest.raises(DifflabError, match=r"model\.learn_sigma=true"):
+        check_train_config(TrainConfig(vlb_weight=0.001), UNetConfig())
+    check_train_config(TrainConfig(vlb_weight=0.001), UNetConfig(learn_sigma=True))
