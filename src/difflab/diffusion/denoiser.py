@@ -24,7 +24,6 @@ import torch
 
 from difflab.diffusion.conditioning import Conditioning
 from difflab.diffusion.schedule import NoiseSchedule
-from difflab.diffusion.vlb import variance_fraction
 from difflab.errors import DifflabError
 
 PREDICTION_TYPES: tuple[str, ...] = ("eps", "x0", "v")
@@ -49,6 +48,11 @@ class Prediction(NamedTuple):
 def learns_variance(net: object) -> bool:
     """Whether ``net`` outputs learned variances (its ``learn_sigma`` attribute is true)."""
     return bool(getattr(net, "learn_sigma", False))
+
+
+def variance_fraction(values: torch.Tensor) -> torch.Tensor:
+    """The raw variance output ``v`` in [-1, 1] as Improved DDPM eq. 15's fraction ``(v + 1) / 2``."""
+    return (values + 1) / 2
 
 
 def split_variance(output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,9 +12,10 @@ from difflab.diffusion.denoiser import (
     learns_variance,
     prediction_to_eps_x0,
     split_variance,
+    variance_fraction,
 )
 from difflab.diffusion.schedule import NoiseSchedule
-from difflab.diffusion.vlb import variance_fraction, vlb_terms
+from difflab.diffusion.vlb import vlb_terms
 from difflab.errors import DifflabError
 
 

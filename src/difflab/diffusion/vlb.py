@@ -2,7 +2,8 @@
 
 A network with a learned variance outputs, besides its prediction, values ``v`` per pixel. The
 reference code (improved-diffusion / guided-diffusion, ``learned_range``) reads the raw output
-``v`` in [-1, 1] and maps it to the paper's interpolation fraction ``f = (v + 1) / 2``, so eq. 15,
+``v`` in [-1, 1] and maps it to the paper's interpolation fraction ``f = (v + 1) / 2``
+(:func:`~difflab.diffusion.denoiser.variance_fraction`), so eq. 15,
 written with that fraction, is::
 
     Sigma_theta(x_t, t) = exp(f log beta_t + (1 - f) log beta_tilde_t)            (eq. 15)
@@ -24,22 +25,14 @@ runs 0 .. T-1, so its step ``t`` is the paper's ``t + 1``: the term at ``t = 0``
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
+from difflab.diffusion.denoiser import Denoiser
 from difflab.diffusion.schedule import NoiseSchedule
-
-if TYPE_CHECKING:  # the Denoiser imports this module
-    from difflab.diffusion.denoiser import Denoiser
 
 # the smallest posterior variance used in a logarithm (the step into clean data has beta_tilde = 0)
 MIN_VARIANCE = 1e-20
-
-
-def variance_fraction(values: torch.Tensor) -> torch.Tensor:
-    """The network's raw variance output ``v`` in [-1, 1] as eq. 15's fraction ``(v + 1) / 2``."""
-    return (values + 1) / 2
 
 
 def step_log_variances(
