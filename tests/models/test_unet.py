@@ -238,7 +238,7 @@ def test_missing_or_misshapen_tokens_are_one_clear_error():
         net(x[:2], t[:2], cond)
     with pytest.raises(DifflabError, match="token_mask has shape"):
         net(x, t, Conditioning(tokens=cond.tokens, token_mask=cond.token_mask[:, :2]))
-    with pytest.raises(DifflabError, match="context_dim must be >= 0"):
+    with pytest.raises(DifflabError, match="context_dim must be 0 or more"):
         tiny(context_dim=-1)
     with pytest.raises(DifflabError, match="transformer_depth=2"):
         tiny(transformer_depth=2)
