@@ -49,6 +49,9 @@ def samples_a_diffusion_model(path: Path) -> None:
         size = imagen["low_res_size"]
         low_res = torch.zeros(2, 3, size, size) if size else None
         cond = Conditioning(tokens=tokens, token_mask=mask, low_res=low_res)
+    if pipe.text_encoder is not None:  # a caption model (Latent Diffusion's cross-attention)
+        labels = None if cond is None else cond.labels
+        cond = pipe.caption_conditioning(["red apple", "dog face"], labels)
     images = pipe.generate(2, cond, steps=2, seed=0)
     assert images.shape == (2, *pipe.image_shape) and torch.isfinite(images).all()
 
