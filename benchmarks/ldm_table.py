@@ -11,6 +11,12 @@ measured in the shape of its reconstruction table at a size a 2-core CPU can aff
    RGB), LPIPS-Alex, rFD-VGG16 (FD-VGG16 of the reconstructions against the originals), latent
    shape, and encode / decode images per second (batches of 64, one process).
 
+2. **latent**: pixel vs latent diffusion, the same recipe trained for the same wall clock on
+   pixels and on the f = 2, 4, 8 latents (and a DiT-S/2 on f = 4): FD-VGG16, images/s, s/sample.
+3. **shipped**: the shipped ``weights/ae_emoji_f4`` (its reconstruction row, as in part 1) and
+   ``weights/ldm_emoji`` (FD-VGG16 of samples for the held-out emoji's names and groups, at
+   classifier-free guidance w = 1 and 3; seconds per sample, decoder included).
+
 Goals (issue 14): reconstruction degrades monotonically with f; at f = 4 PSNR >= 27 dB and
 LPIPS-Alex <= 0.05 (the issue states them at 64 px after a full training run); LPIPS + GAN lower
 rFD against L1 alone at a PSNR within 1 dB.
@@ -41,12 +47,15 @@ import torch
 import common as bench
 from difflab.autoencoders.kl import load_autoencoder
 from difflab.config import load_config
-from difflab.data import load_dataset
+from difflab.data import ImageDataset, load_dataset
+from difflab.io.checkpoint import load_checkpoint_meta
+from difflab.io.weights import resolve_checkpoint
 from difflab.metrics import LPIPS
 from difflab.metrics.features import build_feature_extractor, extract_features
 from difflab.metrics.frechet import FeatureStats
 from difflab.models import forward_gflops
 from difflab.pipelines import evaluate_pipeline, load_pipeline
+from difflab.samplers import Guidance
 from difflab.training.autoencoder_loop import autoencoder_stats, reconstruct, train_autoencoder
 
 NAME = "ldm_table"
@@ -159,6 +168,26 @@ def evaluate_variant(
     """Held-out reconstruction numbers and codec speed of the trained variant ``name``."""
     f, regularizer, loss = VARIANTS[name]
     model = load_autoencoder(run_dir(name, args, root) / "model.safetensors")
+    row = {"variant": name, "f": f, "regularizer": regularizer, "loss": loss}
+    row |= reconstruction_row(model, test, reference, lpips, vgg, 1 if args.quick else 5)
+    print(
+        f"{name:7s} PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, LPIPS-Alex "
+        f"{row['lpips_alex']:.4f}, rFD-VGG16 {row['rfd_vgg16']:.2f}",
+        flush=True,
+    )
+    return row
+
+
+def reconstruction_row(
+    model: Any,
+    test: torch.Tensor,
+    reference: FeatureStats,
+    lpips: LPIPS,
+    vgg: Any,
+    repeats: int,
+) -> dict[str, Any]:
+    """PSNR, SSIM, LPIPS-Alex, rFD-VGG16 of ``model``'s reconstructions of ``test`` (N, C, H, W);
+    latent shape, parameters and codec speed."""
     recon = reconstruct(model, test)  # (N, C, H, W) in [-1, 1]
     stats = autoencoder_stats(model, test)
     with torch.inference_mode():
@@ -167,11 +196,7 @@ def evaluate_variant(
         )
         features = extract_features(vgg, recon, batch_size=64)
     rfd = FeatureStats.from_features(features, vgg.space.id, keep_features=0)
-    row = {
-        "variant": name,
-        "f": f,
-        "regularizer": regularizer,
-        "loss": loss,
+    return {
         "latent_shape": list(model.config.latent_shape),
         "parameters": sum(p.numel() for p in model.parameters()),
         "psnr": stats["psnr"],
@@ -180,14 +205,8 @@ def evaluate_variant(
         "lpips_alex": float(distances.mean()),
         "rfd_vgg16": reference.frechet_distance(rfd),
         **{k: stats[k] for k in ("codebook_usage", "perplexity") if k in stats},
-        **codec_speed(model, test, 1 if args.quick else 5),
+        **codec_speed(model, test, repeats),
     }
-    print(
-        f"{name:7s} PSNR {row['psnr']:.2f} dB, SSIM {row['ssim']:.3f}, LPIPS-Alex "
-        f"{row['lpips_alex']:.4f}, rFD-VGG16 {row['rfd_vgg16']:.2f}",
-        flush=True,
-    )
-    return row
 
 
 # ----------------------------------------------------------------------------- pixel vs latent
@@ -289,6 +308,105 @@ def evaluate_latent_run(
     return row
 
 
+# ----------------------------------------------------------------------------- shipped models
+
+SHIPPED_AUTOENCODER, SHIPPED_LATENT_MODEL = "ae_emoji_f4", "ldm_emoji"
+SHIPPED_GUIDANCE = (1.0, 3.0)  # conditional, and guided
+
+
+def evaluate_shipped(
+    args: argparse.Namespace,
+    test_set: ImageDataset,
+    reference: FeatureStats,
+    lpips: LPIPS,
+    vgg: Any,
+) -> dict[str, Any]:
+    """The shipped autoencoder's reconstruction row; FD-VGG16 of the shipped latent model's samples
+    for the first ``--n`` held-out emoji (their names as captions, their groups as labels)."""
+    autoencoder_path = resolve_checkpoint(SHIPPED_AUTOENCODER)
+    autoencoder = load_autoencoder(autoencoder_path)
+    repeats = 1 if args.quick else 5
+    shipped: dict[str, Any] = {
+        "autoencoder": {
+            "name": SHIPPED_AUTOENCODER,
+            **reconstruction_row(autoencoder, test_set.images, reference, lpips, vgg, repeats),
+            "training": load_checkpoint_meta(autoencoder_path).get("training"),
+        }
+    }
+    pipeline = load_pipeline(SHIPPED_LATENT_MODEL)
+    n = min(args.n, len(test_set.images))
+    cond = pipeline.caption_conditioning(list(test_set.captions[:n]), test_set.labels[:n])
+    rows = []
+    for scale in SHIPPED_GUIDANCE:
+        start = time.perf_counter()
+        images = pipeline.generate(
+            n, cond, seed=0, steps=args.sample_steps, guidance=Guidance(guidance_scale=scale)
+        )  # (n, 3, H, W)
+        seconds = time.perf_counter() - start
+        with torch.inference_mode():
+            features = extract_features(vgg, images, batch_size=64)
+        stats = FeatureStats.from_features(features, vgg.space.id, keep_features=0)
+        rows.append(
+            {
+                "guidance_scale": scale,
+                "n": n,
+                "sample_steps": args.sample_steps,
+                "fd_vgg16": reference.frechet_distance(stats),
+                "sample_seconds_per_image": seconds / n,
+            }
+        )
+        print(f"{SHIPPED_LATENT_MODEL} w={scale:g}: FD-VGG16 {rows[-1]['fd_vgg16']:.1f}")
+    shipped["latent_model"] = {
+        "name": SHIPPED_LATENT_MODEL,
+        "samples": rows,
+        "training": load_checkpoint_meta(resolve_checkpoint(SHIPPED_LATENT_MODEL)).get("training"),
+    }
+    return shipped
+
+
+def minutes_of(training: dict[str, Any] | None) -> str:
+    return bench.fmt(None if not training else training["seconds"] / 60, 0, "not recorded")
+
+
+def shipped_markdown(shipped: dict[str, Any]) -> str:
+    """The shipped autoencoder's row and the shipped latent model's sample quality."""
+    ae, ldm = shipped["autoencoder"], shipped["latent_model"]
+    return bench.sections(
+        "## Shipped models (weights/ae_emoji_f4, weights/ldm_emoji)",
+        bench.markdown_table(
+            ["model", "latent", "PSNR (dB)", "SSIM", "LPIPS-Alex", "rFD-VGG16", "train min"],
+            [
+                [
+                    ae["name"],
+                    "x".join(str(v) for v in ae["latent_shape"]),
+                    f"{ae['psnr']:.2f}",
+                    f"{ae['ssim']:.3f}",
+                    f"{ae['lpips_alex']:.4f}",
+                    f"{ae['rfd_vgg16']:.1f}",
+                    minutes_of(ae["training"]),
+                ]
+            ],
+        ),
+        bench.markdown_table(
+            ["model", "w", "n", "DDIM steps", "FD-VGG16", "s / sample", "train min"],
+            [
+                [
+                    ldm["name"],
+                    f"{r['guidance_scale']:g}",
+                    r["n"],
+                    r["sample_steps"],
+                    f"{r['fd_vgg16']:.1f}",
+                    f"{r['sample_seconds_per_image']:.3f}",
+                    minutes_of(ldm["training"]),
+                ]
+                for r in ldm["samples"]
+            ],
+        ),
+        "Samples are drawn for the held-out emoji's own names (captions the model never saw; some "
+        "hold words outside its vocabulary) and groups, and scored against those emoji.",
+    )
+
+
 def goals_of(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The issue's goals, each with its verdict and the numbers behind it."""
     by = {r["variant"]: r for r in rows}
@@ -347,9 +465,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) if args.quick else RUN_ROOT
         start = time.perf_counter()
-        test = load_dataset(
+        test_set = load_dataset(
             "emoji", split="test", image_size=args.image_size, limit=8 if args.quick else None
-        ).images
+        )
+        test = test_set.images  # (N, 3, H, W)
         vgg = build_feature_extractor("vgg16").eval()
         with torch.inference_mode():
             reference = FeatureStats.from_features(
@@ -367,6 +486,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 rows.append(row)
             report["autoencoders"] = rows
             report["goals"] = goals_of(rows)
+        if "shipped" in parts:
+            report["shipped"] = evaluate_shipped(args, test_set, reference, LPIPS("alex"), vgg)
         if "latent" in parts:
             runs = bench.comma_list(args.latent_runs)
             trained = {name: train_latent_run(name, args, root) for name in runs}
@@ -544,6 +665,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "from the paper's (hundreds of thousands of steps at 256 px) and from the issue's 64 px.",
         autoencoders_markdown(rows, vq_line) if rows else "",
         latent_markdown(report) if report.get("pixel_vs_latent") else "",
+        shipped_markdown(report["shipped"]) if report.get("shipped") else "",
         "" if report["quick"] else bench.machine_line(report["machine"]),
     )
 
@@ -584,7 +706,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--variants", default=",".join(VARIANTS), help=f"comma list of {tuple(VARIANTS)}"
     )
-    parser.add_argument("--parts", default="autoencoders,latent", help="autoencoders, latent")
+    parser.add_argument(
+        "--parts", default="autoencoders,latent,shipped", help="autoencoders, latent, shipped"
+    )
     parser.add_argument(
         "--latent-runs", default=",".join(LATENT_RUNS), help=f"comma list of {tuple(LATENT_RUNS)}"
     )

@@ -1,7 +1,7 @@
 """``benchmarks/ldm_table.py --quick`` runs end to end and its report re-renders from the JSON.
 
-Two of the autoencoders (the VQ one and the one trained with the GAN switched on) cover every
-autoencoder path in seconds: 8 emoji of 32 px, 2 steps, base_channels 8; the pixel-vs-latent part
+Two of the autoencoders (the VQ one and the one trained with the GAN switched on) and the shipped
+models cover every autoencoder path in seconds: 8 emoji of 32 px, 2 steps, base_channels 8; the pixel-vs-latent part
 (a probe and a run per space, sampling, FD-VGG16) is the slow test. Runs in this process, like
 tests/benchmarks/test_quick_modes.py.
 """
@@ -32,7 +32,7 @@ def ldm_table() -> ModuleType:
 
 def test_quick_mode_writes_json_markdown_and_plot(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
-    args = ["--quick", "--out-dir", str(tmp_path), "--parts", "autoencoders"]
+    args = ["--quick", "--out-dir", str(tmp_path), "--parts", "autoencoders,shipped"]
     args += ["--variants", "f4-vq,f4-gan"]
     assert ldm_table().main(args) == 0
     report = json.loads((tmp_path / "ldm_table_quick.json").read_text())
@@ -43,8 +43,14 @@ def test_quick_mode_writes_json_markdown_and_plot(tmp_path, monkeypatch):
     for row in rows.values():
         assert row["lpips_alex"] >= 0 and row["rfd_vgg16"] >= 0 and -1 <= row["ssim"] <= 1
         assert row["encode_images_per_s"] > 0 and row["decode_images_per_s"] > 0
+    shipped = report["shipped"]
+    assert shipped["autoencoder"]["latent_shape"] == [3, 8, 8]
+    assert shipped["autoencoder"]["training"]["steps"] > 0  # its record travels with the file
+    assert [r["guidance_scale"] for r in shipped["latent_model"]["samples"]] == [1.0, 3.0]
+    assert all(r["fd_vgg16"] >= 0 for r in shipped["latent_model"]["samples"])
     markdown = (tmp_path / "ldm_table_quick.md").read_text()
     assert "| f4-gan | 4 | KL | L1 + LPIPS + GAN | 3x8x8 |" in markdown
+    assert "| ae_emoji_f4 | 3x8x8 |" in markdown and "| ldm_emoji | 3 |" in markdown
     assert (tmp_path / "ldm_table_quick.png").stat().st_size > 1000
     (tmp_path / "ldm_table_quick.md").unlink()
     assert ldm_table().main([*args, "--render-only"]) == 0
