@@ -59,8 +59,10 @@ demo: install
 	$(VENV)/bin/difflab sample weights/mnist_ddim.safetensors --sampler dpm++2m --steps 20 --n 64 --seed 0 --out outputs/demo.png && \
 	echo "make demo: $$(( ($$(date +%s%N) - start) / 1000000 )) ms in all (loading included; the sampling time is on the line above)"
 
+# one pytest worker per core (pytest-xdist), whole files per worker so module fixtures are built
+# once; every test keeps one torch thread (tests/conftest.py), so two workers use both cores
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -129,7 +129,7 @@ def test_a_dataset_without_captions_is_refused_by_name(tmp_path):
 def test_dropped_captions_are_all_false_masks(tmp_path, monkeypatch):
     seen: list[Conditioning] = []
 
-    def capture(net, schedule, x0, cond, *, noise):
+    def capture(net, schedule, x0, cond, *, noise, **options):
         seen.append(cond)
         return net(x0, noise[0], cond).pow(2).mean()
 
