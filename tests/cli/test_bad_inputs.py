@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 
 from difflab.io.checkpoint import METADATA_KEY, load_checkpoint
+from difflab.io.weights import weights_dir
 from tests.cli.conftest import CONFIGS, run_cli
 
 TINY = str(CONFIGS / "digits_tiny.yaml")
@@ -281,6 +282,16 @@ def with_meta(i: Inputs, name: str, change: Callable[[dict], object]) -> str:
     return str(path)
 
 
+def crafted(i: Inputs, shipped: str, name: str, **model: object) -> str:
+    """A copy of a shipped checkpoint whose JSON's model entry is updated with ``model``."""
+    path = i.root / name
+    if not path.exists():
+        tensors, meta = load_checkpoint(weights_dir() / f"{shipped}.safetensors")
+        meta["model"].update(model)
+        write_safetensors(path, tensors, meta)
+    return str(path)
+
+
 def with_state(i: Inputs, name: str, change: Callable[[dict, dict], None]) -> str:
     """A copy of the tiny run's state file changed by ``change(tensors, meta)``; its file name."""
     path = i.root / name
@@ -408,6 +419,21 @@ ISSUE_18: dict[str, Callable[[Inputs], list[str]]] = {
     "18.12 heads that do not divide the width": lambda i: i.sample(
         with_meta(i, "heads.safetensors", lambda m: m["model"].update(num_heads=3))
     ),
+    "18.12 autoencoder width of 10^6": lambda i: [
+        "reconstruct",
+        crafted(i, "ae_emoji_f4", "wide_ae.safetensors", base_channels=10**6),
+        "--data",
+        "digits",
+        "--out",
+        str(i.out / "r.png"),
+    ],
+    "18.12 classifier width of 10^6": lambda i: i.sample(
+        "mnist_ddim",
+        "--label",
+        "1",
+        "--classifier",
+        crafted(i, "mnist_classifier", "wide_clf.safetensors", base_channels=10**6),
+    ),
     "18.12 negative image_size": lambda i: i.sample(
         with_meta(i, "neg_size.safetensors", lambda m: m["data"].update(image_size=-28))
     ),
@@ -506,6 +532,8 @@ EXPECTED: dict[str, str] = {
     "18.4 --out-dir is a file": "--out-dir",
     "18.12 negative base_channels": "config.base_channels must be 0 or more, got -8",
     "18.12 width of 10^6": "but the file holds only",
+    "18.12 autoencoder width of 10^6": "but the file holds only",
+    "18.12 classifier width of 10^6": "but the file holds only",
     "18.12 heads that do not divide the width": "its model description cannot be built",
     "18.12 negative image_size": "data.image_size must be an integer of at least 1, got -28",
     "18.12 missing channels": "the data entry must give channels and image_size",

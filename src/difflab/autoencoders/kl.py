@@ -50,7 +50,12 @@ from torch import nn
 from difflab.autoencoders.quantizer import UPDATES, QuantizerOutput, VectorQuantizer
 from difflab.config import dataclass_from_dict
 from difflab.errors import DifflabError
-from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
+from difflab.io.checkpoint import (
+    build_within_file,
+    load_checkpoint,
+    load_weights_strict,
+    split_prefix,
+)
 from difflab.nn.attention import SpatialSelfAttention
 from difflab.nn.blocks import Downsample, Upsample, group_norm
 
@@ -402,7 +407,7 @@ def load_autoencoder(path: str | Path) -> PerceptualAutoencoder:
         config.check()
     except DifflabError as error:
         raise DifflabError(f"{path}: {error}") from None
-    model = PerceptualAutoencoder(config)
+    model = build_within_file(lambda: PerceptualAutoencoder(config), tensors, path)
     load_weights_strict(model, split_prefix(tensors, "model"), path)
     return model.eval().requires_grad_(False)
 

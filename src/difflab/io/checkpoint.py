@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import platform
 import struct
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 import difflab
 from difflab.errors import DifflabError
 from difflab.io.atomic import atomic_path
-from difflab.io.validation import check_number, check_tree, quote
+from difflab.io.validation import check_number, check_tree, quote, shorten
 
 METADATA_KEY = "difflab"
 MAX_HEADER_BYTES = 100_000_000
@@ -210,6 +211,25 @@ def check_fits_file(probe: torch.nn.Module, tensors: dict[str, torch.Tensor], wh
             f"{where}: its metadata describes a model of {needed:,} parameters but the file holds "
             f"only {held:,} values; the metadata is damaged: restore the file from a good copy."
         )
+
+
+def build_within_file(
+    build: Callable[[], torch.nn.Module], tensors: dict[str, torch.Tensor], where: Path
+) -> torch.nn.Module:
+    """``build()`` the network a file describes, after checking the description on the meta device:
+    a description torch cannot build (heads that do not divide a width) or one that needs far more
+    parameters than the file holds (:func:`check_fits_file`) is a sentence naming the file, before
+    any memory is allocated."""
+    try:
+        with torch.device("meta"):
+            probe = build()
+    except (ValueError, RuntimeError, AssertionError, TypeError, ZeroDivisionError) as error:
+        raise DifflabError(
+            f"{where}: its model description cannot be built ({shorten(str(error)).rstrip('.')}); "
+            "restore the file from a good copy."
+        ) from None
+    check_fits_file(probe, tensors, where)
+    return build()
 
 
 def load_weights_strict(

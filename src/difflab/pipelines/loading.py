@@ -13,13 +13,12 @@ from difflab.diffusion import NoiseSchedule
 from difflab.diffusion.schedule import schedule_from_config
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import (
-    check_fits_file,
+    build_within_file,
     load_checkpoint,
     load_checkpoint_meta,
     load_weights_strict,
     split_prefix,
 )
-from difflab.io.validation import shorten
 from difflab.io.weights import resolve_checkpoint
 from difflab.models import attach_caption_encoder, build_model, caption_encoder_from_meta
 from difflab.models.classifier import (
@@ -56,8 +55,7 @@ def load_pipeline(
         return load_control_pipeline(path, device, precision)
     tensors, meta = load_checkpoint(path, kind="diffusion")
     arch, config = ModelDescription.architecture(meta, path)
-    check_fits_file(build_on_meta(arch, config, path), tensors, path)  # before allocating
-    net = build_model(arch, config)
+    net = build_within_file(lambda: build_model(arch, config), tensors, path)
     if "text_encoder" in meta:
         encoder = caption_encoder_from_meta(meta["text_encoder"], str(path))
         try:
@@ -74,19 +72,6 @@ def load_pipeline(
     return DiffusionPipeline(
         net.to(device).eval(), schedule, description, autoencoder, precision=precision
     )
-
-
-def build_on_meta(arch: str, config: Any, path: Path) -> torch.nn.Module:
-    """The network of a checkpoint's description on the meta device (no memory); a description
-    torch cannot build (heads that do not divide a width) is a sentence naming the file."""
-    try:
-        with torch.device("meta"):
-            return build_model(arch, config)
-    except (ValueError, RuntimeError, AssertionError, TypeError, ZeroDivisionError) as error:
-        raise DifflabError(
-            f"{path}: its model description cannot be built ({shorten(str(error)).rstrip('.')}); "
-            "restore the file from a good copy."
-        ) from None
 
 
 def load_control_pipeline(
@@ -157,7 +142,8 @@ def load_noisy_classifier(
             f"{path} is a classifier of unknown architecture {meta['arch']!r}; expected "
             f"{CLASSIFIER_ARCH!r}."
         )
-    net = NoisyClassifier(classifier_config_from_dict(meta["model"], f"{path}: model"))
+    config = classifier_config_from_dict(meta["model"], f"{path}: model")
+    net = build_within_file(lambda: NoisyClassifier(config), tensors, path)
     load_weights_strict(net, split_prefix(tensors, "model"), path)
     net = net.to(device).eval().requires_grad_(False)
     net.meta = meta
