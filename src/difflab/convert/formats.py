@@ -34,7 +34,7 @@ import torch
 
 from difflab.diffusion.schedule import NoiseSchedule, linear_betas, scaled_linear_betas
 from difflab.errors import DifflabError
-from difflab.io.atomic import TEMP_SUFFIX
+from difflab.io.atomic import TEMP_SUFFIX, temporary_prefix
 from difflab.io.checkpoint import METADATA_KEY
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -369,7 +369,8 @@ def refuse_existing(path: Path) -> None:
 def write_folder_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
     """Write ``files`` (relative path -> bytes) as the new folder ``out_dir``, whole or not at all.
 
-    The files are written and fsynced in a temporary sibling folder (``.NAME.*.tmp``) that is
+    The files are written and fsynced in a temporary sibling folder (``.difflab-tmp.<pid>.NAME.*.tmp``, named as
+    every difflab temporary) that is
     renamed to ``out_dir`` at the end; on any error the temporary folder is removed. ``out_dir``
     must not exist.
     """
@@ -377,7 +378,9 @@ def write_folder_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(
-            tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=TEMP_SUFFIX, dir=out_dir.parent)
+            tempfile.mkdtemp(
+                prefix=temporary_prefix(out_dir.name), suffix=TEMP_SUFFIX, dir=out_dir.parent
+            )
         )
     except OSError as error:
         raise DifflabError(
