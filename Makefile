@@ -42,8 +42,8 @@ $(STAMP): pyproject.toml
 		[ -f $(EMOJI_FONT) ] && [ -f $(EMOJI_LIST) ] || \
 		echo "note: the emoji dataset needs the Debian packages fonts-noto-color-emoji and unicode-data (apt-get install -y fonts-noto-color-emoji unicode-data, as root); its tests are skipped without them."; \
 	fi
-	@# The web app's browser test drives Debian's chromium through playwright (pinned in
-	@# pyproject.toml with fastapi and uvicorn); never `playwright install`, which downloads a browser.
+	@# The web app's browser test drives Debian's chromium (/usr/bin/chromium, through playwright's
+	@# executable_path; ASSETS.md); playwright's own browser download is never used: it fails offline.
 	-@if [ ! -x $(CHROMIUM) ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get install -y -qq chromium >/dev/null 2>&1 || \

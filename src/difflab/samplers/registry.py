@@ -8,8 +8,10 @@ module plus one :class:`SamplerSpec` line in :data:`SAMPLERS`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -84,80 +86,14 @@ class SamplerSpec:
     spacing: str = "uniform"
 
 
-def _run_ddim(
-    denoiser: DenoiserLike,
-    x_T: torch.Tensor,
-    timesteps: torch.Tensor,
-    cond: Conditioning,
-    options: SamplerOptions,
-    generator: torch.Generator | None,
-    callback: Callback | None,
-) -> torch.Tensor:
-    return ddim_sample(
-        denoiser,
-        x_T,
-        timesteps,
-        cond,
-        eta=options.eta,
-        sigma_hat=options.sigma_hat,
-        generator=generator,
-        callback=callback,
-    )
-
-
-def _run_ddpm(
-    denoiser: DenoiserLike,
-    x_T: torch.Tensor,
-    timesteps: torch.Tensor,
-    cond: Conditioning,
-    options: SamplerOptions,
-    generator: torch.Generator | None,
-    callback: Callback | None,
-) -> torch.Tensor:
-    return ddpm_sample(
-        denoiser,
-        x_T,
-        timesteps,
-        cond,
-        variance=options.ddpm_variance,
-        generator=generator,
-        callback=callback,
-    )
-
-
-def _run_dpm_solver(sde: bool) -> SamplerRun:
-    def run(
-        denoiser: DenoiserLike,
-        x_T: torch.Tensor,
-        timesteps: torch.Tensor,
-        cond: Conditioning,
-        options: SamplerOptions,
-        generator: torch.Generator | None,
-        callback: Callback | None,
-    ) -> torch.Tensor:
-        return dpm_solver_pp_2m_sample(
-            denoiser, x_T, timesteps, cond, sde=sde, generator=generator, callback=callback
-        )
-
-    return run
-
-
-def _run_euler_ancestral(
-    denoiser: DenoiserLike,
-    x_T: torch.Tensor,
-    timesteps: torch.Tensor,
-    cond: Conditioning,
-    options: SamplerOptions,
-    generator: torch.Generator | None,
-    callback: Callback | None,
-) -> torch.Tensor:
-    return euler_ancestral_sample(
-        denoiser, x_T, timesteps, cond, generator=generator, callback=callback
-    )
-
-
-def _deterministic(sample: Callable[..., torch.Tensor]) -> SamplerRun:
-    """A sampler that reads no options and draws no noise, in the common call shape."""
+def _adapted(
+    sample: Callable[..., torch.Tensor],
+    options_of: Callable[[SamplerOptions], dict[str, Any]] = lambda options: {},
+    draws_noise: bool = False,
+) -> SamplerRun:
+    """``sample`` in the common call shape: the :class:`SamplerOptions` it reads
+    (``options_of``) become keyword arguments, and a sampler that ``draws_noise`` gets the
+    generator."""
 
     def run(
         denoiser: DenoiserLike,
@@ -168,7 +104,10 @@ def _deterministic(sample: Callable[..., torch.Tensor]) -> SamplerRun:
         generator: torch.Generator | None,
         callback: Callback | None,
     ) -> torch.Tensor:
-        return sample(denoiser, x_T, timesteps, cond, callback=callback)
+        extra = options_of(options)
+        if draws_noise:
+            extra["generator"] = generator
+        return sample(denoiser, x_T, timesteps, cond, callback=callback, **extra)
 
     return run
 
@@ -176,11 +115,25 @@ def _deterministic(sample: Callable[..., torch.Tensor]) -> SamplerRun:
 SAMPLERS: dict[str, SamplerSpec] = {
     spec.name: spec
     for spec in (
-        SamplerSpec("ddim", _run_ddim, True, False, "DDIM (Song et al. 2021), any eta >= 0"),
-        SamplerSpec("ddpm", _run_ddpm, False, True, "DDPM ancestral sampling (Ho et al. 2020)"),
+        SamplerSpec(
+            "ddim",
+            _adapted(
+                ddim_sample, lambda o: {"eta": o.eta, "sigma_hat": o.sigma_hat}, draws_noise=True
+            ),
+            True,
+            False,
+            "DDIM (Song et al. 2021), any eta >= 0",
+        ),
+        SamplerSpec(
+            "ddpm",
+            _adapted(ddpm_sample, lambda o: {"variance": o.ddpm_variance}, draws_noise=True),
+            False,
+            True,
+            "DDPM ancestral sampling (Ho et al. 2020)",
+        ),
         SamplerSpec(
             "dpm++2m",
-            _run_dpm_solver(False),
+            _adapted(functools.partial(dpm_solver_pp_2m_sample, sde=False), draws_noise=True),
             False,
             False,
             "DPM-Solver++(2M) (Lu et al. 2022)",
@@ -188,7 +141,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "dpm++2m-sde",
-            _run_dpm_solver(True),
+            _adapted(functools.partial(dpm_solver_pp_2m_sample, sde=True), draws_noise=True),
             False,
             False,
             "SDE-DPM-Solver++(2M), stochastic",
@@ -196,7 +149,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "euler",
-            _deterministic(euler_sample),
+            _adapted(euler_sample),
             False,
             False,
             "Euler, EDM (Karras et al. 2022)",
@@ -204,7 +157,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "euler-a",
-            _run_euler_ancestral,
+            _adapted(euler_ancestral_sample, draws_noise=True),
             False,
             False,
             "Euler ancestral, EDM formulation",
@@ -212,7 +165,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "heun",
-            _deterministic(heun_sample),
+            _adapted(heun_sample),
             False,
             False,
             "Heun 2nd order, EDM (2 S - 1 NFE)",
@@ -221,7 +174,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
         ),
         SamplerSpec(
             "unipc",
-            _deterministic(unipc_sample),
+            _adapted(unipc_sample),
             False,
             False,
             "UniPC-2 bh2 predictor-corrector (Zhao et al. 2023)",
