@@ -23,7 +23,6 @@ from difflab.config import dataclass_from_dict
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint, split_prefix
 from difflab.io.weights import resolve_checkpoint
-from difflab.metrics.features import file_digest
 from difflab.models.controlnet import (
     CONTROL_KIND,
     ControlledNetwork,
@@ -32,35 +31,18 @@ from difflab.models.controlnet import (
     UNetControlNet,
 )
 from difflab.pipelines.diffusion import DiffusionPipeline
-from difflab.pipelines.latent import locate_recorded
-
-
-def base_record(path: Path) -> dict[str, str]:
-    """What a ControlNet checkpoint records about its base: the file and its SHA-256."""
-    return {"path": str(path), "sha256": file_digest(path)}
+from difflab.pipelines.recorded import recorded_file
 
 
 def recorded_base_path(recorded: dict[str, Any], checkpoint: Path) -> Path:
     """The base file a ControlNet checkpoint names, found and checked against its SHA-256."""
-    try:
-        name, digest = Path(recorded["path"]), str(recorded["sha256"])
-    except (KeyError, TypeError):
-        raise DifflabError(
-            f"{checkpoint}: its 'base' entry lacks the path or the sha256; retrain it with difflab."
-        ) from None
-    found = locate_recorded(name, checkpoint)
-    if found is None:
-        raise DifflabError(
-            f"{checkpoint} controls the base model {name}, which is not there (also looked beside "
-            "the checkpoint and in the shipped weights); put it back or copy it beside the "
-            "checkpoint."
-        )
-    mine = file_digest(found)
-    if mine != digest:
-        raise DifflabError(
-            f"{found} is not the base model {checkpoint} was trained on (SHA-256 {mine[:12]}… "
-            f"instead of {digest[:12]}…); a ControlNet only fits the base it was copied from."
-        )
+    found, _ = recorded_file(
+        recorded,
+        checkpoint,
+        entry="base",
+        role="the base model",
+        mismatch="a ControlNet only fits the base it was copied from",
+    )
     return found
 
 

@@ -14,8 +14,8 @@ from typing import Any
 
 from difflab.autoencoders import PerceptualAutoencoder, load_autoencoder
 from difflab.errors import DifflabError
-from difflab.io.weights import weights_dir
 from difflab.metrics.features import file_digest
+from difflab.pipelines.recorded import recorded_file
 
 
 @dataclass
@@ -59,35 +59,14 @@ def open_latent_stage(path: str | Path) -> LatentStage:
     return LatentStage(load_autoencoder(path), path, file_digest(path))
 
 
-def locate_recorded(name: Path, checkpoint: Path) -> Path | None:
-    """A file another checkpoint records (an autoencoder, a ControlNet's base): at its recorded
-    path, else beside ``checkpoint``, else among the shipped weights; None when nowhere."""
-    candidates = [name, checkpoint.parent / name.name, weights_dir() / name.name]
-    return next((path for path in candidates if path.is_file()), None)
-
-
 def latent_stage_of(recorded: dict[str, Any], checkpoint: Path) -> LatentStage:
-    """The autoencoder a latent model's checkpoint names, found and checked.
-
-    Looked for at the recorded path, then beside ``checkpoint``, then among the shipped weights.
-    """
-    try:
-        name, digest = Path(recorded["path"]), str(recorded["sha256"])
-    except (KeyError, TypeError):
-        raise DifflabError(
-            f"{checkpoint}: its 'autoencoder' entry lacks the path or the sha256; re-export it."
-        ) from None
-    found = locate_recorded(name, checkpoint)
-    if found is None:
-        raise DifflabError(
-            f"{checkpoint} decodes with the autoencoder {name}, which is not there (also looked "
-            f"beside the checkpoint and in the shipped weights); put it back or copy it beside "
-            "the checkpoint."
-        )
-    stage = open_latent_stage(found)
-    if stage.sha256 != digest:
-        raise DifflabError(
-            f"{found} is not the autoencoder {checkpoint} was trained with (SHA-256 "
-            f"{stage.sha256[:12]}… instead of {digest[:12]}…); its latents would decode wrongly."
-        )
-    return stage
+    """The autoencoder a latent model's checkpoint names, found and checked
+    (:func:`~difflab.pipelines.recorded.recorded_file`)."""
+    found, digest = recorded_file(
+        recorded,
+        checkpoint,
+        entry="autoencoder",
+        role="the autoencoder",
+        mismatch="its latents would decode wrongly",
+    )
+    return LatentStage(load_autoencoder(found), found, digest)

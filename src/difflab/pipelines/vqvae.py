@@ -7,7 +7,6 @@ prior and records the autoencoder it was trained on (``autoencoder.path`` and it
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import torch
@@ -22,13 +21,9 @@ from difflab.autoencoders import (
 )
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint, load_weights_strict, split_prefix
+from difflab.pipelines.recorded import recorded_file
 
 ENCODE_BATCH = 500
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes (hex)."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def load_vqvae(path: str | Path) -> VQVAE:
@@ -50,8 +45,9 @@ def load_code_prior(
     """Load a ``kind: vqvae_prior`` checkpoint and the VQ-VAE whose codes it models.
 
     The VQ-VAE is ``autoencoder`` when given, else the path the checkpoint records, else a file of
-    that name beside the checkpoint (so ``weights/`` can move as a folder). Its SHA-256 must be
-    the one recorded at training time.
+    that name beside the checkpoint or among the shipped weights
+    (:func:`~difflab.pipelines.recorded.recorded_file`). Its SHA-256 must be the one recorded at
+    training time.
     """
     path = Path(path)
     tensors, meta = load_checkpoint(path, kind=PRIOR_KIND)
@@ -61,18 +57,14 @@ def load_code_prior(
         )
     prior = CodePrior(prior_config("prior-mnist", **meta["model"]))
     load_weights_strict(prior, split_prefix(tensors, "model"), path)
-    recorded = Path(meta["autoencoder"]["path"])
-    candidates = [Path(autoencoder)] if autoencoder else [recorded, path.parent / recorded.name]
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        raise DifflabError(
-            f"the VQ-VAE of prior {path} ({recorded}) was not found; pass --autoencoder PATH."
-        )
-    if file_digest(found) != meta["autoencoder"]["sha256"]:
-        raise DifflabError(
-            f"{found} is not the VQ-VAE prior {path} was trained on (its SHA-256 differs); "
-            "give the autoencoder checkpoint of that training run."
-        )
+    found, _ = recorded_file(
+        meta["autoencoder"],
+        path,
+        entry="autoencoder",
+        role="the VQ-VAE",
+        mismatch="the prior's codes would decode to other images; give the VQ-VAE of that run",
+        given=Path(autoencoder) if autoencoder else None,
+    )
     return prior.eval().requires_grad_(False), load_vqvae(found)
 
 

@@ -40,7 +40,8 @@ from difflab.models.controlnet import (
     build_controlnet,
 )
 from difflab.pipelines import DiffusionPipeline, load_pipeline
-from difflab.pipelines.control import base_record, controlled_pipeline
+from difflab.pipelines.control import controlled_pipeline
+from difflab.pipelines.recorded import file_record
 from difflab.training.data_order import BatchStream
 from difflab.training.ema import EMA
 from difflab.training.loop import SAMPLE_SEED, build_optimizer
@@ -108,7 +109,7 @@ def build_control_run(config: ExperimentConfig) -> ControlRun:
     hints, and build the ControlNet from the base with its optimizer and EMA."""
     base_name, pinned, hint_kind, values = control_settings(config)
     base_path = resolve_checkpoint(base_name)
-    record = base_record(base_path)
+    record = file_record(base_path)
     if pinned is not None and pinned != record["sha256"]:
         raise DifflabError(
             f"the base {base_path} has SHA-256 {record['sha256'][:12]}…, not the "

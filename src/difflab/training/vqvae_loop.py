@@ -46,9 +46,9 @@ from difflab.diffusion.conditioning import NULL_LABEL
 from difflab.errors import DifflabError
 from difflab.io.images import save_grid
 from difflab.io.process_group import SINGLE, Distributed
+from difflab.metrics.features import file_digest
 from difflab.pipelines.vqvae import (
     encode_to_codes,
-    file_digest,
     load_vqvae,
     module_device,
     sample_vqvae,
