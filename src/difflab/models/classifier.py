@@ -53,6 +53,8 @@ class NoisyClassifierConfig:
             also for the attention pool.
         dropout: dropout probability inside residual blocks.
         scale_shift_norm: condition the residual blocks on t by scale-shift norm (ADM's AdaGN).
+        resblock_updown / rescale_residual: BigGAN-style resampling residual blocks and residual
+            outputs times 1/sqrt(2), as for the U-Net (both off: the classifiers shipped before).
         num_classes: number of logits K.
     """
 
@@ -66,6 +68,8 @@ class NoisyClassifierConfig:
     head_channels: int = 0
     dropout: float = 0.0
     scale_shift_norm: bool = True
+    resblock_updown: bool = False
+    rescale_residual: bool = False
     num_classes: int = 10
 
 

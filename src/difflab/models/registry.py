@@ -18,6 +18,11 @@ ARCHITECTURES: dict[str, tuple[type, type[nn.Module]]] = {
     "dit": (DiTConfig, DiT),
 }
 
+# 28x28 -> 14 -> 7 with two residual blocks per level and attention at 14x14 and 7x7
+MNIST_LARGE_SIZES: dict[str, Any] = dict(
+    base_channels=64, channel_mult=(1, 2, 2), num_res_blocks=2, attention_resolutions=(14, 7)
+)
+
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     # for tests: a few thousand parameters
     "unet-tiny": (
@@ -75,16 +80,7 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             base_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1, attention_resolutions=(7,)
         ),
     ),
-    "unet-mnist-large": (
-        "unet",
-        dict(
-            base_channels=64,
-            channel_mult=(1, 2, 2),
-            num_res_blocks=2,
-            attention_resolutions=(14, 7),
-            num_heads=4,
-        ),
-    ),
+    "unet-mnist-large": ("unet", {**MNIST_LARGE_SIZES, "num_heads": 4}),
     # ADM's CIFAR-10-sized network (32x32): 128 channels, 3 resblocks, attention at 16 and 8
     "adm-32": (
         "unet",
@@ -99,6 +95,49 @@ PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
             head_channels=64,
             dropout=0.3,
         ),
+    ),
+    # The class-conditional ImageNet models of "Diffusion Models Beat GANs" (Dhariwal & Nichol
+    # 2021, appendix Table 10 hyperparameters, as in the released guided-diffusion flags): the
+    # ablation's winners (2-3 residual blocks, attention at 32/16/8 with 64 channels per head,
+    # BigGAN up/down blocks, AdaGN) and learned variances; the diffusion schedule (cosine at 64,
+    # linear at 128/256) is the training config's, not the network's
+    **{
+        f"adm-{size}": (
+            "unet",
+            dict(
+                image_size=size,
+                in_channels=3,
+                out_channels=3,
+                base_channels=channels,
+                channel_mult=mult,
+                num_res_blocks=depth,
+                attention_resolutions=(32, 16, 8),
+                head_channels=64,
+                dropout=dropout,
+                num_classes=1000,
+                learn_sigma=True,
+                resblock_updown=True,
+            ),
+        )
+        for size, (channels, depth, mult, dropout) in {
+            64: (192, 3, (1, 2, 3, 4), 0.1),
+            128: (256, 2, (1, 1, 2, 3, 4), 0.0),
+            256: (256, 2, (1, 1, 2, 2, 4, 4), 0.0),
+        }.items()
+    },
+    # the same choices at MNIST's scale (28 -> 14 -> 7): attention at 14 and 7 (the paper's
+    # 32/16/8 of a 64-pixel image are its 1/2, 1/4 and 1/8), 64 channels per head, two residual
+    # blocks per level, BigGAN up/down blocks, dropout 0.1, learned variances, 10 classes
+    "adm-mnist": (
+        "unet",
+        {
+            **MNIST_LARGE_SIZES,
+            "head_channels": 64,
+            "dropout": 0.1,
+            "num_classes": 10,
+            "learn_sigma": True,
+            "resblock_updown": True,
+        },
     ),
     # DiT for tests: a few tens of thousands of parameters, 49 tokens of 4x4 pixels at 28x28
     "dit-tiny": (

@@ -4,6 +4,14 @@ Residual blocks with scale-shift norm, self-attention at chosen resolutions, str
 nearest up sampling, skip connections between mirrored levels, and an optional class embedding
 whose extra last row is the reserved "no label" entry used by classifier-free guidance.
 
+The options of the paper's architecture ablation (its Table 1) are config fields:
+``resblock_updown`` (BigGAN-style residual blocks that resample inside the block, in place of the
+stride-2 convolution and the nearest-neighbour upsampling with its convolution),
+``rescale_residual`` (every residual block's output times 1/sqrt(2)), ``head_channels`` (a fixed
+width per attention head: 64 in the paper), several ``attention_resolutions`` (32, 16, 8), and
+``scale_shift_norm`` (AdaGN, or adding the embedding). The ``adm-*`` presets of
+:mod:`difflab.models.registry` are the paper's choices; the defaults build the earlier network.
+
 With ``context_dim > 0`` the attention at those resolutions (and in the middle) becomes Latent
 Diffusion's transformer block (Rombach et al. 2022, sec. 3.3): self-attention, cross-attention to
 the token sequence ``cond.tokens`` (B, L, context_dim) under ``cond.token_mask``, feed-forward.
@@ -69,6 +77,12 @@ class UNetConfig:
         learn_sigma: also output Improved DDPM's learned-variance values (out_channels more output
             channels, read with ``with_variance=True``; see :mod:`difflab.diffusion.vlb`); False
             builds exactly the network of every checkpoint saved before this field.
+        resblock_updown: down- and upsample with BigGAN-style residual blocks (ADM, sec. 3:
+            :class:`~difflab.nn.ResBlock` with ``resample``) instead of a stride-2 convolution and
+            nearest-neighbour upsampling + convolution; False = the network of every checkpoint
+            saved before this field.
+        rescale_residual: scale every residual block's output by 1/sqrt(2) (ADM's Table 1 ablation,
+            which found it hurt); False = as before.
     """
 
     image_size: int = 28
@@ -90,6 +104,8 @@ class UNetConfig:
     skip_scale: float = 1.0
     low_res_channels: int = 0
     learn_sigma: bool = False
+    resblock_updown: bool = False
+    rescale_residual: bool = False
 
 
 class EncoderSizes(Protocol):
@@ -105,11 +121,49 @@ class EncoderSizes(Protocol):
     head_channels: int
     dropout: float
     scale_shift_norm: bool
+    resblock_updown: bool
+    rescale_residual: bool
 
 
-def residual_block(c: EncoderSizes, in_ch: int, out_ch: int, emb_dim: int) -> ResBlock:
-    """A scale-shift residual block with the config's dropout."""
-    return ResBlock(in_ch, out_ch, emb_dim, c.dropout, c.scale_shift_norm)
+def residual_block(
+    c: EncoderSizes, in_ch: int, out_ch: int, emb_dim: int, resample: str = "none"
+) -> ResBlock:
+    """A residual block with the config's dropout, norm conditioning and residual scale;
+    ``resample`` "down" / "up" makes it a BigGAN-style resampling block."""
+    return ResBlock(
+        in_ch,
+        out_ch,
+        emb_dim,
+        c.dropout,
+        c.scale_shift_norm,
+        resample=resample,
+        rescale=c.rescale_residual,
+    )
+
+
+def downsampler(c: EncoderSizes, channels: int, emb_dim: int) -> ResBlock | Downsample:
+    """The layer between two levels on the way down: (B, C, H, W) -> (B, C, ceil(H/2), ceil(W/2))."""
+    if c.resblock_updown:
+        return residual_block(c, channels, channels, emb_dim, resample="down")
+    return Downsample(channels)
+
+
+def upsampler(c: EncoderSizes, channels: int, emb_dim: int) -> ResBlock | Upsample:
+    """The layer between two levels on the way up: (B, C, h, w) -> (B, C, skip's H, W)."""
+    if c.resblock_updown:
+        return residual_block(c, channels, channels, emb_dim, resample="up")
+    return Upsample(channels)
+
+
+def run_resampler(
+    layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Run a :func:`downsampler` or :func:`upsampler` layer (``size``: an upsampler's output side)."""
+    if isinstance(layer, ResBlock):
+        return layer(h, emb, size)
+    if isinstance(layer, Upsample):
+        return layer(h, size)
+    return layer(h)
 
 
 def attention_heads(c: EncoderSizes, channels: int) -> int:
@@ -150,7 +204,7 @@ class EncoderLayers(NamedTuple):
     """The downsampling half of an ADM U-Net, shared by :class:`UNet` and the noisy classifier."""
 
     conv_in: nn.Conv2d
-    down_blocks: nn.ModuleList  # each item: ModuleList([ResBlock, attention]) or Downsample
+    down_blocks: nn.ModuleList  # each item: ModuleList([ResBlock, attention]) or a downsampler
     skip_channels: list[int]  # width of every activation the down path keeps (conv_in's first)
     channels: int  # width at the bottom
     size: int  # side (pixels) at the bottom
@@ -159,7 +213,7 @@ class EncoderLayers(NamedTuple):
 def build_encoder(
     c: EncoderSizes, emb_dim: int, context_dim: int = 0, transformer_depth: int = 1
 ) -> EncoderLayers:
-    """conv_in, then per level ``num_res_blocks`` x (ResBlock, attention) and a stride-2 Downsample.
+    """conv_in, then per level ``num_res_blocks`` x (ResBlock, attention) and a :func:`downsampler`.
 
     ``context_dim > 0`` makes the attention sites transformer blocks of ``transformer_depth``
     blocks that cross-attend to tokens of that width.
@@ -182,7 +236,7 @@ def build_encoder(
             ch = out_ch
             skip_channels.append(ch)
         if level < len(c.channel_mult) - 1:
-            down_blocks.append(Downsample(ch))
+            down_blocks.append(downsampler(c, ch, emb_dim))
             skip_channels.append(ch)
             size = (size + 1) // 2
     return EncoderLayers(conv_in, down_blocks, skip_channels, ch, size)
@@ -203,11 +257,11 @@ def run_encoder(
     h = conv_in(x)  # (B, C0, H, W)
     skips = [h]
     for layer in down_blocks:
-        if isinstance(layer, Downsample):
-            h = layer(h)  # (B, C, ceil(H/2), ceil(W/2))
-        else:
+        if isinstance(layer, nn.ModuleList):
             res, attn = layer
             h = attend(attn, res(h, emb), tokens, token_mask)
+        else:
+            h = run_resampler(layer, h, emb)  # (B, C, ceil(H/2), ceil(W/2))
         skips.append(h)
     return h, skips
 
@@ -252,14 +306,14 @@ class UNet(nn.Module):
         self.mid_block1 = residual_block(c, ch, ch, emb_dim)
         self.mid_attention = attention_block(c, ch, c.context_dim, c.transformer_depth)
         self.mid_block2 = residual_block(c, ch, ch, emb_dim)
-        self.up_blocks = (
-            nn.ModuleList()
-        )  # each item: ModuleList([ResBlock, attention, Upsample | Identity])
+        self.up_blocks = nn.ModuleList()  # items: ModuleList([ResBlock, attention, upsampler])
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.num_res_blocks + 1):
                 out_ch = c.base_channels * mult
                 upsample = (
-                    Upsample(out_ch) if level > 0 and i == c.num_res_blocks else nn.Identity()
+                    upsampler(c, out_ch, emb_dim)
+                    if level > 0 and i == c.num_res_blocks
+                    else nn.Identity()
                 )
                 self.up_blocks.append(
                     nn.ModuleList(
@@ -271,7 +325,7 @@ class UNet(nn.Module):
                     )
                 )
                 ch = out_ch
-            size = size * 2 if level > 0 else size  # nominal; Upsample uses the skip's real size
+            size = size * 2 if level > 0 else size  # nominal; upsamplers take the skip's size
         self.norm_out = group_norm(ch)
         self.conv_out = nn.Conv2d(ch, c.out_channels * (2 if c.learn_sigma else 1), 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
@@ -378,7 +432,7 @@ class UNet(nn.Module):
             h = h + control.middle
         for res, attn, upsample in self.up_blocks:
             h = attend(attn, res(torch.cat([h, skips.pop()], dim=1), emb), tokens, mask)
-            if isinstance(upsample, Upsample):
-                h = upsample(h, skips[-1].shape[-2:])
+            if not isinstance(upsample, nn.Identity):
+                h = run_resampler(upsample, h, emb, skips[-1].shape[-2:])  # (B, C, skip's H, W)
         out = self.conv_out(torch.nn.functional.silu(self.norm_out(h)))  # (B, C_out, H, W)
         return out if with_variance or not self.learn_sigma else out[:, : self.config.out_channels]
