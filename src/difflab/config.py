@@ -23,6 +23,7 @@ from difflab.io.validation import check_number, check_tree, quote
 
 MAX_CONFIG_BYTES = 1_000_000  # a config file is a page of settings, not data
 MAX_LIST_ITEMS = 64  # channel multipliers, attention resolutions: a handful each
+LR_DECAYS = ("constant", "cosine")  # train.lr_decay: the learning rate after its warm-up
 MAX_TIMESTEPS = 100_000  # T: the schedule tables are (T,) and every sampler may walk them
 
 
@@ -109,9 +110,13 @@ class TrainConfig:
     grad_accum: int = ranged(1, 1)
     lr: float = ranged(2e-4, 0, low_open=True)
     warmup_steps: int = ranged(0, 0)
+    lr_decay: str = "constant"  # after warm-up: constant, or cosine to lr_floor * lr at `steps`
+    lr_floor: float = ranged(0.1, 0, 1)  # the cosine's end as a fraction of lr (lr_decay: cosine)
     weight_decay: float = ranged(0.0, 0)
     grad_clip: float = ranged(1.0, 0)
     ema_decay: float = ranged(0.999, 0, 1, high_open=True)
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) after n updates (TF's EMA)
+    min_snr_gamma: float | None = ranged(None, 0, low_open=True)  # Min-SNR-γ weights (5); None: off
     label_dropout: float = ranged(0.0, 0, 1, high_open=True)
     vlb_weight: float = ranged(0.0, 0)  # λ of L_hybrid (Improved DDPM; 0.001), model.learn_sigma
     bf16: str | bool = False  # true, false or "auto" (on where bf16 is native: io.device)
@@ -126,6 +131,10 @@ class TrainConfig:
     out_dir: str = "runs/experiment"
 
     def __post_init__(self) -> None:
+        if self.lr_decay not in LR_DECAYS:
+            raise DifflabError(
+                f"train.lr_decay must be one of {', '.join(LR_DECAYS)}, got {quote(self.lr_decay)}."
+            )
         if self.bf16 not in (True, False, "auto"):
             raise DifflabError(f"train.bf16 must be true, false or auto, got {quote(self.bf16)}.")
         check_ranges(self, "train")

@@ -1,4 +1,5 @@
-"""The denoising objective (DDPM's L_simple, DDIM eq. 5 with gamma_t = 1) for eps, x0 or v."""
+"""The denoising objective (DDPM's L_simple, DDIM eq. 5 with gamma_t = 1) for eps, x0 or v, and
+its min-SNR-γ weighting (Hang et al. 2023)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,50 @@ def prediction_target(
     )
 
 
+def min_snr_weight(prediction: str, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ loss weights (Hang et al. 2023, "Efficient Diffusion Training via Min-SNR
+    Weighting Strategy", sec. 3.4) for a network of type ``prediction``, per sample.
+
+    The paper weights the x0-space loss ``||x0 - x̂0||²`` by ``w_t = min(SNR(t), γ)`` with
+    ``SNR(t) = alpha_bar / (1 - alpha_bar)``. The same loss written in the space each network
+    predicts in follows from ``x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps``:
+
+    - x0: ``||x0 - x̂0||²``, weight ``min(SNR, γ)``;
+    - eps: ``x0 - x̂0 = -(eps - ε̂) / sqrt(SNR)``, so ``||eps - ε̂||² = SNR ||x0 - x̂0||²`` and the
+      weight is ``min(SNR, γ) / SNR = min(1, γ / SNR)`` (the paper's ε-form);
+    - v: ``x0 - x̂0 = -sqrt(1 - alpha_bar) (v - v̂)``, so ``||v - v̂||² = (SNR + 1) ||x0 - x̂0||²``
+      and the weight is ``min(SNR, γ) / (SNR + 1)``.
+
+    Args:
+        alpha_bar: (B, ...) ``alpha_bar[t]`` of each sample (any trailing singleton dims).
+        gamma: the clamp γ (the paper uses 5).
+
+    Returns:
+        (B, ...) weights, in ``alpha_bar``'s dtype.
+    """
+    snr = alpha_bar / (1 - alpha_bar)
+    clamped = snr.clamp(max=gamma)
+    if prediction == "eps":
+        return (gamma / snr).clamp(max=1.0)  # = min(SNR, γ) / SNR; 1 where SNR = 0
+    if prediction == "x0":
+        return clamped
+    if prediction == "v":
+        return clamped / (snr + 1)
+    raise DifflabError(
+        f"unknown prediction type {prediction!r}; choose one of {', '.join(PREDICTION_TYPES)}."
+    )
+
+
+def weighted_mse(
+    output: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """``mean ||output - target||²`` over all elements, each sample's error times ``weight`` (B,
+    1, 1, 1) when given (None: plain ``F.mse_loss``, bit for bit as before weighting existed)."""
+    if weight is None:
+        return F.mse_loss(output, target)
+    return (weight * (output - target).square()).mean()
+
+
 def draw_noise(
     schedule: NoiseSchedule,
     shape: tuple[int, ...],
@@ -59,6 +104,7 @@ def denoising_loss(
     generator: torch.Generator | None = None,
     noise: tuple[torch.Tensor, torch.Tensor] | None = None,
     vlb_weight: float = 0.0,
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Mean squared error between the network output and its target at a random t per sample.
 
@@ -70,6 +116,10 @@ def denoising_loss(
     ``T · L_t`` at the drawn t (bits/dim, :func:`~difflab.diffusion.vlb.vlb_terms`) and the
     prediction detached in it (the stop-gradient on the mean: L_vlb trains only Σ). With T = 1000
     and λ = 0.001 this is the reference code's ``mse + vb``.
+
+    With ``min_snr_gamma`` = γ each sample's squared error is weighted by
+    :func:`min_snr_weight` (Min-SNR-γ, Hang et al. 2023; the L_simple term only, not L_vlb);
+    None (the default) keeps the unweighted L_simple.
 
     Args:
         x0: (B, C, H, W) clean data in [-1, 1].
@@ -83,10 +133,15 @@ def denoising_loss(
     cond = cond if cond is not None else Conditioning()
     alpha_bar = schedule.alpha_bar_at(t, x0)  # (B, 1, 1, 1)
     target = prediction_target(net.prediction, x0, eps, alpha_bar)
+    weight = None
+    if min_snr_gamma is not None:
+        like = x0.new_empty((1,) * x0.dim(), dtype=torch.float64)  # SNR from the float64 table
+        exact = schedule.alpha_bar_at(t, like)  # (B, 1, 1, 1)
+        weight = min_snr_weight(net.prediction, exact, min_snr_gamma).float()
     if not learns_variance(net):
-        return F.mse_loss(net(x_t, t, cond).float(), target.float())
+        return weighted_mse(net(x_t, t, cond).float(), target.float(), weight)
     output, values = split_variance(net(x_t, t, cond, with_variance=True).float())
-    loss = F.mse_loss(output, target.float())
+    loss = weighted_mse(output, target.float(), weight)
     if vlb_weight == 0:
         return loss
     frozen = prediction_to_eps_x0(output.detach(), net.prediction, x_t.float(), alpha_bar.float())

@@ -111,7 +111,7 @@ def build_run(config: ExperimentConfig) -> TrainingRun:
         arch=arch,
         net=net,
         schedule=schedule_from_config(config.diffusion),
-        ema=EMA(net, train.ema_decay),
+        ema=EMA(net, train.ema_decay, warmup=train.ema_warmup),
         optimizer=build_optimizer(net, train),
         stream=BatchStream(len(dataset), train.batch_size, train.seed),
         generator=torch.Generator().manual_seed(train.seed + 1),
@@ -308,9 +308,15 @@ def diffusion_loss(run: TrainingRun, index: torch.Tensor) -> tuple[torch.Tensor,
     shape = (len(index), *run.dataset.images.shape[1:])
     t, eps = draw_noise(run.schedule, shape, run.generator)  # (B,), (B, C, H, W)
     noise = (t[part], eps[part])
-    vlb_weight = run.config.train.vlb_weight
+    train = run.config.train
     loss = denoising_loss(
-        run.forward_module(), run.schedule, x0, cond, noise=noise, vlb_weight=vlb_weight
+        run.forward_module(),
+        run.schedule,
+        x0,
+        cond,
+        noise=noise,
+        vlb_weight=train.vlb_weight,
+        min_snr_gamma=train.min_snr_gamma,
     )
     return loss, {}
 

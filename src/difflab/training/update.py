@@ -1,6 +1,6 @@
 """One optimizer update, the part every training loop shares.
 
-Linear warm-up of the learning rate, ``grad_accum`` micro-batches drawn from the run's
+Linear warm-up of the learning rate (then constant or cosine decay), ``grad_accum`` micro-batches drawn from the run's
 :class:`~difflab.training.data_order.BatchStream` (each under bf16 autocast on the run's device
 when asked; the gradient all-reduce of data-parallel training only on the last), a stop, or a
 skip (``train.skip_nonfinite``), on a non-finite loss, gradient clipping, the AdamW step and the
@@ -13,10 +13,10 @@ import contextlib
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from difflab.config import TrainConfig
 from difflab.errors import DifflabError
 from difflab.io.device import autocast
 from difflab.io.process_group import on_main
@@ -31,11 +31,23 @@ named floats to log. Random draws (noise, timesteps, label dropout) are made for
 then sliced, so that N processes see exactly the numbers one process would."""
 
 
-def learning_rate(train: Any, step: int) -> float:
-    """Linear warm-up to ``train.lr`` over ``warmup_steps``, then constant."""
+def learning_rate(train: TrainConfig, step: int) -> float:
+    """The learning rate of update ``step`` (0-based): linear warm-up to ``train.lr`` over
+    ``warmup_steps``, then constant (``lr_decay: constant``) or a half cosine down to
+    ``lr_floor * lr`` at ``train.steps`` (``lr_decay: cosine``).
+
+    The cosine is SGDR's annealing without restarts (Loshchilov & Hutter 2017, eq. 5):
+    ``lr_t = floor + (lr - floor) (1 + cos(pi p)) / 2`` with ``p`` the fraction of the
+    post-warm-up updates done. A pure function of the step, so a resumed run follows it exactly.
+    """
     if train.warmup_steps and step < train.warmup_steps:
         return train.lr * (step + 1) / train.warmup_steps
-    return train.lr
+    if train.lr_decay == "constant":
+        return train.lr
+    decay_steps = max(train.steps - train.warmup_steps, 1)
+    progress = min((step - train.warmup_steps) / decay_steps, 1.0)
+    floor = train.lr * train.lr_floor
+    return floor + (train.lr - floor) * (1 + math.cos(math.pi * progress)) / 2
 
 
 def optimizer_update(
