@@ -60,6 +60,7 @@ from difflab.data.folder import (
 from difflab.data.transforms import images_from_uint8
 from difflab.errors import DifflabError
 from difflab.io.atomic import atomic_path, write_bytes_atomic
+from difflab.io.cache import cache_dir
 from difflab.io.process_group import SINGLE, Distributed, on_main
 
 STORE_FORMAT = "difflab-image-store"
@@ -70,14 +71,8 @@ Index = int | slice | Sequence[int] | np.ndarray | torch.Tensor
 
 
 def data_cache_dir() -> Path:
-    """``$DIFFLAB_CACHE/data`` (default ``~/.cache/difflab/data``).
-
-    The same root as :func:`difflab.metrics.pretrained.cache_dir`, read here from the environment
-    because data sits below metrics in the layers and cannot import it.
-    """
-    configured = os.environ.get("DIFFLAB_CACHE")
-    root = Path(configured).expanduser() if configured else Path.home() / ".cache" / "difflab"
-    return root / "data"
+    """``$DIFFLAB_CACHE/data`` (default ``~/.cache/difflab/data``)."""
+    return cache_dir() / "data"
 
 
 def settings_digest(key: dict[str, Any]) -> str:

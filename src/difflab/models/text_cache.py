@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from difflab.io.atomic import write_bytes_atomic
-from difflab.metrics.pretrained import cache_dir
+from difflab.io.cache import cache_dir
 from difflab.models.frozen_text import FrozenTextEncoder
 
 ENCODE_BATCH = 64  # prompts per encoder forward
