@@ -53,6 +53,21 @@ def test_only_difflab_temporaries_of_ended_processes_are_removed(tmp_path):
     assert foreign.exists() and live.exists() and not stale.exists()
 
 
+def test_a_killed_conversions_staging_folder_is_removed_by_the_next(tmp_path):
+    """Fails if remove_temporaries skips folders: a ``convert`` killed mid-write would leave its
+    staging folder of partial weights beside the output for ever."""
+    from difflab.convert.formats import write_folder_atomic
+
+    staging = tmp_path / f"{TEMP_PREFIX}{dead_pid()}.dit.x1.tmp"
+    (staging / "transformer").mkdir(parents=True)
+    (staging / "transformer" / "part.safetensors").write_bytes(b"half")
+    live = tmp_path / f"{TEMP_PREFIX}{os.getppid()}.other.x2.tmp"
+    live.mkdir()
+    write_folder_atomic(tmp_path / "dit", {"config.json": b"{}"})
+    assert not staging.exists() and live.is_dir()
+    assert (tmp_path / "dit" / "config.json").read_bytes() == b"{}"
+
+
 def test_a_full_disk_is_one_sentence_and_the_old_file_stays(tmp_path, monkeypatch):
     """Fails if an ENOSPC escapes as an OSError or the half-written temporary is left."""
     target = tmp_path / "model.safetensors"

@@ -34,7 +34,7 @@ import torch
 
 from difflab.diffusion.schedule import NoiseSchedule, linear_betas, scaled_linear_betas
 from difflab.errors import DifflabError
-from difflab.io.atomic import TEMP_SUFFIX, temporary_prefix
+from difflab.io.atomic import TEMP_SUFFIX, remove_temporaries, temporary_prefix
 from difflab.io.checkpoint import METADATA_KEY
 
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -371,12 +371,13 @@ def write_folder_atomic(out_dir: Path, files: dict[str, bytes]) -> None:
 
     The files are written and fsynced in a temporary sibling folder (``.difflab-tmp.<pid>.NAME.*.tmp``, named as
     every difflab temporary) that is
-    renamed to ``out_dir`` at the end; on any error the temporary folder is removed. ``out_dir``
-    must not exist.
+    renamed to ``out_dir`` at the end; on any error the temporary folder is removed, and the
+    staging folders of killed conversions beside it are removed first. ``out_dir`` must not exist.
     """
     refuse_existing(out_dir)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(out_dir.parent, recursive=False)
         staging = Path(
             tempfile.mkdtemp(
                 prefix=temporary_prefix(out_dir.name), suffix=TEMP_SUFFIX, dir=out_dir.parent

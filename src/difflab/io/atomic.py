@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -90,22 +91,29 @@ def _process_alive(pid: int) -> bool:
 
 def remove_temporaries(folder: str | Path, *, recursive: bool = True) -> list[Path]:
     """Delete the temporaries that difflab writers killed mid-write left in ``folder`` (and below
-    it when ``recursive``); returns them. Only files named by :func:`temporary_prefix` whose
-    process has ended are taken, so a writer still running elsewhere keeps its own."""
+    it when ``recursive``); returns them. Only files and staging folders (``convert``'s) named by
+    :func:`temporary_prefix` whose process has ended are taken, so a writer still running
+    elsewhere keeps its own."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
     pattern = f"{TEMP_PREFIX}*"
-    candidates = folder.rglob(pattern) if recursive else folder.glob(pattern)
-    found = []
+    candidates = sorted(folder.rglob(pattern) if recursive else folder.glob(pattern))
+    found: list[Path] = []
     for path in candidates:
         match = _TEMP_NAME.match(path.name)
-        if match is None or not path.is_file() or path.is_symlink():
+        if match is None or path.is_symlink() or any(path.is_relative_to(gone) for gone in found):
             continue
         pid = int(match.group(1))
-        if pid != os.getpid() and not _process_alive(pid):
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file():
             path.unlink(missing_ok=True)
-            found.append(path)
+        else:
+            continue
+        found.append(path)
     return found
 
 
