@@ -32,3 +32,18 @@ def test_ema_follows_its_formula_with_warm_up_and_copies_buffers():
     assert ema.module[1].num_batches_tracked == 30
     assert not any(p.requires_grad for p in ema.module.parameters())
     assert ema.state_dict().keys() == net.state_dict().keys()
+
+
+def test_ema_without_warm_up_uses_the_constant_decay_from_the_first_update():
+    """``warmup=False``: shadow = decay shadow + (1 - decay) w from update 1 on. Fails if the
+    flag is ignored (the warm-up's d_1 = 2/11 would move the shadow five times as far)."""
+    net = torch.nn.Linear(2, 2)
+    ema = EMA(net, decay=0.9, warmup=False)
+    before = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net)
+    assert ema.current_decay() == 0.9
+    for shadow, old in zip(ema.module.parameters(), before, strict=True):
+        torch.testing.assert_close(shadow, old + 0.1)

@@ -7,7 +7,7 @@ from difflab.config import load_config
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint
 from difflab.pipelines import load_pipeline
-from difflab.training import train
+from difflab.training import loop, train
 from difflab.training.data_order import BatchStream
 from difflab.training.state import STATE_FILE
 
@@ -51,6 +51,25 @@ def all_tensors(out_dir):
     return load_checkpoint(out_dir / STATE_FILE)[0]
 
 
+class Interrupted(Exception):
+    """Stands for a process killed right after a checkpoint."""
+
+
+def stop_after_checkpoint(monkeypatch, config, step):
+    """Train ``config`` until the checkpoint of ``step`` is written, then stop the run."""
+    save = loop.save_training_state
+
+    def save_then_stop(run, out_dir):
+        save(run, out_dir)
+        if run.step == step:
+            raise Interrupted
+
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_training_state", save_then_stop)
+        with pytest.raises(Interrupted):
+            train(config, progress=False)
+
+
 @pytest.mark.parametrize(
     "extra",
     [
@@ -63,17 +82,34 @@ def all_tensors(out_dir):
         ),
         ("model.preset=dit-tiny", "model.num_classes=10", "train.label_dropout=0.2"),  # DiT
         ("model.learn_sigma=true", "train.vlb_weight=0.001"),  # L_hybrid
+        (  # the recipe options of issue 17
+            "model.prediction=v",
+            "diffusion.schedule=cosine",
+            "train.min_snr_gamma=5",
+            "train.warmup_steps=2",
+            "train.lr_decay=cosine",
+            "train.ema_warmup=false",
+        ),
     ],
-    ids=["unet", "unet-conditional-accumulated-bf16", "dit-conditional", "unet-hybrid"],
+    ids=["unet", "unet-conditional-accumulated-bf16", "dit-conditional", "unet-hybrid", "recipe"],
 )
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, extra):
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, extra):
     """U-Net and DiT alike; fails if resuming drops the optimizer's moments (tried on the DiT).
-    The L_hybrid run (learned Σ) checks that the vlb term adds no state outside the checkpoint."""
+    The L_hybrid run (learned Σ) checks that the vlb term adds no state outside the checkpoint;
+    the recipe run that the cosine learning rate (a function of the step, horizon train.steps)
+    and the EMA without warm-up resume exactly: its first part is stopped by an exception after
+    the step-4 checkpoint (train.steps=8 throughout, since the horizon is part of the recipe)."""
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(
         tiny_config(straight, "train.steps=8", "train.checkpoint_every=4", *extra), progress=False
     )
-    train(tiny_config(split, "train.steps=4", "train.checkpoint_every=4", *extra), progress=False)
+    if "train.lr_decay=cosine" in extra:
+        config = tiny_config(split, "train.steps=8", "train.checkpoint_every=4", *extra)
+        stop_after_checkpoint(monkeypatch, config, step=4)
+    else:
+        train(
+            tiny_config(split, "train.steps=4", "train.checkpoint_every=4", *extra), progress=False
+        )
     train(
         tiny_config(split, "train.steps=8", "train.checkpoint_every=4", *extra),
         resume=True,
