@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen
+.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe
 
 install: $(STAMP)
 
@@ -75,7 +75,7 @@ bench: bench-unet
 # JSON of an earlier run, measuring nothing). bench-quick runs all quick modes into
 # outputs/bench-quick (a few minutes on 2 cores; tests/benchmarks runs them too).
 BENCH_SCRIPTS := attention_kernels fd_floor ddim_tables ddim_inversion guidance_table controlnet \
-	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table samplers imagen
+	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table samplers imagen adm recipe
 bench-quick: install
 	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py --quick --out-dir outputs/bench-quick || exit 1; done
 	$(PY) benchmarks/gpu_throughput.py --device cpu --quick --out outputs/bench-quick/gpu_throughput_quick.json
@@ -112,6 +112,13 @@ bench-samplers: install
 	$(PY) benchmarks/samplers.py --threads 1 --models mnist_ddim --samplers ddim,dpm++2m,heun \
 		--nfe 5,10,20,50 --skip heun@50,dpm++2m@50 --n 150
 
+# Training recipe study: unet-mnist trained with configs/mnist.yaml, its EMA without warm-up, a
+# 20-update warm-up, and on that each change (min-SNR-5, v-prediction, cosine schedule, lr 1e-3 +
+# cosine decay, batch 64, then the combination of those that beat it) for equal process CPU time on
+# one thread, FD-MNIST (n = 100, DPM-Solver++ 20) at 1.5 and 3 CPU-minutes: about 35 CPU-minutes.
+bench-recipe: install
+	$(PY) benchmarks/recipe.py --threads 1 --cpu-minutes 1.5,3 --n 100
+
 # DDIM inversion with eps at the source or the destination timestep, on the shipped model
 # (50 test digits, S = 10 ... 200: about 25 min on one thread).
 bench-inversion: install
@@ -123,6 +130,15 @@ bench-inversion: install
 # busy core, about 75 min with --bf16; --plan-only, --n, --steps: see the script).
 bench-guidance: install
 	$(PY) benchmarks/guidance_table.py
+
+# "Diffusion Models Beat GANs", the rest (issue 20): Table 1 in shape (the base U-Net and each
+# architecture change at the same budget on MNIST and Fashion-MNIST: FD, images per CPU-second)
+# and learned vs fixed Σ (FD against DDPM steps, bits/dim with and without L_hybrid). Sized to
+# about 30 CPU-minutes on one thread (80 steps of 32 images per model, n = 128 / 64 / 8); runs are
+# kept in runs/adm and reused. --train-steps, --width, --n, --ddpm-steps: see the script.
+bench-adm: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/adm.py --threads 1 --datasets mnist
+	OMP_NUM_THREADS=1 $(PY) benchmarks/adm.py --threads 1
 
 # ControlNet on MNIST: edge F1 / label accuracy / FD of 100 held-out Canny hints vs the base,
 # the sudden-convergence curve of the training run (runs/controlnet_mnist_canny), sampling cost.

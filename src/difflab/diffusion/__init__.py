@@ -9,7 +9,7 @@ from difflab.diffusion.denoiser import (
     eps_from_x0,
     prediction_to_eps_x0,
 )
-from difflab.diffusion.loss import denoising_loss, draw_noise, prediction_target
+from difflab.diffusion.loss import denoising_loss, draw_noise, min_snr_weight, prediction_target
 from difflab.diffusion.schedule import SCHEDULE_NAMES, NoiseSchedule
 from difflab.diffusion.spacing import SPACING_NAMES, timestep_sequence
 
@@ -26,6 +26,7 @@ __all__ = [
     "denoising_loss",
     "draw_noise",
     "eps_from_x0",
+    "min_snr_weight",
     "prediction_target",
     "prediction_to_eps_x0",
     "timestep_sequence",
