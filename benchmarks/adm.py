@@ -119,6 +119,7 @@ class Settings:
     ddpm_steps: tuple[int, ...]
     n_bpd: int
     datasets: tuple[str, ...]
+    variants: tuple[str, ...] = ()  # ablation labels to run; () = all
     seed: int = 0
     data_limit: int | None = None
     quick: bool = False
@@ -127,6 +128,11 @@ class Settings:
     def warmup_steps(self) -> int:
         return self.steps // 10
 
+    @property
+    def budget(self) -> str:
+        """The training budget's name: ``w16-s80-b32`` (width, steps, batch size)."""
+        return f"w{self.width}-s{self.steps}-b{self.batch_size}"
+
 
 def cpu_seconds() -> float:
     """CPU time of this process (all its threads), in seconds."""
@@ -134,10 +140,10 @@ def cpu_seconds() -> float:
 
 
 def run_folder(runs_dir: Path, settings: Settings, dataset: str, variant: Variant) -> Path:
-    """``RUNS/w16-s120-b32/mnist-biggan-up-down``: one folder per budget, dataset and variant."""
-    budget = f"w{settings.width}-s{settings.steps}-b{settings.batch_size}"
+    """``RUNS/w16-s80-b32/mnist-biggan-up-down``: one folder per budget, dataset and variant."""
     name = variant.label.lower().replace(" ", "-").replace("/", "-")
-    return runs_dir / budget / f"{dataset}-{''.join(c for c in name if c.isalnum() or c == '-')}"
+    name = "".join(c for c in name if c.isalnum() or c == "-")
+    return runs_dir / settings.budget / f"{dataset}-{name}"
 
 
 def net_config(variant: Variant, width: int) -> tuple[str, Any]:
@@ -220,10 +226,13 @@ def fd_score(checkpoint: str, n: int, sampler: str, steps: int, sigma_hat: bool)
 
 
 def ablation_rows(settings: Settings, runs_dir: Path) -> list[dict[str, Any]]:
-    """Part 1: train and score every variant on every dataset."""
+    """Part 1: train and score every variant (``settings.variants``, default all) on every dataset."""
     rows = []
+    chosen = [
+        v for v in ablation(settings.width) if v.label in settings.variants or not settings.variants
+    ]
     for dataset in settings.datasets:
-        for variant in ablation(settings.width):
+        for variant in chosen:
             arch, config = net_config(variant, settings.width)
             trained = train_variant(variant, dataset, settings, runs_dir)
             out_dir = run_folder(runs_dir, settings, dataset, variant)
@@ -306,48 +315,65 @@ def sigma_rows(settings: Settings, runs_dir: Path) -> dict[str, Any]:
         )
         bpd.append({"model": label, "score": scored})
         print(f"bits/dim {label}: {scored['mean']:.3f} ± {scored['sem']:.3f}", flush=True)
-    return {"hybrid_train": hybrid, "curves": curves, "bits_per_dim": bpd}
+    return {"hybrid_train": hybrid, "simple_train": simple, "curves": curves, "bits_per_dim": bpd}
 
 
 # ----------------------------------------------------------------------------- report
 
 
-def measure(settings: Settings, parts: Sequence[str], runs_dir: Path) -> dict[str, Any]:
-    start = cpu_seconds()
-    report: dict[str, Any] = {
-        "machine": bench.machine_info(),
-        "settings": dataclasses.asdict(settings),
-        "recipe": dataclasses.asdict(load_config(CONFIG).train),
-    }
+def measure(
+    settings: Settings, parts: Sequence[str], runs_dir: Path, earlier: dict[str, Any]
+) -> dict[str, Any]:
+    """The parts at this budget, merged into the report of earlier runs (``earlier``): a budget's
+    parts measured now replace its earlier ones; other budgets and parts are kept."""
+    measured: dict[str, Any] = {}
+    part_settings = dataclasses.asdict(settings)
     if "ablation" in parts:
-        report["ablation"] = ablation_rows(settings, runs_dir)
+        measured["ablation"] = {
+            "settings": part_settings,
+            "rows": ablation_rows(settings, runs_dir),
+        }
     if "sigma" in parts:
-        report["sigma"] = sigma_rows(settings, runs_dir)
-    report["cpu_seconds_this_run"] = cpu_seconds() - start
-    report["cpu_seconds_all_runs"] = spent_cpu_seconds(report)
-    return report
+        measured["sigma"] = {"settings": part_settings, **sigma_rows(settings, runs_dir)}
+    budgets = {b["budget"]: b for b in earlier.get("budgets", [])}
+    budget = {
+        **budgets.get(settings.budget, {}),
+        **measured,
+        "budget": settings.budget,
+        "recipe": dataclasses.asdict(load_config(CONFIG).train),
+        "machine": bench.machine_info(),
+    }
+    budget["cpu_seconds"] = spent_cpu_seconds(budget)
+    budgets[settings.budget] = budget
+    ordered = sorted(
+        budgets.values(), key=lambda b: b[next(k for k in PARTS if k in b)]["settings"]["steps"]
+    )
+    return {"budgets": ordered, "cpu_seconds": sum(b["cpu_seconds"] for b in ordered)}
 
 
-def spent_cpu_seconds(report: dict[str, Any]) -> float:
-    """CPU seconds of every training and scoring the report rests on (reused runs included)."""
-    total, seen = 0.0, set()
-    for row in report.get("ablation", []):
-        total += row["train"]["cpu_seconds"] + row["score"]["cpu_seconds"]
-        seen.add(row["train"]["checkpoint"])
-    sigma = report.get("sigma")
+PARTS = ("ablation", "sigma")
+
+
+def spent_cpu_seconds(budget: dict[str, Any]) -> float:
+    """CPU seconds of every training and scoring a budget's report rests on (each model once,
+    reused runs included)."""
+    trained: dict[str, float] = {}
+    scored = 0.0
+    for row in budget.get("ablation", {}).get("rows", []):
+        trained[row["train"]["checkpoint"]] = row["train"]["cpu_seconds"]
+        scored += row["score"]["cpu_seconds"]
+    sigma = budget.get("sigma")
     if sigma:
-        if sigma["hybrid_train"]["checkpoint"] not in seen:
-            total += sigma["hybrid_train"]["cpu_seconds"]
-        total += sum(c["score"]["cpu_seconds"] for c in sigma["curves"])
-        total += sum(b["score"]["cpu_seconds"] for b in sigma["bits_per_dim"])
-    return total
+        for run in (sigma["hybrid_train"], sigma["simple_train"]):
+            trained[run["checkpoint"]] = run["cpu_seconds"]
+        scored += sum(c["score"]["cpu_seconds"] for c in sigma["curves"])
+        scored += sum(b["score"]["cpu_seconds"] for b in sigma["bits_per_dim"])
+    return sum(trained.values()) + scored
 
 
-def ablation_table(report: dict[str, Any]) -> str:
-    rows = report["ablation"]
+def ablation_table(rows: list[dict[str, Any]]) -> str:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     by = {(r["dataset"], r["variant"]): r for r in rows}
-    base = {d: by[(d, "base")]["score"]["fd"] for d in datasets if (d, "base") in by}
     headers = ["change", "params (M)", "GFLOPs"]
     for d in datasets:
         headers += [f"FD {d}", "Δ vs base", f"img/CPU-s {d}"]
@@ -357,20 +383,19 @@ def ablation_table(report: dict[str, Any]) -> str:
         first = next(r for r in rows if r["variant"] == variant)
         line: list[Any] = [variant, first["parameters"] / 1e6, first["gflops"]]
         for d in datasets:
-            row = by.get((d, variant))
+            row, base = by.get((d, variant)), by.get((d, "base"))
             if row is None:
                 line += ["—", "—", "—"]
                 continue
             fd = row["score"]["fd"]
-            delta = "—" if variant == "base" else f"{fd - base[d]:+.2f}"
+            delta = "—" if variant == "base" or base is None else f"{fd - base['score']['fd']:+.2f}"
             line += [fd, delta, row["train"]["images_per_cpu_second"] or "—"]
         line.append(PAPER_TABLE1.get(variant, ""))
         table.append(line)
     return bench.markdown_table(headers, table)
 
 
-def sigma_table(report: dict[str, Any]) -> str:
-    curves = report["sigma"]["curves"]
+def sigma_table(curves: list[dict[str, Any]]) -> str:
     steps = sorted({c["steps"] for c in curves})
     table = []
     for variance in dict.fromkeys(c["variance"] for c in curves):
@@ -379,86 +404,120 @@ def sigma_table(report: dict[str, Any]) -> str:
     return bench.markdown_table(["Σ", *(f"{s} steps" for s in steps)], table)
 
 
-def bpd_table(report: dict[str, Any]) -> str:
+def bpd_table(bits: list[dict[str, Any]]) -> str:
     rows = [
         [b["model"], bench.format_spread(b["score"]["mean"], b["score"]["sem"], 3), b["score"]["n"]]
-        for b in report["sigma"]["bits_per_dim"]
+        for b in bits
     ]
     return bench.markdown_table(["model", "bits/dim (± s.e.m.)", "images"], rows)
 
 
-def render(report: dict[str, Any]) -> str:
-    s = report["settings"]
-    title = "# Diffusion Models Beat GANs, the rest: architecture ablation and learned Σ"
-    if s["quick"]:
-        title += " (quick: numbers mean nothing)"
-    budget = (
-        f"Budget: U-Nets of width {s['width']} (`{BASE_PRESET}` sizes otherwise), {s['steps']} "
-        f"steps of {s['batch_size']} images each ({s['steps'] * s['batch_size']:,} images; "
-        f"configs/mnist.yaml's lr {report['recipe']['lr']}, warm-up {s['steps'] // 10} steps, "
-        f"EMA {report['recipe']['ema_decay']}), one torch thread; "
-        f"{report['cpu_seconds_all_runs'] / 60:.1f} CPU-minutes for all trainings and scores. "
-        f"{bench.machine_line(report['machine'])}"
+def budget_line(s: dict[str, Any], recipe: dict[str, Any]) -> str:
+    return (
+        f"U-Nets of width {s['width']} (`{BASE_PRESET}` sizes otherwise), {s['steps']} steps of "
+        f"{s['batch_size']} images ({s['steps'] * s['batch_size']:,} images per model; "
+        f"configs/mnist.yaml's lr {recipe['lr']}, warm-up {s['steps'] // 10} steps, EMA "
+        f"{recipe['ema_decay']} with warm-up), one torch thread"
     )
-    parts = [title, budget]
-    if "ablation" in report:
+
+
+def render_budget(budget: dict[str, Any]) -> list[str]:
+    first = budget[next(k for k in PARTS if k in budget)]["settings"]
+    parts = [
+        f"## Budget {budget['budget']}",
+        f"{budget_line(first, budget['recipe'])}; {budget['cpu_seconds'] / 60:.1f} CPU-minutes "
+        f"for its trainings and scores. {bench.machine_line(budget['machine'])}",
+    ]
+    if "ablation" in budget:
+        s = budget["ablation"]["settings"]
         parts += [
-            "## Table 1 in shape (each change alone over the base, then all together)",
-            f"FD in the dataset's feature space (FD-MNIST / FD-Fashion, the evaluation suite's "
+            "### Table 1 in shape (each change alone over the base)",
+            f"FD in the dataset's feature space (FD-MNIST / FD-Fashion: the evaluation suite's "
             f"CNNs) of n = {s['n']} samples (DDIM, {s['eval_steps']} steps, η = 0, the same seeds "
             "for every model) against the test set; lower is better. Training speed: images per "
             "CPU-second of the training process. At n this small FD is biased upward and its "
-            "run-to-run spread is several units: read differences of a few units as noise.",
-            ablation_table(report),
+            "spread between seeds is several units: read differences of a few units as noise.",
+            ablation_table(budget["ablation"]["rows"]),
         ]
-    if "sigma" in report:
+    if "sigma" in budget:
+        s = budget["sigma"]["settings"]
         parts += [
-            "## Learned Σ vs fixed (MNIST)",
-            f"FD-MNIST of n = {s['n_sigma']} DDPM samples against the number of (respaced) "
-            "steps: the base trained with L_hybrid (λ = 0.001) sampled with its learned Σ, and "
-            "the base trained with L_simple sampled with Σ = β̃ and Σ = β.",
-            sigma_table(report),
-            f"Bits/dim (the whole variational bound, T = 1000 terms plus L_T) of the first "
+            "### Learned Σ vs fixed (MNIST)",
+            f"FD-MNIST of n = {s['n_sigma']} DDPM samples against the number of (respaced) steps: "
+            "the base trained with L_hybrid (λ = 0.001) sampled with its learned Σ, and the base "
+            "trained with L_simple sampled with Σ = β̃ and Σ = β.",
+            sigma_table(budget["sigma"]["curves"]),
+            f"Bits/dim (the whole variational bound: T = 1000 terms plus L_T) of the first "
             f"{s['n_bpd']} MNIST test images:",
-            bpd_table(report),
+            bpd_table(budget["sigma"]["bits_per_dim"]),
         ]
+    return parts
+
+
+def render(report: dict[str, Any]) -> str:
+    quick = render_quick(report)
+    title = "# Diffusion Models Beat GANs, the rest: architecture ablation and learned Σ"
+    summary = (
+        f"{len(report['budgets'])} training budget(s), {report['cpu_seconds'] / 60:.1f} "
+        "CPU-minutes in all (trainings and scores, one thread)."
+    )
+    parts = [title + (" (quick: numbers mean nothing)" if quick else ""), summary]
+    for budget in report["budgets"]:
+        parts += render_budget(budget)
     return bench.sections(*parts)
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    if "ablation" not in report and "sigma" not in report:
-        return []
     plt = bench.pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    if "ablation" in report:
-        rows = report["ablation"]
-        variants = list(dict.fromkeys(r["variant"] for r in rows))
-        datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-        width = 0.8 / len(datasets)
-        for i, d in enumerate(datasets):
-            fds = {r["variant"]: r["score"]["fd"] for r in rows if r["dataset"] == d}
-            xs = [j + i * width for j in range(len(variants))]
-            axes[0].bar(xs, [fds.get(v, float("nan")) for v in variants], width, label=d)
-        axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(variants))])
-        axes[0].set_xticklabels(variants, rotation=30, ha="right", fontsize=8)
-        axes[0].set_ylabel("FD (lower is better)")
-        axes[0].set_title("architecture ablation, same budget")
-        axes[0].legend(fontsize="small")
-    if "sigma" in report:
-        curves = report["sigma"]["curves"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    series = [
+        (b["budget"], row)
+        for b in report["budgets"]
+        for row in b.get("ablation", {}).get("rows", [])
+    ]
+    variants = list(dict.fromkeys(row["variant"] for _, row in series))
+    groups = list(dict.fromkeys((budget, row["dataset"]) for budget, row in series))
+    width = 0.8 / max(len(groups), 1)
+    for i, (budget, dataset) in enumerate(groups):
+        fds = {
+            r["variant"]: r["score"]["fd"]
+            for b, r in series
+            if (b, r["dataset"]) == (budget, dataset)
+        }
+        xs = [j + i * width for j in range(len(variants))]
+        axes[0].bar(
+            xs, [fds.get(v, float("nan")) for v in variants], width, label=f"{dataset}, {budget}"
+        )
+    axes[0].set_xticks([j + 0.4 - width / 2 for j in range(len(variants))])
+    axes[0].set_xticklabels(variants, rotation=30, ha="right", fontsize=8)
+    axes[0].set_ylabel("FD (lower is better)")
+    axes[0].set_title("architecture ablation, same budget per model")
+    for budget in report["budgets"]:
+        curves = budget.get("sigma", {}).get("curves", [])
         for variance in dict.fromkeys(c["variance"] for c in curves):
             points = sorted(
                 (c["steps"], c["score"]["fd"]) for c in curves if c["variance"] == variance
             )
-            axes[1].plot(*zip(*points, strict=True), marker="o", label=f"Σ = {variance}")
-        axes[1].set_xscale("log")
-        axes[1].set_xlabel("DDPM steps")
-        axes[1].set_ylabel("FD-MNIST")
-        axes[1].set_title("learned vs fixed Σ")
-        axes[1].legend(fontsize="small")
-    return [
-        bench.save_figure(fig, out_dir / f"{bench.stem_of(NAME, report['settings']['quick'])}.png")
-    ]
+            axes[1].plot(
+                *zip(*points, strict=True), marker="o", label=f"{variance}, {budget['budget']}"
+            )
+    axes[1].set_xscale("log")
+    axes[1].set_xlabel("DDPM steps")
+    axes[1].set_ylabel("FD-MNIST")
+    axes[1].set_title("learned vs fixed Σ")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="x-small")
+    return [bench.save_figure(fig, out_dir / f"{bench.stem_of(NAME, render_quick(report))}.png")]
+
+
+def render_quick(report: dict[str, Any]) -> bool:
+    return any(b[k]["settings"]["quick"] for b in report["budgets"] for k in PARTS if k in b)
+
+
+def comma_list_of(args: Any) -> tuple[str, ...]:
+    """The ``--variants`` labels (commas inside a label are not used)."""
+    return bench.comma_list(args.variants)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -473,10 +532,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ddpm-steps", default="25,50,100,250")
     parser.add_argument("--n-bpd", type=int, default=8, help="test images scored in bits/dim")
     parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--variants", default="", help="ablation labels to run (default: all)")
     parser.add_argument("--runs-dir", type=Path, default=RUNS_DIR)
     args = bench.parse(parser, argv)
     if args.quick:
-        settings = Settings(8, 2, 8, 10, 2, 10, (2, 5), 2, ("mnist",), data_limit=64, quick=True)
+        settings = Settings(
+            8,
+            2,
+            8,
+            10,
+            2,
+            10,
+            (2, 5),
+            2,
+            ("mnist",),
+            comma_list_of(args),
+            data_limit=64,
+            quick=True,
+        )
     else:
         settings = Settings(
             args.width,
@@ -488,14 +561,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             tuple(int(s) for s in bench.comma_list(args.ddpm_steps)),
             args.n_bpd,
             bench.comma_list(args.datasets),
+            comma_list_of(args),
         )
     parts = bench.comma_list(args.parts)
 
     def run() -> dict[str, Any]:
         if not args.quick:
-            return measure(settings, parts, args.runs_dir)
+            path = args.out_dir / f"{NAME}.json"
+            earlier = bench.read_json(path) if path.is_file() else {}
+            return measure(settings, parts, args.runs_dir, earlier)
         with tempfile.TemporaryDirectory() as runs:
-            return measure(settings, parts, Path(runs))
+            return measure(settings, parts, Path(runs), {})
 
     return bench.publish(args, NAME, run, render, figures)
 
