@@ -35,7 +35,8 @@ def stages(tmp_path_factory):
     train = dict(steps=3, batch_size=4, log_every=100)
     base = imagen_stage_config(
         dict(common, stage="base", data=dict(size=8, count=40, data_dir=str(folder)),
-             train=dict(train, out=str(folder / "base.safetensors"))),
+             model=dict(TINY_MODEL, prediction="v"),
+             train=dict(train, high_noise_fraction=0.5, out=str(folder / "base.safetensors"))),
         "base",
     )  # fmt: skip
     sr = imagen_stage_config(
@@ -121,3 +122,68 @@ def test_dynamic_threshold_against_a_hand_computation():
     torch.testing.assert_close(out.flatten(), torch.tensor([-1.0, -0.2, 0.08, 0.6, 1.0]))
     out = DynamicThreshold(_FixedX0(x0, schedule), percentile=0.5)(x_t, torch.tensor([5])).x0
     torch.testing.assert_close(out.flatten(), torch.tensor([-1.0, -1 / 3, 0.2 / 1.5, 1.0, 1.0]))
+
+
+def test_each_stage_starts_where_its_prediction_allows(stages):
+    """The v-predicting base starts at t = T - 1 (trailing spacing: x_T ~ N(0, I) is what it was
+    trained on there), the eps-predicting SR stage at uniform spacing's top (its x0 estimate
+    divides by sqrt(alpha_bar), ~0 at T - 1). Fails if the base starts at t = 25 of 50 (uniform
+    spacing, where training's x_t still holds sqrt(alpha_bar) of the image and pure noise does
+    not), or if an explicit spacing is ignored."""
+    cascade = CascadePipeline.load(stages)
+    first: dict[int, int] = {}
+
+    def record(stage: int, info) -> None:
+        first.setdefault(stage, info.t)
+
+    cascade.generate(["a red 7"], StageSettings(steps=2), callback=record)
+    assert first == {0: 49, 1: 25}
+    first.clear()
+    cascade.generate(["a red 7"], StageSettings(steps=2, spacing="uniform"), callback=record)
+    assert first == {0: 25, 1: 25}
+
+
+def test_high_noise_fraction_draws_the_top_timesteps():
+    """Fails if the share of t drawn from [0.85 T, T) ignores train.high_noise_fraction, if the
+    top range is wrong, or if a fraction of 0 changes the plain U{0..T-1} draw."""
+    from difflab.diffusion import NoiseSchedule
+    from difflab.diffusion.loss import draw_noise
+    from difflab.training.imagen_loop import ImagenTrainConfig, draw_stage_noise
+
+    schedule = NoiseSchedule.from_name("cosine", 1000)
+    shape = torch.Size((20000, 1, 1, 1))
+    plain = draw_noise(schedule, tuple(shape), torch.Generator().manual_seed(0))
+    same = draw_stage_noise(schedule, shape, torch.Generator().manual_seed(0), ImagenTrainConfig())
+    assert all(torch.equal(a, b) for a, b in zip(plain, same, strict=True))
+    config = ImagenTrainConfig(high_noise_fraction=0.5, high_noise_start=0.85)
+    t, _ = draw_stage_noise(schedule, shape, torch.Generator().manual_seed(0), config)
+    top = (t >= 850).float().mean().item()
+    assert abs(top - (0.5 + 0.5 * 0.15)) < 0.02 and t.max() == 999 and t.min() == 0
+
+
+def test_a_learned_caption_encoder_stage(stages, tmp_path):
+    """The bag-of-words baseline: a base stage whose caption encoder (word and position
+    embeddings, depth 0) is learned with it. Fails if the encoder is not trained and saved with
+    the stage (load_pipeline must give it back with its vocabulary), or if a cascade, which shares
+    the frozen encoder, accepts the stage instead of one sentence."""
+    from difflab.pipelines import load_pipeline
+
+    folder = Path(stages[0]).parent
+    config = imagen_stage_config(
+        dict(stage="base", data=dict(size=8, count=40, data_dir=str(folder)), model=TINY_MODEL,
+             learned_text_encoder={"depth": 0, "max_length": 12},
+             diffusion={"schedule": "cosine", "num_timesteps": 50},
+             train=dict(steps=2, batch_size=4, out=str(tmp_path / "bow.safetensors"))),
+        "bow",
+    )  # fmt: skip
+    path = train_imagen_stage(config, progress=False)
+    with safe_open(str(path), "pt") as weights:
+        table = weights.get_tensor("ema.text_encoder.word_embedding.weight")
+    pipe = load_pipeline(path)
+    assert pipe.text_encoder is not None and "crimson" in pipe.text_encoder.tokenizer.words
+    assert table.shape == (pipe.text_encoder.vocab_size, 384)
+    cond = pipe.caption_conditioning(["a crimson 7 on a navy background", ""])
+    assert cond.token_mask[0].sum() == 7 and not cond.token_mask[1].any()
+    assert pipe.generate(2, cond, steps=2).shape == (2, 3, 8, 8)
+    with pytest.raises(DifflabError, match="learned caption encoder"):
+        CascadePipeline.load([path])

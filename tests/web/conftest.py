@@ -13,9 +13,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 import torch
 import uvicorn
 
@@ -24,6 +26,7 @@ from difflab.pipelines import DiffusionPipeline
 from difflab.web import ModelCatalog, ServeLimits, create_app
 
 SIZE = 28
+CHROMIUM = Path("/usr/bin/chromium")
 
 
 class SketchEcho(torch.nn.Module):
@@ -59,6 +62,22 @@ class GatedEcho(SketchEcho):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         assert self.permits.acquire(timeout=30), "a gated test model waited 30 s for a permit"
         return super().forward(x_t, t, cond)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's package) driven by playwright, one per test module."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"the browser test needs Debian's chromium at {CHROMIUM}; run `make install` as root "
+            "or `apt-get install -y chromium`."
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        yield browser
+        browser.close()
 
 
 def pipeline_of(net: torch.nn.Module) -> DiffusionPipeline:

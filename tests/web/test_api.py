@@ -14,16 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from difflab.diffusion import NoiseSchedule
-from difflab.models import (
-    TextEncoderConfig,
-    attach_caption_encoder,
-    build_caption_encoder,
-    build_model,
-    model_config,
-)
-from difflab.pipelines import DiffusionPipeline, load_pipeline
-from difflab.web import GenerateRequest, ModelCatalog, RequestRefused, ServedModel, ServeLimits
+from difflab.pipelines import load_pipeline
+from difflab.web import ModelCatalog, ServeLimits
 from tests.web.conftest import GatedEcho, SketchEcho, call, pipeline_of, running_server
 
 LIMITS = ServeLimits(max_steps=50, max_n=4, queue_size=1, max_image_bytes=20_000)
@@ -206,19 +198,3 @@ def wait_for(base: str, job_id: str, status: str, step: int | None = None) -> di
             return state
         time.sleep(0.02)
     raise AssertionError(f"job {job_id} is {state['status']} at step {state['step']}, not {status}")
-
-
-def test_a_caption_model_is_refused_with_one_sentence():
-    """The page has no caption field: fails if such a model is sampled without its captions (the
-    pipeline's own error would name a Python call) instead of one sentence for the web user."""
-    arch, config = model_config("unet-tiny-text")
-    net = build_model(arch, config)
-    attach_caption_encoder(
-        net, build_caption_encoder(TextEncoderConfig(dim=config.context_dim), ["red apple"])
-    )
-    model = ServedModel(
-        "captioned", DiffusionPipeline.from_network(net, NoiseSchedule.from_name("linear"))
-    )
-    with pytest.raises(RequestRefused) as refused:
-        model.prepare(GenerateRequest(model="captioned"), LIMITS)
-    assert refused.value.status == 422 and "conditioned on captions" in refused.value.sentence

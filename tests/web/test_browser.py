@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -20,7 +19,6 @@ from difflab.pipelines import load_pipeline
 from difflab.web import ModelCatalog
 from tests.web.conftest import SIZE, SketchEcho, call, pipeline_of, running_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "outputs" / "web_app.png"
 DOCS_SCREENSHOT = ROOT / "docs" / "web_app.png"
@@ -43,21 +41,6 @@ def stroke_mask(size: int, half_width: float) -> np.ndarray:
         distance = np.hypot(x - (x0 + along * (x1 - x0)), y - (y0 + along * (y1 - y0)))
         near |= distance * size <= half_width
     return near
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"the browser test needs Debian's chromium at {CHROMIUM}; run `make install` as root "
-            "or `apt-get install -y chromium`."
-        )
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 def draw(page, strokes: list) -> None:

@@ -182,6 +182,11 @@ class FrozenTextEncoder(nn.Module):
     def max_length(self) -> int:
         return self.config.max_length
 
+    def piece_count(self, prompt: str) -> int:
+        """How many word pieces ``prompt`` has, ``[CLS]`` and ``[SEP]`` included (0 when empty);
+        more than :attr:`max_length` are truncated by :meth:`token_ids`."""
+        return len(self.tokenizer.encode(prompt).ids) if prompt.strip() else 0
+
     def token_ids(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ids (B, L) int64, mask (B, L) bool)``; an empty prompt is all padding (the null
         embedding); a longer one keeps its first L - 1 pieces and ``[SEP]`` (with a warning)."""

@@ -17,8 +17,9 @@ Python, one call::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +38,10 @@ from difflab.models.imagen_inputs import noise_augment
 from difflab.models.text_cache import encode_prompts
 from difflab.pipelines.diffusion import DiffusionPipeline, batch_seed
 from difflab.pipelines.loading import load_pipeline
-from difflab.samplers import Guidance
+from difflab.samplers import Guidance, StepInfo
+
+StageCallback = Callable[[int, StepInfo], None]
+"""Called after each sampler step of a cascade with ``(stage index, StepInfo)``."""
 
 SHIPPED_CASCADE: tuple[str, ...] = ("imagen_digits_base16", "imagen_digits_sr32")
 """The shipped colour-digits cascade: 16x16 base, 16 -> 32 super-resolution."""
@@ -50,6 +54,11 @@ class StageSettings:
     Attributes:
         steps: sampler steps S.
         sampler: a registered sampler name (``ddim``, ``ddpm``, ...).
+        spacing: the timestep sub-sequence (``timestep_sequence``); None = the stage's own:
+            ``trailing`` for a v- or x0-predicting stage (its first step is at t = T - 1, where
+            x_T ~ N(0, I) is what training saw; ``uniform`` would start at t = 950 of 1000, where
+            the cosine schedule keeps 7.6 % of the image that pure noise lacks), ``uniform`` for
+            an eps-predicting one (its x0 estimate divides by sqrt(alpha_bar), ~0 at T - 1).
         guidance_scale: classifier-free weight w (1 = the conditional model; None = no CFG).
         threshold: ``"dynamic"`` (Imagen), ``"static"`` (clip to [-1, 1]) or None.
         noise_level: a in [0, 1], the augmentation applied to the low-resolution input of a
@@ -59,6 +68,7 @@ class StageSettings:
 
     steps: int = 50
     sampler: str = "ddim"
+    spacing: str | None = None
     guidance_scale: float | None = 5.0
     threshold: str | None = "dynamic"
     noise_level: float = 0.0
@@ -87,6 +97,11 @@ class CascadeStage:
     @property
     def channels(self) -> int:
         return self.pipeline.image_shape[0]
+
+    @property
+    def default_spacing(self) -> str:
+        """``trailing`` for a v- or x0-predicting stage, ``uniform`` for eps (see StageSettings)."""
+        return "uniform" if self.pipeline.net.prediction == "eps" else "trailing"
 
 
 def check_chain(stages: Sequence[CascadeStage]) -> None:
@@ -134,6 +149,11 @@ class CascadePipeline:
                     f"{path} is not an Imagen stage (no 'imagen' entry); train one with "
                     "`difflab train-imagen configs/imagen_base16.yaml`."
                 )
+            if imagen.get("text_encoder_sha256") is None:
+                raise DifflabError(
+                    f"{path} reads its own learned caption encoder, not the frozen one a cascade "
+                    "shares; sample it alone with load_pipeline(path) and its caption_conditioning."
+                )
             encoders.add((imagen["text_encoder_sha256"], int(imagen["text_encoder_max_length"])))
             stage = CascadeStage(
                 load_pipeline(path, device), imagen["stage"], int(imagen["low_res_size"]),
@@ -169,11 +189,13 @@ class CascadePipeline:
         *,
         seed: int = 0,
         return_stages: bool = False,
+        callback: StageCallback | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Images (B, C, H, W) in [-1, 1] of the last stage for ``prompts`` (one per image).
 
         ``settings`` is one :class:`StageSettings` for every stage or one per stage. With
-        ``return_stages`` the output of every stage is returned, base first.
+        ``return_stages`` the output of every stage is returned, base first. ``callback`` is
+        called after every sampler step of every stage with ``(stage index, StepInfo)``.
         """
         per_stage = (
             [settings] * len(self.stages) if isinstance(settings, StageSettings) else list(settings)
@@ -190,9 +212,11 @@ class CascadePipeline:
                 cond = self.low_res_conditioning(
                     text, outputs[-1], options.noise_level, batch_seed(seed, 1000 + index)
                 )
+            step_callback = None if callback is None else functools.partial(callback, index)
             images = stage.pipeline.generate(
                 len(prompts), cond, seed=batch_seed(seed, index), sampler=options.sampler,
-                steps=options.steps, eta=options.eta, guidance=options.guidance(),
+                steps=options.steps, spacing=options.spacing or stage.default_spacing, eta=options.eta,
+                guidance=options.guidance(), callback=step_callback,
             )  # fmt: skip
             outputs.append(images.clamp(-1, 1))
         return outputs if return_stages else outputs[-1]

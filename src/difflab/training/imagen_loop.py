@@ -32,18 +32,28 @@ import yaml
 from difflab.config import DiffusionConfig, config_to_dict, dataclass_from_dict
 from difflab.data.colour_digits import load_colour_digits
 from difflab.data.transforms import resize_images
-from difflab.diffusion import Conditioning, denoising_loss
+from difflab.diffusion import Conditioning, NoiseSchedule, denoising_loss
+from difflab.diffusion.loss import draw_noise
 from difflab.diffusion.schedule import schedule_from_config
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import save_checkpoint, with_prefix
 from difflab.models import build_model, model_config
 from difflab.models.frozen_text import FrozenTextEncoderConfig, load_frozen_text_encoder
 from difflab.models.imagen_inputs import noise_augment
+from difflab.models.text import (
+    CaptionEncoder,
+    TextEncoderConfig,
+    attach_caption_encoder,
+    build_caption_encoder,
+    caption_encoder_meta,
+)
 from difflab.models.text_cache import encode_prompts
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer
 
 STAGES: tuple[str, ...] = ("base", "super_resolution")
+MINILM_WIDTH = 384
+"""all-MiniLM-L6-v2's token width: a learned encoder's default, so the U-Net is the same."""
 WEIGHT_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -70,6 +80,10 @@ class ImagenTrainConfig:
     grad_clip: float = 1.0
     text_dropout: float = 0.1
     noise_aug_max: float = 0.5
+    high_noise_fraction: float = (
+        0.0  # share of each batch with t drawn from [high_noise_start T, T)
+    )
+    high_noise_start: float = 0.85
     seed: int = 0
     cpu_budget_s: float = 0.0  # process CPU seconds (core-seconds); 0 = no limit
     log_every: int = 100
@@ -79,13 +93,20 @@ class ImagenTrainConfig:
 
 @dataclass
 class ImagenStageConfig:
-    """One YAML file of ``configs/imagen_*.yaml``."""
+    """One YAML file of ``configs/imagen_*.yaml``.
+
+    ``learned_text_encoder`` (empty: the frozen encoder of ``text_encoder``) replaces the frozen
+    encoder by a caption encoder learned from scratch with the U-Net (:mod:`difflab.models.text`;
+    ``{depth: 0}`` is the bag-of-words baseline: word and position embeddings, no transformer),
+    its ``dim`` MiniLM's width by default so that the U-Net is the same.
+    """
 
     stage: str = "base"
     low_res_size: int = 0
     data: ImagenDataConfig = field(default_factory=ImagenDataConfig)
     text_encoder: FrozenTextEncoderConfig = field(default_factory=FrozenTextEncoderConfig)
     model: dict[str, Any] = field(default_factory=dict)
+    learned_text_encoder: dict[str, Any] = field(default_factory=dict)
     diffusion: DiffusionConfig = field(default_factory=lambda: DiffusionConfig(schedule="cosine"))
     train: ImagenTrainConfig = field(default_factory=ImagenTrainConfig)
 
@@ -142,21 +163,63 @@ def stage_network(config: ImagenStageConfig, context_dim: int) -> tuple[str, Any
     return model_config(preset, **values)
 
 
+def draw_stage_noise(
+    schedule: NoiseSchedule,
+    shape: torch.Size,
+    generator: torch.Generator,
+    train: ImagenTrainConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t (B,), eps (B, C, H, W))``: t ~ U{0..T-1}, except a ``high_noise_fraction`` share of
+    the batch drawn from U{high_noise_start T..T-1}, the levels where x_t no longer shows the
+    image's colours and only the text can tell them."""
+    t, eps = draw_noise(schedule, tuple(shape), generator)
+    if train.high_noise_fraction > 0:
+        T = schedule.num_timesteps
+        high = torch.randint(int(train.high_noise_start * T), T, t.shape, generator=generator)
+        pick = torch.rand(t.shape, generator=generator) < train.high_noise_fraction
+        t = torch.where(pick, high, t)
+    return t, eps
+
+
 def train_imagen_stage(config: ImagenStageConfig, *, progress: bool = True) -> Path:
     """Train one stage as ``config`` says; returns the written checkpoint's path."""
     t = config.train
     torch.manual_seed(t.seed)
     d = config.data
     data = load_colour_digits("train", d.size, d.count, d.seed, d.data_dir or None)
-    encoder = load_frozen_text_encoder(config.text_encoder)
     prompts = sorted(set(data.captions))
     row_of = {p: i for i, p in enumerate(prompts)}
     caption_rows = torch.tensor([row_of[c] for c in data.captions])  # (N,)
-    tokens, mask = encode_prompts(encoder, prompts)  # (U, L, D), (U, L)
-    length = int(mask.sum(1).max())
-    tokens, mask = tokens[:, :length].half(), mask[:, :length]  # padding past the longest dropped
-    arch, net_config = stage_network(config, encoder.dim)
+    learned: CaptionEncoder | None = None
+    if config.learned_text_encoder:
+        values = {"dim": MINILM_WIDTH, **config.learned_text_encoder}
+        learned = build_caption_encoder(
+            TextEncoderConfig.from_dict(values, "learned_text_encoder"), prompts
+        )
+        ids, mask = learned.tokenizer.encode(prompts)  # (U, L), (U, L)
+        context_dim, encoder_meta = (
+            learned.config.dim,
+            {
+                "text_encoder_sha256": None,  # no frozen encoder: the stage carries its own
+                "text_encoder_max_length": learned.config.max_length,
+            },
+        )
+    else:
+        encoder = load_frozen_text_encoder(config.text_encoder)
+        tokens, mask = encode_prompts(encoder, prompts)  # (U, L, D), (U, L)
+        length = int(mask.sum(1).max())
+        tokens, mask = tokens[:, :length].half(), mask[:, :length]  # padding past the longest
+        context_dim, encoder_meta = (
+            encoder.dim,
+            {
+                "text_encoder_sha256": encoder.sha256,
+                "text_encoder_max_length": encoder.max_length,
+            },
+        )
+    arch, net_config = stage_network(config, context_dim)
     net = build_model(arch, net_config)
+    if learned is not None:
+        attach_caption_encoder(net, learned)  # trained, averaged and saved with the U-Net
     schedule = schedule_from_config(config.diffusion)
     ema = EMA(net, t.ema_decay)
     optimizer = build_optimizer(net, t)  # type: ignore[arg-type]
@@ -168,7 +231,8 @@ def train_imagen_stage(config: ImagenStageConfig, *, progress: bool = True) -> P
         index = torch.randint(len(data.images), (t.batch_size,), generator=generator)
         x0 = data.images[index]  # (B, 3, S, S)
         rows = caption_rows[index]
-        cond = Conditioning(tokens=tokens[rows].float(), token_mask=mask[rows])
+        words = tokens[rows].float() if learned is None else learned(ids[rows], mask[rows])
+        cond = Conditioning(tokens=words, token_mask=mask[rows])  # (B, L, D), (B, L)
         cond = cond.drop(torch.rand(t.batch_size, generator=generator) < t.text_dropout)
         if config.stage == "super_resolution":
             level = torch.rand(t.batch_size, generator=generator) * t.noise_aug_max  # (B,)
@@ -177,7 +241,8 @@ def train_imagen_stage(config: ImagenStageConfig, *, progress: bool = True) -> P
             cond = dataclasses.replace(
                 cond, low_res=noise_augment(low, level, eps), noise_level=level
             )
-        loss = denoising_loss(net, schedule, x0, cond, generator=generator)
+        noise = draw_stage_noise(schedule, x0.shape, generator, t)
+        loss = denoising_loss(net, schedule, x0, cond, noise=noise)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
@@ -204,8 +269,7 @@ def train_imagen_stage(config: ImagenStageConfig, *, progress: bool = True) -> P
             "stage": config.stage,
             "low_res_size": config.low_res_size,
             "noise_aug_max": t.noise_aug_max,
-            "text_encoder_sha256": encoder.sha256,
-            "text_encoder_max_length": encoder.max_length,
+            **encoder_meta,
         },
         "training": {
             "steps": step,
@@ -217,4 +281,6 @@ def train_imagen_stage(config: ImagenStageConfig, *, progress: bool = True) -> P
         },
         "step": step,
     }
+    if learned is not None:
+        meta["text_encoder"] = caption_encoder_meta(learned)
     return save_checkpoint(t.out, with_prefix(weights, "ema"), meta)

@@ -19,6 +19,7 @@ from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint, shipped_names
 from difflab.models.controlnet import CONTROL_KIND, ControlledNetwork
 from difflab.pipelines import DiffusionPipeline, load_pipeline
+from difflab.pipelines.cascade import SHIPPED_CASCADE, CascadePipeline, StageSettings
 from difflab.samplers import SAMPLERS, Guidance, StepInfo
 from difflab.web.images import decode_data_url, hint_tensor
 from difflab.web.limits import ServeLimits
@@ -33,6 +34,9 @@ SKETCH_HINTS: tuple[str, ...] = ("canny", "sobel", "scribble")
 
 HINT_CHANNELS = 1
 """A control hint is one grey channel (edges, a sketch), in the pixel space of the images."""
+
+CASCADE_SEPARATOR = ","
+"""``--model base.safetensors,sr.safetensors`` serves the stages as one text-to-image cascade."""
 
 StepPreview = Callable[[int, int, torch.Tensor], None]
 """Called per sampler step with ``(step, total, x0)``, x0 (B, C, H, W) decoded images."""
@@ -65,6 +69,33 @@ class SamplingRun:
 
 
 @dataclass
+class CascadeRun:
+    """One checked text-to-image request for a cascade: every stage's steps in one progress bar."""
+
+    cascade: CascadePipeline
+    prompts: list[str]
+    settings: list[StageSettings]
+    seed: int
+    hint: None = None  # a cascade reads no control image
+
+    @property
+    def total_steps(self) -> int:
+        return sum(stage.steps for stage in self.settings)
+
+    def run(self, on_step: StepPreview) -> torch.Tensor:
+        """(n, C, H, W) images of the last stage in [-1, 1]; ``on_step`` sees each stage's x0."""
+        offsets = np.cumsum([0] + [stage.steps for stage in self.settings]).tolist()
+
+        def callback(stage: int, info: StepInfo) -> None:
+            on_step(offsets[stage] + info.index + 1, self.total_steps, info.x0.float())
+
+        images = self.cascade.generate(
+            self.prompts, self.settings, seed=self.seed, callback=callback
+        )
+        return images.float()  # type: ignore[union-attr]
+
+
+@dataclass
 class ServedModel:
     """A loaded pipeline under the name the web page shows."""
 
@@ -91,6 +122,11 @@ class ServedModel:
         droppable = set(description.conditioning_fields) - {"control"}
         return bool(droppable) and description.dropout_trained is not False
 
+    @property
+    def takes_prompt(self) -> bool:
+        """Whether the model reads a text prompt (a caption model's learned encoder)."""
+        return self.pipeline.text_encoder is not None
+
     def summary(self) -> dict[str, Any]:
         """What the page needs to set its controls (``GET /api/models``)."""
         description = self.pipeline.description
@@ -105,6 +141,8 @@ class ServedModel:
             "control_scale": self.has_controlnet,
             "hint": self.hint_kind if self.reads_control else None,
             "latent": self.pipeline.autoencoder is not None,
+            "prompt": self.takes_prompt,
+            "stages": 1,
             "source": self.source,
         }
 
@@ -112,16 +150,14 @@ class ServedModel:
         """Check ``request`` against this model and ``limits``; a :class:`RequestRefused` (4xx,
         one sentence) says what does not fit."""
         request.check_limits(limits)
-        if self.pipeline.text_encoder is not None:
-            raise RequestRefused(
-                422,
-                f"model {self.name} is conditioned on captions, which the web app does not take "
-                "yet; use difflab sample --caption.",
-            )
+        self._check_prompt(request)
         labels = self._labels(request)
         guidance = self._guidance(request)
         hint = self._hint(request, limits)
         fields: dict[str, torch.Tensor] = {}
+        if self.takes_prompt:
+            captions = [request.prompt_text] * request.n
+            fields.update(self.pipeline.caption_conditioning(captions).items())
         if labels is not None:
             fields["labels"] = labels
         if hint is not None:
@@ -157,7 +193,7 @@ class ServedModel:
         if request.label is None:
             return None
         if not classes:
-            raise RequestRefused(422, f"model {self.name} is unconditional; leave the label empty.")
+            raise RequestRefused(422, f"model {self.name} takes no label; leave the label empty.")
         if request.label >= classes:
             raise RequestRefused(
                 422,
@@ -167,18 +203,51 @@ class ServedModel:
 
     def _guidance(self, request: GenerateRequest) -> Guidance | None:
         if request.guidance_scale is None:
-            return None
+            return None if request.threshold is None else Guidance(threshold=request.threshold)
         if not self.takes_guidance:
             raise RequestRefused(
                 422,
                 f"model {self.name} was not trained for classifier-free guidance (it needs a "
                 "conditional model trained with label dropout); leave the guidance scale empty.",
             )
-        if request.label is None and "labels" in self.pipeline.description.conditioning_fields:
+        reads_labels = "labels" in self.pipeline.description.conditioning_fields
+        targets = [
+            what
+            for what, read in (("a label", reads_labels), ("a prompt", self.takes_prompt))
+            if read
+        ]
+        if targets and request.label is None and not request.prompt_text:
             raise RequestRefused(
-                422, "classifier-free guidance needs a label to guide towards; pick one."
+                422,
+                f"classifier-free guidance needs {' or '.join(targets)} to guide towards; give one.",
             )
-        return Guidance(guidance_scale=request.guidance_scale)
+        return Guidance(guidance_scale=request.guidance_scale, threshold=request.threshold)
+
+    def _check_prompt(self, request: GenerateRequest) -> None:
+        """A prompt only for a model that reads one, in words its caption encoder knows."""
+        prompt = request.prompt_text
+        if not prompt:
+            return
+        if not self.takes_prompt:
+            raise RequestRefused(
+                422,
+                f"model {self.name} does not read a prompt; leave the prompt empty or pick a "
+                "text-to-image model.",
+            )
+        tokenizer = self.pipeline.text_encoder.tokenizer  # type: ignore[union-attr]
+        unknown = tokenizer.unknown_words([prompt])
+        if unknown:
+            raise RequestRefused(
+                422,
+                f"model {self.name} does not know the word(s) {', '.join(unknown[:5])}; use the "
+                "words of its training captions.",
+            )
+        if tokenizer.truncated([prompt]):
+            raise RequestRefused(
+                422,
+                f"the prompt is longer than the {tokenizer.max_length} words model {self.name} "
+                "reads; shorten it.",
+            )
 
     def _hint(self, request: GenerateRequest, limits: ServeLimits) -> torch.Tensor | None:
         if request.hint is None:
@@ -198,6 +267,62 @@ class ServedModel:
         image = decode_data_url(request.hint, limits, "hint")
         _, height, width = self.pipeline.image_shape
         return hint_tensor(image, (HINT_CHANNELS, height, width))  # (1, 1, H, W)
+
+
+@dataclass
+class ServedCascade(ServedModel):
+    """An Imagen cascade (or its base stage alone) under one name: prompts through the frozen
+    text encoder, every stage sampled with the request's sampler, steps, guidance and
+    thresholding, the super-resolution stages' inputs augmented at ``noise_level``."""
+
+    cascade: CascadePipeline | None = None
+
+    @classmethod
+    def of(cls, name: str, cascade: CascadePipeline, source: str = "<python>") -> ServedCascade:
+        return cls(name, cascade.stages[-1].pipeline, source, cascade=cascade)
+
+    @property
+    def chain(self) -> CascadePipeline:
+        assert self.cascade is not None, "a ServedCascade is built with ServedCascade.of"
+        return self.cascade
+
+    @property
+    def takes_prompt(self) -> bool:
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        return super().summary() | {
+            "arch": f"imagen cascade, {len(self.chain.stages)} stage(s)",
+            "conditioning": ["tokens", "token_mask"],
+            "stages": len(self.chain.stages),
+            "prompt_limit": self.chain.encoder.max_length,
+        }
+
+    def prepare(self, request: GenerateRequest, limits: ServeLimits) -> CascadeRun:  # type: ignore[override]
+        """Check ``request`` (its prompt against the encoder's length) and make the run."""
+        request.check_limits(limits)
+        self._labels(request)  # a label is refused with one sentence
+        self._hint(request, limits)  # and so is a sketch
+        guidance = self._guidance(request)
+        encoder = self.chain.encoder
+        pieces = encoder.piece_count(request.prompt_text)
+        if pieces > encoder.max_length:
+            raise RequestRefused(
+                422,
+                f"the prompt has {pieces} word pieces but model {self.name}'s text encoder reads "
+                f"at most {encoder.max_length}; shorten it.",
+            )
+        stage = StageSettings(
+            steps=request.steps,
+            sampler=request.sampler,
+            spacing=request.spacing,  # None: each stage's own (StageSettings.spacing)
+            guidance_scale=None if guidance is None else guidance.guidance_scale,
+            threshold=request.threshold,
+            noise_level=request.noise_level,
+            eta=request.eta,
+        )
+        settings = [stage] * len(self.chain.stages)
+        return CascadeRun(self.chain, [request.prompt_text] * request.n, settings, request.seed)
 
 
 class ModelCatalog:
@@ -225,12 +350,19 @@ class ModelCatalog:
     ) -> ModelCatalog:
         """Load checkpoints (paths or shipped names); by default every shipped diffusion model."""
         chosen = list(names_or_paths) if names_or_paths else default_model_names()
-        models = []
+        models: list[ServedModel] = []
         for given in chosen:
-            path = resolve_checkpoint(given)
-            hint_kind = str(load_checkpoint_meta(path).get("hint", DEFAULT_HINT))
-            pipeline = load_pipeline(path, device)
-            models.append(ServedModel(Path(given).stem, pipeline, str(path), hint_kind))
+            parts = [part for part in given.split(CASCADE_SEPARATOR) if part]
+            paths = [resolve_checkpoint(part) for part in parts]
+            meta = load_checkpoint_meta(paths[0])
+            if len(paths) > 1 or meta.get("imagen", {}).get("text_encoder_sha256"):
+                name = "+".join(Path(part).stem for part in parts)
+                cascade = CascadePipeline.load(paths, device)
+                models.append(ServedCascade.of(name, cascade, ",".join(map(str, paths))))
+                continue
+            hint_kind = str(meta.get("hint", DEFAULT_HINT))
+            pipeline = load_pipeline(paths[0], device)
+            models.append(ServedModel(Path(given).stem, pipeline, str(paths[0]), hint_kind))
         return cls(models)
 
     def names(self) -> list[str]:
@@ -250,10 +382,15 @@ class ModelCatalog:
 
 
 def default_model_names() -> list[str]:
-    """The shipped checkpoints a server offers when no ``--model`` is given."""
-    return [
+    """The shipped checkpoints a server offers when no ``--model`` is given: every diffusion and
+    ControlNet model, and the shipped Imagen cascade as one model (its stages not alone)."""
+    shipped = shipped_names()
+    names = [
         name
-        for name in shipped_names()
+        for name in shipped
         if (meta := load_checkpoint_meta(resolve_checkpoint(name))).get("kind") in SERVABLE_KINDS
-        and "imagen" not in meta  # Imagen's stages take prompts: `difflab generate`, not the page
+        and "imagen" not in meta
     ]
+    if set(SHIPPED_CASCADE) <= set(shipped):
+        names.append(CASCADE_SEPARATOR.join(SHIPPED_CASCADE))
+    return names

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from difflab.diffusion import SPACING_NAMES
-from difflab.samplers import SAMPLER_NAMES
+from difflab.samplers import SAMPLER_NAMES, THRESHOLDS
 from difflab.web.limits import ServeLimits
 
 MAX_SEED = 2**31 - 1
+MAX_PROMPT_CHARS = 500
 
 
 class RequestRefused(Exception):
@@ -28,6 +30,10 @@ class GenerateRequest(BaseModel):
 
     ``hint`` is a ``data:image/...;base64,`` URL of the sketch (white strokes on black), given
     only to a model that reads a control image; ``control_scale`` multiplies its effect.
+    ``prompt`` is the text of a text-to-image model (an Imagen cascade or stage, a caption model);
+    empty or absent is the null prompt (unconditional samples). ``threshold`` (``static`` or
+    ``dynamic``, Imagen's) bounds each step's predicted x0; ``noise_level`` is the augmentation a
+    cascade's super-resolution stages apply to their low-resolution input.
     """
 
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -43,6 +49,9 @@ class GenerateRequest(BaseModel):
     guidance_scale: float | None = Field(None, ge=0, allow_inf_nan=False)
     control_scale: float = Field(1.0, ge=0, allow_inf_nan=False)
     hint: str | None = None
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARS)
+    threshold: str | None = None
+    noise_level: float = Field(0.1, ge=0, le=1, allow_inf_nan=False)
 
     def check_limits(self, limits: ServeLimits) -> None:
         """A :class:`RequestRefused` (422) for n, steps or a sampler the server does not allow."""
@@ -62,6 +71,20 @@ class GenerateRequest(BaseModel):
             raise RequestRefused(
                 422, f"unknown spacing {self.spacing!r}; choose one of {', '.join(SPACING_NAMES)}."
             )
+        if self.threshold is not None and self.threshold not in THRESHOLDS:
+            raise RequestRefused(
+                422, f"unknown threshold {self.threshold!r}; choose one of {', '.join(THRESHOLDS)}."
+            )
+        if self.prompt is not None and any(unicodedata.category(c) == "Cc" for c in self.prompt):
+            raise RequestRefused(
+                422,
+                "the prompt holds control characters (a line break, a tab); type one line of text.",
+            )
+
+    @property
+    def prompt_text(self) -> str:
+        """The prompt with its outer spaces removed; "" is the null prompt."""
+        return (self.prompt or "").strip()
 
 
 class EdgesRequest(BaseModel):

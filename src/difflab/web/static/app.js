@@ -85,6 +85,12 @@ function showModel() {
   label.disabled = !model.num_classes;
   $("guidance").disabled = !model.guidance;
   if (!model.guidance) $("guidance").value = "";
+  $("prompt").disabled = !model.prompt;
+  $("prompt-note").textContent = model.prompt
+    ? `${model.name} draws what the prompt says; empty is the null prompt (unconditional).`
+    : `${model.name} does not read a prompt.`;
+  $("noise-level").disabled = model.stages < 2;
+  if (model.prompt && model.stages > 1 && $("threshold").value === "") $("threshold").value = "dynamic";
   $("use-sketch").disabled = !model.control;
   $("control-scale").disabled = !model.control_scale;
   if (!model.control) $("use-sketch").checked = false;
@@ -126,6 +132,9 @@ function requestBody() {
   if ($("spacing").value !== "") body.spacing = $("spacing").value;
   if ($("label").value !== "") body.label = Number($("label").value);
   if ($("guidance").value !== "") body.guidance_scale = Number($("guidance").value);
+  if ($("threshold").value !== "") body.threshold = $("threshold").value;
+  if (!$("prompt").disabled && $("prompt").value.trim() !== "") body.prompt = $("prompt").value;
+  if (!$("noise-level").disabled) body.noise_level = Number($("noise-level").value);
   if ($("use-sketch").checked) body.hint = canvas.toDataURL("image/png");
   return body;
 }
@@ -193,7 +202,8 @@ function addToGallery(job) {
   }
   const caption = document.createElement("p");
   const s = job.settings;
-  caption.textContent = `${s.model}, ${s.sampler} ${s.steps} steps, seed ${s.seed}` +
+  caption.textContent = (s.prompt ? `“${s.prompt}”, ` : "") +
+    `${s.model}, ${s.sampler} ${s.steps} steps, seed ${s.seed}` +
     (s.label !== null ? `, label ${s.label}` : "") +
     (s.guidance_scale !== null ? `, w ${s.guidance_scale}` : "") +
     (s.hint ? `, control ${s.control_scale}; dashed: the hint it received` : "");
