@@ -42,10 +42,11 @@ from difflab.data.colour_digits import (
     split_triples,
 )
 from difflab.data.transforms import resize_images
-from difflab.io.weights import weights_dir
+from difflab.io.checkpoint import load_checkpoint_meta
+from difflab.io.weights import resolve_checkpoint, weights_dir
 from difflab.metrics.features import build_feature_extractor, extract_features, load_feature_cnn
 from difflab.metrics.frechet import FeatureStats
-from difflab.pipelines import CascadePipeline, StageSettings
+from difflab.pipelines import CascadePipeline, StageSettings, load_pipeline
 from difflab.samplers import Guidance
 from difflab.samplers.thresholding import DynamicThreshold
 from difflab.training.imagen_loop import imagen_stage_config, train_imagen_stage
@@ -133,6 +134,18 @@ def tiny_stages(folder: Path) -> list[Path]:
     ]
 
 
+def tiny_learned_base(folder: Path) -> Path:
+    """--quick: a base stage with a learned bag-of-words caption encoder, 3 steps."""
+    model = dict(preset="unet-imagen-base", base_channels=8, channel_mult=[1, 2],
+                 attention_resolutions=[8], head_channels=8)  # fmt: skip
+    values = dict(
+        stage="base", data=dict(size=16, count=64), model=model,
+        learned_text_encoder={"depth": 0}, diffusion={"schedule": "cosine", "num_timesteps": 100},
+        train=dict(steps=3, batch_size=4, log_every=100, out=str(folder / "bow.safetensors")),
+    )  # fmt: skip
+    return train_imagen_stage(imagen_stage_config(values, "quick bag of words"), progress=False)
+
+
 def fd_to(reference: FeatureStats, images: torch.Tensor, vgg: Any) -> float:
     features = extract_features(vgg, images.clamp(-1, 1), batch_size=64)
     return reference.frechet_distance(
@@ -170,6 +183,7 @@ def guidance_sweep(
                 cond,
                 seed=0,
                 steps=args.steps,
+                spacing=base.default_spacing,
                 guidance=Guidance(guidance_scale=w, threshold=threshold),
             )
             seconds = time.perf_counter() - start
@@ -202,13 +216,81 @@ def compositional(
     result = {"w": w, "count": len(held)}
     for name, triples in (("held_out", held), ("seen", seen)):
         captions = [canonical_caption(*map(int, t)) for t in triples]
-        images = base.pipeline.generate(
-            len(captions), cascade.text_conditioning(captions), seed=5, steps=args.steps,
-            guidance=Guidance(guidance_scale=w, threshold="dynamic"),
+        result[name] = caption_alignment(
+            base.pipeline, cascade.text_conditioning(captions), triples, w, args, cnn,
+            base.default_spacing,
         )  # fmt: skip
-        result[name] = alignment(images, triples, cnn)
         print(f"{name}: {result[name]}")
     return result
+
+
+def caption_alignment(
+    pipeline: Any,
+    cond: Any,
+    triples: torch.Tensor,
+    w: float,
+    args: argparse.Namespace,
+    cnn: Any,
+    spacing: str,
+) -> dict[str, float]:
+    """Alignment of a base stage's images for one caption per triple (dynamic thresholding)."""
+    images = pipeline.generate(
+        len(triples), cond, seed=5, steps=args.steps, spacing=spacing,
+        guidance=Guidance(guidance_scale=w, threshold="dynamic"),
+    )  # fmt: skip
+    return alignment(images, triples, cnn)
+
+
+def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[str, Any]:
+    """The frozen MiniLM against a caption encoder learned from scratch (bag of words), two base
+    stages trained with the same settings and CPU budget: alignment on the held-out triples."""
+    frozen_path, learned_path = args.text_ablation
+    held = torch.tensor(sorted(HELD_OUT))[: args.n_held]  # (k, 3)
+    captions = [canonical_caption(*map(int, t)) for t in held]
+    frozen = CascadePipeline.load([frozen_path])
+    base, learned = frozen.stages[0], load_pipeline(learned_path)
+    spacing = base.default_spacing
+    rows = {
+        "frozen_minilm": caption_alignment(
+            base.pipeline, frozen.text_conditioning(captions), held, w, args, cnn, spacing
+        ),
+        "learned_bag_of_words": caption_alignment(
+            learned, learned.caption_conditioning(captions), held, w, args, cnn, spacing
+        ),
+    }
+    for name, row in rows.items():
+        print(f"text encoder {name}: {row}")
+    stages = {"frozen_minilm": frozen_path, "learned_bag_of_words": learned_path}
+    return {
+        "w": w,
+        "count": len(held),
+        "rows": rows,
+        "training": {k: load_checkpoint_meta(resolve_checkpoint(p)).get("training", {})
+                     for k, p in stages.items()},
+    }  # fmt: skip
+
+
+def augmentation_ablation(
+    cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any
+) -> dict[str, Any]:
+    """The same super-resolution stage trained with and without noise-conditioning augmentation
+    (same settings and CPU budget) after the cascade's base: FD at the SR stage's size against
+    the sampling-time level a (Imagen sec. 2.5)."""
+    base_path = cascade.stages[0].name
+    runs = {}
+    for label, sr_path in zip(("with_augmentation", "without_augmentation"), args.aug_ablation,
+                              strict=True):  # fmt: skip
+        pair = CascadePipeline.load([args.stages_list[0], sr_path])
+        runs[label] = {
+            "stage": sr_path,
+            "noise_aug_max": load_checkpoint_meta(resolve_checkpoint(sr_path))["imagen"][
+                "noise_aug_max"
+            ],
+            "training": pair.stages[1].training,
+            **noise_level_sweep(pair, args, w, vgg),
+        }
+        print(f"augmentation ablation {label}: {[r['fd_vgg16'] for r in runs[label]['rows']]}")
+    return {"base": base_path, "w": w, "runs": runs}
 
 
 def noise_level_sweep(
@@ -291,10 +373,12 @@ def peer_threshold_check() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- run and report
 
 
-PARTS: tuple[str, ...] = ("base", "cascade")
+PARTS: tuple[str, ...] = ("base", "cascade", "ablations")
 """``base``: guidance sweep, held-out triples and the thresholding check (base stage only);
-``cascade``: the SR noise-level sweep and the cost (every stage). A part not run is carried over
-from the JSON already in --out-dir, so the base part can run while the SR stage still trains."""
+``cascade``: the SR noise-level sweep and the cost (every stage); ``ablations``: train-time
+noise augmentation (``--aug-ablation WITH,WITHOUT``) and the text encoder (``--text-ablation
+FROZEN,LEARNED``), each run only when its stages are given. A part not run is carried over from
+the JSON already in --out-dir, so the base part can run while the SR stage still trains."""
 
 
 def best_scale(sweep: dict[str, Any]) -> float:
@@ -308,13 +392,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     report = bench.read_json(earlier) if set(args.parts) != set(PARTS) and earlier.is_file() else {}
     with tempfile.TemporaryDirectory() as tmp:
         stages = tiny_stages(Path(tmp)) if args.quick else list(bench.comma_list(args.stages))
-        if "cascade" not in args.parts:
+        if args.quick:  # the ablations' code paths on the tiny stages
+            args.aug_ablation = [str(stages[1])] * 2
+            args.text_ablation = [str(stages[0]), str(tiny_learned_base(Path(tmp)))]
+        args.stages_list = [str(stage) for stage in stages]
+        if "cascade" not in args.parts and "ablations" not in args.parts:
             stages = stages[:1]
         cascade = CascadePipeline.load(stages)
         vgg = build_feature_extractor("vgg16", image_size=args.vgg_size).eval()
         cnn, _ = load_feature_cnn(weights_dir() / "mnist_cnn.safetensors")
         report["machine"] = bench.machine_info(["diffusers"])
-        report["settings"] = {k: v for k, v in vars(args).items() if k != "out_dir"}
+        report["settings"] = {
+            k: v for k, v in vars(args).items() if k not in ("out_dir", "stages_list")
+        }
         stage_rows = [
             {"name": s.name, "size": s.image_size, "kind": s.kind, "training": s.training}
             for s in cascade.stages
@@ -329,6 +419,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             w = best_scale(report["sweep"])
             report["noise_level"] = noise_level_sweep(cascade, args, w, vgg)
             report["cost"] = cost(cascade, args)
+        if "ablations" in args.parts and args.aug_ablation:
+            report["aug_ablation"] = augmentation_ablation(
+                cascade, args, best_scale(report["sweep"]), vgg
+            )
+        if "ablations" in args.parts and args.text_ablation:
+            report["text_ablation"] = text_encoder_ablation(args, best_scale(report["sweep"]), cnn)
     report.setdefault("noise_level", {})
     report.setdefault("cost", {"batch": 0, "cascade_seconds_per_image": 0.0, "stages": []})
     report["goals"] = goals(report)
@@ -346,7 +442,19 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
     )
     dyn = [by[(w, "dynamic")]["joint"] for w in sorted({r["w"] for r in rows})]
     comp = report["compositional"]
-    return {
+    extra = {}
+    if report.get("aug_ablation"):
+        runs = report["aug_ablation"]["runs"]
+        best = {k: min(r["fd_vgg16"] for r in run["rows"]) for k, run in runs.items()}
+        extra["augmentation_lowers_best_fd"] = (
+            best["with_augmentation"] < best["without_augmentation"]
+        )
+    if report.get("text_ablation"):
+        rows = report["text_ablation"]["rows"]
+        extra["frozen_encoder_beats_bag_of_words_held_out"] = (
+            rows["frozen_minilm"]["joint"] > rows["learned_bag_of_words"]["joint"]
+        )
+    return extra | {
         "dynamic_fd_below_static_at_w_ge_5": dyn_beats_static,
         "alignment_rises_with_w": dyn[-1] > dyn[0] if len(dyn) > 1 else None,
         "joint_held_out_ge_80": comp["held_out"]["joint"] >= GOALS["joint_held_out"],
@@ -382,6 +490,7 @@ def render(report: dict[str, Any]) -> str:
         for s in report["cost"]["stages"]
     ]
     goal_rows = [[name, bench.passfail(value)] for name, value in report["goals"].items()]
+    ablations = ablation_sections(report)
     stage_rows = [
         [
             s["name"],
@@ -418,9 +527,47 @@ def render(report: dict[str, Any]) -> str:
         f"Dynamic thresholding against diffusers {report['peer_threshold']['diffusers']} "
         f"(DDPMScheduler thresholding): max |difference| {report['peer_threshold']['max_abs_difference']:.2e}; "
         f"speed on 64x3x32x32, diffusers time / difflab time: {report['peer_threshold']['speed_ratio']:.2f}x.",
+        *ablations,
         "## Goals",
         bench.markdown_table(["goal", "result"], goal_rows),
     )
+
+
+def ablation_sections(report: dict[str, Any]) -> list[str]:
+    """Markdown of the augmentation and text-encoder ablations (empty when not run)."""
+    parts: list[str] = []
+    aug = report.get("aug_ablation")
+    if aug:
+        runs = aug["runs"]
+        levels = [r["noise_level"] for r in next(iter(runs.values()))["rows"]]
+        rows = [
+            [label.replace("_", " "), f"{run['noise_aug_max']:g}",
+             run["training"].get("steps", "—"), run["training"].get("cpu_seconds", "—"),
+             *(f"{r['fd_vgg16']:.1f}" for r in run["rows"])]
+            for label, run in runs.items()
+        ]  # fmt: skip
+        parts += [
+            f"## Noise-conditioning augmentation at training (SR stage after {aug['base']}, "
+            f"w = {aug['w']:g}; FD-VGG16 at {next(iter(runs.values()))['size']} px)",
+            bench.markdown_table(
+                ["SR stage", "a_max (train)", "steps", "CPU s", *(f"a = {a:g}" for a in levels)],
+                rows,
+            ),
+        ]
+    text = report.get("text_ablation")
+    if text:
+        rows = [
+            [name.replace("_", " "), text["training"][name].get("steps", "—"),
+             text["training"][name].get("cpu_seconds", "—"), f"{row['digit']:.2f}",
+             f"{row['fg']:.2f}", f"{row['bg']:.2f}", f"{row['joint']:.2f}"]
+            for name, row in text["rows"].items()
+        ]  # fmt: skip
+        parts += [
+            f"## Text encoder (held-out triples, {text['count']} captions, w = {text['w']:g}, "
+            "dynamic)",
+            bench.markdown_table(["encoder", "steps", "CPU s", "digit", "fg", "bg", "joint"], rows),
+        ]
+    return parts
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -452,7 +599,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-levels", default="0,0.1,0.3,0.5")
     parser.add_argument("--vgg-size", type=int, default=64, help="VGG16 input side for FD")
     parser.add_argument("--cost-batch", type=int, default=8)
-    parser.add_argument("--parts", default=",".join(PARTS), help="base and/or cascade")
+    parser.add_argument("--parts", default=",".join(PARTS), help="base, cascade, ablations")
+    parser.add_argument("--aug-ablation", default="", metavar="WITH,WITHOUT",
+                        help="two SR stages trained with and without noise augmentation")  # fmt: skip
+    parser.add_argument("--text-ablation", default="", metavar="FROZEN,LEARNED",
+                        help="two base stages: frozen MiniLM, learned bag-of-words encoder")  # fmt: skip
     args = bench.parse(parser, argv)
     if args.quick:
         args.n, args.n_ref, args.n_held, args.steps, args.sr_steps = 4, 8, 4, 2, 2
@@ -460,6 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     args.scales = [float(w) for w in bench.comma_list(args.scales)]
     args.noise_levels = [float(a) for a in bench.comma_list(args.noise_levels)]
     args.parts = bench.comma_list(args.parts)
+    args.aug_ablation = list(bench.comma_list(args.aug_ablation))
+    args.text_ablation = list(bench.comma_list(args.text_ablation))
+    for name in ("aug_ablation", "text_ablation"):
+        if len(getattr(args, name)) not in (0, 2):
+            parser.error(f"--{name.replace('_', '-')} takes two checkpoints, comma-separated")
     if not args.parts or not set(args.parts) <= set(PARTS):
         parser.error(f"--parts takes {', '.join(PARTS)}")
     return bench.publish(args, "imagen", lambda: measure(args), render, figures)
