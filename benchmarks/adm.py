@@ -276,7 +276,7 @@ def bits_per_dim_score(checkpoint: str, n: int, seed: int) -> dict[str, Any]:
     bits = bits_per_dim(
         Denoiser(pipeline.net, pipeline.schedule), x0, torch.Generator().manual_seed(seed)
     )
-    return {"n": n, **mean_and_sem(bits.tolist())}
+    return {"n": n, **mean_and_sem(bits.tolist()), "values": bits.tolist()}
 
 
 def sigma_rows(settings: Settings, runs_dir: Path) -> dict[str, Any]:
@@ -409,7 +409,16 @@ def bpd_table(bits: list[dict[str, Any]]) -> str:
         [b["model"], bench.format_spread(b["score"]["mean"], b["score"]["sem"], 3), b["score"]["n"]]
         for b in bits
     ]
-    return bench.markdown_table(["model", "bits/dim (± s.e.m.)", "images"], rows)
+    table = bench.markdown_table(["model", "bits/dim (± s.e.m.)", "images"], rows)
+    values = [b["score"].get("values") for b in bits]
+    if len(values) != 2 or None in values:
+        return table
+    difference = mean_and_sem([a - b for a, b in zip(*values, strict=True)])
+    return (
+        f"{table}\n\nPaired difference ({bits[0]['model']} − {bits[1]['model']}; the same images "
+        f"and the same noise draws): {bench.format_spread(difference['mean'], difference['sem'], 3)}"
+        " bits/dim."
+    )
 
 
 def budget_line(s: dict[str, Any], recipe: dict[str, Any]) -> str:
