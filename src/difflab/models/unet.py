@@ -306,7 +306,7 @@ class UNet(nn.Module):
         self.mid_block1 = residual_block(c, ch, ch, emb_dim)
         self.mid_attention = attention_block(c, ch, c.context_dim, c.transformer_depth)
         self.mid_block2 = residual_block(c, ch, ch, emb_dim)
-        self.up_blocks = nn.ModuleList()  # items: ModuleList([ResBlock, attention, upsampler])
+        self.up_blocks = nn.ModuleList()  # items: [ResBlock, attention, upsampler or Identity]
         for level, mult in reversed(list(enumerate(c.channel_mult))):
             for i in range(c.num_res_blocks + 1):
                 out_ch = c.base_channels * mult
