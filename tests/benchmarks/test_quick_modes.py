@@ -169,6 +169,7 @@ def test_controlnet(tmp_path, at_repo_root):
 
 
 RENDERED = {
+    "adm": ("adm", ()),
     "attention_kernels": ("attention_kernels", ()),
     "controlnet": ("controlnet", ()),
     "ddim_tables": ("ddim_tables", ()),

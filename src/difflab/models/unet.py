@@ -168,6 +168,11 @@ def run_resampler(
 
 def attention_heads(c: EncoderSizes, channels: int) -> int:
     """Heads of an attention layer of ``channels`` width: ``channels / head_channels`` or ``num_heads``."""
+    if c.head_channels > channels:
+        raise DifflabError(
+            f"model.head_channels={c.head_channels} is wider than an attention site of {channels} "
+            "channels; use head_channels <= the narrowest attended width (or num_heads instead)."
+        )
     return channels // c.head_channels if c.head_channels > 0 else c.num_heads
 
 
