@@ -187,3 +187,28 @@ def test_a_learned_caption_encoder_stage(stages, tmp_path):
     assert pipe.generate(2, cond, steps=2).shape == (2, 3, 8, 8)
     with pytest.raises(DifflabError, match="learned caption encoder"):
         CascadePipeline.load([path])
+
+
+def test_the_shipped_base_reads_the_background_colour_from_the_text():
+    """The colours of an image are decided at high noise, where x_t shows nothing of them and only
+    the text can. From pure noise at t = T - 1 the shipped base's x0 must show the prompt's
+    background colour (nearest palette colour of its border) for at least 40 % of 48 test
+    captions, over three times chance (1 in 8); the shipped base reads 0.52. The first shipped
+    base (eps prediction, uniform timesteps) read 0.19 at t = T - 1 and at t = 950, where its
+    samples start: it had learned to ignore the text there, so its samples' colours were at
+    chance, and this test fails on it."""
+    from difflab.data.colour_digits import COLOUR_NAMES, COLOUR_RGB, load_colour_digits
+
+    cascade = CascadePipeline.load(["imagen_digits_base16"])
+    pipe = cascade.stages[0].pipeline
+    data = load_colour_digits("test", 16, 48, seed=1)
+    cond = cascade.text_conditioning(list(data.captions))
+    x_t = torch.randn(48, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    T = pipe.schedule.num_timesteps
+    with torch.no_grad():
+        x0 = pipe.denoiser()(x_t, torch.tensor([T - 1]), cond).x0.clamp(-1, 1)
+    rgb = (x0 + 1) / 2  # (48, 3, 16, 16)
+    border = torch.cat([rgb[..., 0, :], rgb[..., -1, :], rgb[..., 1:-1, 0], rgb[..., 1:-1, -1]], -1)
+    palette = torch.tensor([COLOUR_RGB[name] for name in COLOUR_NAMES])  # (8, 3)
+    read = torch.cdist(border.median(-1).values, palette).argmin(1)  # (48,)
+    assert (read == data.bg).float().mean() >= 0.4
