@@ -281,6 +281,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 row["recipe"] + (" **(winner)**" if row["recipe"] == report["winner"] else ""),
                 *[f"{fd:.2f}" for fd in fds],
                 *ratios,
+                f"{last['cpu_seconds'] / 60:.2f}",
                 f"{last['precision']:.2f} / {last['recall']:.2f}",
                 f"{last['step']} × {row['batch_size']}",
                 f"{last['loss']:.4f}",
@@ -291,6 +292,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         *[f"FD @ {m} CPU-min" for m in marks],
         "vs old",
         f"vs {REFERENCE}",
+        "CPU-min (last)",
         "P / R (last)",
         "updates × batch",
         "loss (last 20)",
@@ -315,6 +317,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     ]
     notes = [
         f"Winner (lowest FD at the full budget): **{report['winner']}**.",
+        "A recipe with a decaying learning rate stops at its horizon (`train.steps`: the "
+        "images the old recipe saw in the budget), which can come before the last CPU mark "
+        "(its CPU-min column): it is scored there, with less CPU time than the others.",
         f"Combined = {REFERENCE} with every change layered on it that beat it at the full budget: "
         + (", ".join(winners_over_reference({r["recipe"]: r for r in rows})) or "none")
         + ".",

@@ -179,6 +179,7 @@ RENDERED = {
     "guidance": ("guidance_table", ()),
     "imagen": ("imagen", ()),
     "lpips_speed": ("lpips_speed", ()),
+    "recipe": ("recipe", ()),
     "samplers": ("samplers", ()),
     "unet_vs_diffusers": ("unet_vs_diffusers", ()),
     "vqvae": ("vqvae_table", ()),
