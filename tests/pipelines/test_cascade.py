@@ -184,7 +184,6 @@ def test_a_learned_caption_encoder_stage(stages, tmp_path):
     assert table.shape == (pipe.text_encoder.vocab_size, 384)
     cond = pipe.caption_conditioning(["a crimson 7 on a navy background", ""])
     assert cond.token_mask[0].sum() == 7 and not cond.token_mask[1].any()
-    assert pipe.generate(2, cond, steps=2).shape == (2, 3, 8, 8)
     with pytest.raises(DifflabError, match="learned caption encoder"):
         CascadePipeline.load([path])
 
