@@ -271,7 +271,7 @@ def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[
 
 
 def augmentation_ablation(
-    cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any
+    cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any, cnn: Any
 ) -> dict[str, Any]:
     """The same super-resolution stage trained with and without noise-conditioning augmentation
     (same settings and CPU budget) after the cascade's base: FD at the SR stage's size against
@@ -287,19 +287,19 @@ def augmentation_ablation(
                 "noise_aug_max"
             ],
             "training": pair.stages[1].training,
-            **noise_level_sweep(pair, args, w, vgg),
+            **noise_level_sweep(pair, args, w, vgg, cnn),
         }
         print(f"augmentation ablation {label}: {[r['fd_vgg16'] for r in runs[label]['rows']]}")
     return {"base": base_path, "w": w, "runs": runs}
 
 
 def noise_level_sweep(
-    cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any
+    cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any, cnn: Any
 ) -> dict[str, Any]:
     if len(cascade.stages) < 2:
         return {}
     size = cascade.stages[-1].image_size
-    captions, _, _ = split_captions(args.n, size)
+    captions, triples, _ = split_captions(args.n, size)
     real = load_colour_digits("test", size, args.n_ref, seed=2).images
     reference = FeatureStats.from_features(
         extract_features(vgg, real, 64), vgg.space.id, keep_features=0
@@ -309,7 +309,8 @@ def noise_level_sweep(
     for level in args.noise_levels:
         sr = dataclasses.replace(base, steps=args.sr_steps, noise_level=level)
         images = cascade.generate(captions, [base] + [sr] * (len(cascade.stages) - 1), seed=0)
-        rows.append({"noise_level": level, "fd_vgg16": fd_to(reference, images, vgg)})
+        rows.append({"noise_level": level, "fd_vgg16": fd_to(reference, images, vgg),
+                     **alignment(images, triples, cnn)})  # fmt: skip
         print(f"a={level:g}: FD@{size} {rows[-1]['fd_vgg16']:.1f}")
     upsampled = resize_images(resize_images(real, cascade.stages[0].image_size), size)
     return {
@@ -417,11 +418,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             report["peer_threshold"] = peer_threshold_check()
         if "cascade" in args.parts:
             w = best_scale(report["sweep"])
-            report["noise_level"] = noise_level_sweep(cascade, args, w, vgg)
+            report["noise_level"] = noise_level_sweep(cascade, args, w, vgg, cnn)
             report["cost"] = cost(cascade, args)
         if "ablations" in args.parts and args.aug_ablation:
             report["aug_ablation"] = augmentation_ablation(
-                cascade, args, best_scale(report["sweep"]), vgg
+                cascade, args, best_scale(report["sweep"]), vgg, cnn
             )
         if "ablations" in args.parts and args.text_ablation:
             report["text_ablation"] = text_encoder_ablation(args, best_scale(report["sweep"]), cnn)
@@ -484,7 +485,11 @@ def render(report: dict[str, Any]) -> str:
         for name in ("seen", "held_out")
     ]
     noise = report["noise_level"]
-    noise_rows = [[f"{r['noise_level']:g}", f"{r['fd_vgg16']:.1f}"] for r in noise.get("rows", [])]
+    noise_rows = [
+        [f"{r['noise_level']:g}", f"{r['fd_vgg16']:.1f}",
+         *(f"{r[k]:.2f}" if k in r else "—" for k in ("digit", "colour", "joint"))]
+        for r in noise.get("rows", [])
+    ]  # fmt: skip
     cost_rows = [
         [s["stage"], s["size"], s["steps"], f"{s['images_per_s']:.2f}"]
         for s in report["cost"]["stages"]
@@ -514,10 +519,12 @@ def render(report: dict[str, Any]) -> str:
         ),
         f"## Compositional generalisation (w = {comp['w']:g}, dynamic; {comp['count']} triples each)",
         bench.markdown_table(["triples", "digit", "colour (fg and bg)", "joint"], comp_rows),
-        f"## Super-resolution augmentation level at sampling (FD-VGG16 at {noise.get('size', '—')} px)"
+        f"## Super-resolution augmentation level at sampling (FD-VGG16 and alignment of the final images at {noise.get('size', '—')} px)"
         if noise
         else "",
-        bench.markdown_table(["a", "FD-VGG16"], noise_rows) if noise_rows else "",
+        bench.markdown_table(["a", "FD-VGG16", "digit", "colour (fg and bg)", "joint"], noise_rows)
+        if noise_rows
+        else "",
         f"Real {report['stages'][0]['size']} px images upsampled bilinearly: FD-VGG16 "
         f"{noise['bilinear_upsampled_real_fd']:.1f}."
         if noise
