@@ -67,8 +67,11 @@ def test_paraphrases_are_closer_than_unrelated_sentences(encoder):
         assert sim[a, b] > sim[b, others].max() + 0.1
 
 
-def test_cache_is_reused_and_invalidated_by_the_encoder_hash(encoder, monkeypatch):
-    """Fails if a cached prompt is encoded again, or if another encoder hash reads the old files."""
+def test_cache_is_reused_and_invalidated_by_the_encoder_hash(encoder, monkeypatch, tmp_path):
+    """Fails if a cached prompt is encoded again, or if another encoder hash reads the old files.
+
+    An empty cache of its own: with the user's, a second run found the prompts cached already."""
+    monkeypatch.setenv("DIFFLAB_CACHE", str(tmp_path / "cache"))
     calls = []
     forward = encoder.forward
     monkeypatch.setattr(
