@@ -426,7 +426,7 @@ def budget_line(s: dict[str, Any], recipe: dict[str, Any]) -> str:
         f"U-Nets of width {s['width']} (`{BASE_PRESET}` sizes otherwise), {s['steps']} steps of "
         f"{s['batch_size']} images ({s['steps'] * s['batch_size']:,} images per model; "
         f"configs/mnist.yaml's lr {recipe['lr']}, warm-up {s['steps'] // 10} steps, EMA "
-        f"{recipe['ema_decay']} with warm-up), one torch thread"
+        f"{recipe['ema_decay']} with warm-up), trained on one torch thread"
     )
 
 
@@ -468,7 +468,7 @@ def render(report: dict[str, Any]) -> str:
     title = "# Diffusion Models Beat GANs, the rest: architecture ablation and learned Σ"
     summary = (
         f"{len(report['budgets'])} training budget(s), {report['cpu_seconds'] / 60:.1f} "
-        "CPU-minutes in all (trainings and scores, one thread)."
+        "CPU-minutes in all (trainings and scores; process CPU time, summed over its threads)."
     )
     parts = [title + (" (quick: numbers mean nothing)" if quick else ""), summary]
     for budget in report["budgets"]:
