@@ -99,3 +99,25 @@ def test_fuzzed_configs_load_or_fail_with_a_clear_error(tmp_path_factory, docume
     except DifflabError as error:
         message = str(error)
         assert message.endswith(".") and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("high_noise_fraction", "1.5"), ("high_noise_start", "1.0"), ("high_noise_fraction", ".nan")],
+)
+def test_imagen_high_noise_settings_are_bounded(tmp_path, key, value):
+    """Fails if a fraction outside [0, 1] or a start at T reaches torch.randint (a raw error) or
+    silently trains every sample at high noise, or if a NaN is reported as -inf."""
+    import re
+    from pathlib import Path
+
+    from difflab.training.imagen_loop import load_imagen_stage_config
+
+    source = Path(__file__).parents[1] / "configs" / "imagen_base16.yaml"
+    text, count = re.subn(rf"(?m)^  {key}: .*$", f"  {key}: {value}", source.read_text("utf-8"))
+    assert count == 1
+    path = tmp_path / "stage.yaml"
+    path.write_text(text, encoding="utf-8")
+    message = "must be a finite number, got nan" if value == ".nan" else "must lie in"
+    with pytest.raises(DifflabError, match=f"high_noise_fraction {message}"):
+        load_imagen_stage_config(path)

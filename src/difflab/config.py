@@ -217,7 +217,10 @@ def check_value(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value) if abs(value) < 1e308 else math.copysign(math.inf, value)
+            # an integer beyond float's range (float() would raise) stands for an infinity; NaN
+            # keeps its name (copysign(inf, nan) would report it as -inf)
+            huge = isinstance(value, int) and abs(value) >= 1e308
+            number = math.copysign(math.inf, value) if huge else float(value)
         elif isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
             with contextlib.suppress(ValueError):
                 number = float(value)

@@ -122,6 +122,12 @@ class ImagenStageConfig:
         t = self.train
         if not 0 <= t.text_dropout < 1 or not 0 <= t.noise_aug_max <= 1:
             raise DifflabError("train.text_dropout must lie in [0, 1) and noise_aug_max in [0, 1].")
+        if not 0 <= t.high_noise_fraction <= 1 or not 0 <= t.high_noise_start < 1:
+            raise DifflabError(
+                f"train.high_noise_fraction must lie in [0, 1] and high_noise_start in [0, 1) (got "
+                f"{t.high_noise_fraction}, {t.high_noise_start}): a share of the batch, drawn from "
+                "that fraction of the schedule upwards."
+            )
         if t.weights_dtype not in WEIGHT_DTYPES:
             raise DifflabError(f"train.weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}.")
 
