@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe
+.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe bench-time-to-quality
 
 install: $(STAMP)
 
@@ -75,7 +75,8 @@ bench: bench-unet
 # JSON of an earlier run, measuring nothing). bench-quick runs all quick modes into
 # outputs/bench-quick (a few minutes on 2 cores; tests/benchmarks runs them too).
 BENCH_SCRIPTS := attention_kernels fd_floor ddim_tables ddim_inversion guidance_table controlnet \
-	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table samplers imagen adm recipe
+	unet_vs_diffusers dit_scaling vqvae_table lpips_speed ldm_table samplers imagen adm recipe \
+	time_to_quality
 bench-quick: install
 	for s in $(BENCH_SCRIPTS); do $(PY) benchmarks/$$s.py --quick --out-dir outputs/bench-quick || exit 1; done
 	$(PY) benchmarks/gpu_throughput.py --device cpu --quick --out outputs/bench-quick/gpu_throughput_quick.json
@@ -118,6 +119,16 @@ bench-samplers: install
 # one thread, FD-MNIST (n = 100, DPM-Solver++ 20) at 1.5 and 3 CPU-minutes: about 35 CPU-minutes.
 bench-recipe: install
 	$(PY) benchmarks/recipe.py --threads 1 --cpu-minutes 1.5,3 --n 100
+
+# Time to quality: unet-mnist with the new recipe (configs/mnist_fast.yaml, its learning rate
+# decaying over the 1900 updates that fit an hour) and the old one (configs/mnist.yaml), each on
+# one thread for 60 CPU-minutes, EMA weights saved at the marks, then FD-MNIST at n = 1000 with
+# DPM-Solver++ 20 of every checkpoint and of the shipped mnist_ddim (about 6 CPU-minutes each):
+# about 3 CPU-hours. The two trainings can run at once (one per core); scoring follows.
+bench-time-to-quality: install
+	$(PY) benchmarks/time_to_quality.py --threads 1 --recipes new --cpu-minutes 10,20,30,45,60 --phase train
+	$(PY) benchmarks/time_to_quality.py --threads 1 --recipes old --cpu-minutes 30,60 --phase train
+	$(PY) benchmarks/time_to_quality.py --threads 1 --recipes new,old --phase score
 
 # DDIM inversion with eps at the source or the destination timestep, on the shipped model
 # (50 test digits, S = 10 ... 200: about 25 min on one thread).
