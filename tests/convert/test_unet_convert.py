@@ -101,7 +101,19 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", list(EXPORTABLE))
 def test_export_forward_matches_diffusers(tmp_path: Path, name: str) -> None:
-    config, diffusion = EXPORTABLE[name]
+    assert_export_matches_diffusers(tmp_path, *EXPORTABLE[name])
+
+
+def test_equal_per_level_block_counts_export_as_one_layers_per_block(tmp_path: Path) -> None:
+    """num_res_blocks=(2, 2) is the network of num_res_blocks=2; fails if the tuple reached
+    diffusers' config (UNet2DModel's layers_per_block is one int) or the blocks were misnamed."""
+    assert_export_matches_diffusers(tmp_path, dataclasses.replace(TINY, num_res_blocks=(2, 2)))
+    written = json.loads((tmp_path / "out" / "unet" / "config.json").read_text())
+    assert written["layers_per_block"] == 2
+
+
+def assert_export_matches_diffusers(tmp_path: Path, config: UNetConfig, diffusion=LINEAR) -> None:
+    """Export a random net of ``config``; diffusers' UNet2DModel computes the same outputs."""
     net = random_unet(config)
     export_unet_to_diffusers(
         write_checkpoint(tmp_path / "m.safetensors", net, diffusion), tmp_path / "out"
@@ -361,6 +373,8 @@ def test_round_trip_difflab_diffusers_difflab_is_exact(tmp_path: Path, name: str
         (dict(image_size=10, channel_mult=(1, 1, 1), attention_resolutions=()), "divisible by 4"),
         (dict(base_channels=8), "GroupNorms"),
         (dict(channel_mult=(1, 2), attention_resolutions=(8, 4), num_heads=2), "head width"),
+        (dict(num_res_blocks=(1, 2)), "one layers_per_block for all levels"),
+        (dict(resample_first=True), "option resample_first=True has no diffusers"),
     ],
 )
 def test_export_refuses_what_diffusers_lacks(tmp_path: Path, overrides: dict, phrase: str) -> None:

@@ -7,7 +7,7 @@ difflab (``UNetConfig``)                diffusers (``UNet2DModel`` config)
 ======================================  ============================================================
 ``image_size``, ``in/out_channels``     ``sample_size``, ``in_channels``, ``out_channels``
 ``base_channels * channel_mult[i]``     ``block_out_channels[i]``
-``num_res_blocks``                      ``layers_per_block`` (up levels: one more block in both)
+``num_res_blocks`` (one count for all)   ``layers_per_block`` (up levels: one more block in both)
 ``attention_resolutions``               ``AttnDownBlock2D`` / ``AttnUpBlock2D`` at those sizes, else
                                         ``DownBlock2D`` / ``UpBlock2D``
 ``head_channels`` > 0                   ``attention_head_dim = head_channels``
@@ -29,7 +29,9 @@ GroupNorm group count of the network (``attn_norm_num_groups`` is written out be
 drops the middle attention's GroupNorm under "scale_shift" otherwise), ``mid_block_scale_factor =
 1``, ``center_input_sample = False``, ``class_embed_type = None``.
 
-Refused on export, each with one sentence naming the feature diffusers lacks: an image side not
+Refused on export, each with one sentence naming the feature diffusers lacks: per-level residual
+block counts that differ (``UNet2DModel.layers_per_block`` is one int; equal counts export as
+it); Imagen's ``resample_first`` order (diffusers' blocks resample after their ResNets); an image side not
 divisible by ``2^(levels - 1)`` (diffusers upsamples by exactly 2, difflab to the skip's size);
 GroupNorms of different group counts (difflab caps groups at a layer's width, e.g. 8 groups for
 8 channels, diffusers uses one count: use ``base_channels`` a multiple of 32); ``num_heads`` > 1
@@ -101,7 +103,7 @@ from difflab.io.checkpoint import (
     with_prefix,
 )
 from difflab.models.registry import config_from_dict
-from difflab.models.unet import UNet, UNetConfig
+from difflab.models.unet import UNet, UNetConfig, blocks_per_level
 
 UNET_DEFAULTS: dict[str, Any] = {
     "sample_size": None,
@@ -226,10 +228,10 @@ def parameter_names(c: UNetConfig) -> tuple[dict[str, str], dict[str, str]]:
         ):
             layers[f"{ours}.{a}"] = f"{theirs}.{b}"
 
-    sizes, levels = level_sizes(c), len(c.channel_mult)
+    sizes, levels, counts = level_sizes(c), len(c.channel_mult), blocks_per_level(c)
     item = 0  # difflab's down_blocks is one flat list: (ResBlock, attention) items and Downsamples
     for level in range(levels):
-        for j in range(c.num_res_blocks):
+        for j in range(counts[level]):
             resblock(f"down_blocks.{item}.0", f"down_blocks.{level}.resnets.{j}")
             if sizes[level] in c.attention_resolutions:
                 attentions[f"down_blocks.{item}.1"] = f"down_blocks.{level}.attentions.{j}"
@@ -242,11 +244,11 @@ def parameter_names(c: UNetConfig) -> tuple[dict[str, str], dict[str, str]]:
     resblock("mid_block2", "mid_block.resnets.1")
     item = 0  # up_blocks: (ResBlock, attention, Upsample) items, deepest level first
     for i, level in enumerate(reversed(range(levels))):
-        for j in range(c.num_res_blocks + 1):
+        for j in range(counts[level] + 1):
             resblock(f"up_blocks.{item}.0", f"up_blocks.{i}.resnets.{j}")
             if sizes[level] in c.attention_resolutions:
                 attentions[f"up_blocks.{item}.1"] = f"up_blocks.{i}.attentions.{j}"
-            if level > 0 and j == c.num_res_blocks:
+            if level > 0 and j == counts[level]:
                 layers[f"up_blocks.{item}.2.conv"] = f"up_blocks.{i}.upsamplers.0.conv"
             item += 1
     for ours, theirs in attentions.items():
@@ -345,6 +347,13 @@ def diffusers_unet_config(c: UNetConfig) -> dict[str, Any]:
                 f"the U-Net option {f.name}={getattr(c, f.name)!r} has no diffusers UNet2DModel "
                 "counterpart, so this model cannot be exported."
             )
+    counts = set(blocks_per_level(c))
+    if len(counts) > 1:
+        raise DifflabError(
+            f"this U-Net has per-level residual block counts num_res_blocks={c.num_res_blocks!r} "
+            "but diffusers' UNet2DModel has one layers_per_block for all levels, so it cannot be "
+            "exported: use one count."
+        )
     levels = len(c.channel_mult)
     if c.image_size % 2 ** (levels - 1):
         raise DifflabError(
@@ -391,7 +400,7 @@ def diffusers_unet_config(c: UNetConfig) -> dict[str, Any]:
         "mid_block_type": "UNetMidBlock2D",
         "up_block_types": ["AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
         "block_out_channels": widths,
-        "layers_per_block": c.num_res_blocks,
+        "layers_per_block": counts.pop(),
         "mid_block_scale_factor": 1,
         "downsample_padding": 1,
         "downsample_type": "conv",

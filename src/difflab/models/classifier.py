@@ -47,7 +47,7 @@ class NoisyClassifierConfig:
         in_channels: image channels.
         base_channels: width of the first level; level i has ``base_channels * channel_mult[i]``.
         channel_mult: one multiplier per resolution level (len - 1 downsamplings).
-        num_res_blocks: residual blocks per level.
+        num_res_blocks: residual blocks per level: one count, or one per ``channel_mult`` entry.
         attention_resolutions: feature-map sizes (pixels) with self-attention.
         num_heads / head_channels: attention heads (head_channels > 0: heads = width / head_channels),
             also for the attention pool.
@@ -55,6 +55,8 @@ class NoisyClassifierConfig:
         scale_shift_norm: condition the residual blocks on t by scale-shift norm (ADM's AdaGN).
         resblock_updown / rescale_residual: BigGAN-style resampling residual blocks and residual
             outputs times 1/sqrt(2), as for the U-Net (both off: the classifiers shipped before).
+        resample_first: Imagen's Efficient U-Net order, as for the U-Net: every level downsamples
+            before its blocks (the first too, so the pool sits at image_size / 2^levels).
         num_classes: number of logits K.
     """
 
@@ -62,7 +64,7 @@ class NoisyClassifierConfig:
     in_channels: int = 1
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
+    num_res_blocks: int | tuple[int, ...] = 1
     attention_resolutions: tuple[int, ...] = (7,)
     num_heads: int = 1
     head_channels: int = 0
@@ -70,6 +72,7 @@ class NoisyClassifierConfig:
     scale_shift_norm: bool = True
     resblock_updown: bool = False
     rescale_residual: bool = False
+    resample_first: bool = False
     num_classes: int = 10
 
 
@@ -160,7 +163,9 @@ class NoisyClassifier(nn.Module):
             )
         t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])  # (B,)
         emb = self.time_embed(t)  # (B, E)
-        h, _ = run_encoder(self.conv_in, self.down_blocks, x_t, emb)  # (B, C', s, s)
+        h, _ = run_encoder(
+            self.conv_in, self.down_blocks, x_t, emb, resample_first=c.resample_first
+        )  # (B, C', s, s)
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)
         return self.pool(F.silu(self.norm_out(h)))  # (B, num_classes)
 

@@ -15,6 +15,30 @@ width per attention head: 64 in the paper), several ``attention_resolutions`` (3
 With ``context_dim > 0`` the attention at those resolutions (and in the middle) becomes Latent
 Diffusion's transformer block (Rombach et al. 2022, sec. 3.3): self-attention, cross-attention to
 the token sequence ``cond.tokens`` (B, L, context_dim) under ``cond.token_mask``, feed-forward.
+
+Imagen's Efficient U-Net (Saharia et al. 2022, appendix B.1, Figs. A.28-A.31) is two more options:
+
+* ``num_res_blocks`` per level, a tuple with one count n_i per ``channel_mult`` entry (the paper
+  moves parameters to low resolution: 2, 4, 8, 8 blocks from 128 to 16 pixels in its SR U-Net).
+  Level i has n_i blocks on the way down and n_i + 1 on the way up; an int means n_i = that int.
+* ``resample_first`` (the paper's reversed order): "in a typical U-Net's downsampling block, the
+  downsampling operation happens after the convolutions, and in an upsampling block, the
+  upsampling operation happens prior to the convolution; we reverse this order". Each level is
+  a DBlock (Fig. A.29) whose stride-2 convolution comes first and each up level a UBlock
+  (Fig. A.30) whose upsampling comes last, the first level included (Fig. A.31: every DBlock has
+  stride 2; only the first convolution and the output layer run at the image size S)::
+
+      standard  (L levels):  conv_in@S; level i: n_i x res@S/2^i, down (i < L-1); middle@S/2^(L-1)
+                             up level i: (n_i + 1) x res@S/2^i, up (i > 0); conv_out@S
+      resample_first:        conv_in@S; level i: down, n_i x res@S/2^(i+1);    middle@S/2^L
+                             up level i: (n_i + 1) x res@S/2^(i+1), up (all i); conv_out@S
+
+  So every residual block of level i runs at half the side (a quarter of the FLOPs) and
+  ``attention_resolutions`` name those smaller sides. Skip connections stay ADM's, one per
+  encoder activation (each level's downsampled input, then each block's output), popped by the
+  n_i + 1 up blocks of the same level at the same side; conv_in's output is not a skip (the
+  paper's skips join DBlocks to UBlocks only), where the standard layout keeps it. (The paper
+  concatenates one skip per level; here every up block reads one, as in ADM.)
 """
 
 from __future__ import annotations
@@ -55,7 +79,9 @@ class UNetConfig:
         in_channels / out_channels: image channels (out = in unless a model predicts more).
         base_channels: width of the first level; level i has ``base_channels * channel_mult[i]``.
         channel_mult: one multiplier per resolution level (len - 1 downsamplings).
-        num_res_blocks: residual blocks per level on the way down (one more on the way up).
+        num_res_blocks: residual blocks per level on the way down (one more on the way up): one
+            count for every level, or a tuple of one count >= 1 per ``channel_mult`` entry
+            (Imagen's Efficient U-Net: more blocks at low resolution).
         attention_resolutions: feature-map sizes (pixels) at which self-attention is applied
             (transformer blocks with cross-attention when ``context_dim > 0``).
         num_heads: attention heads (``head_channels`` > 0 overrides it: heads = width / head_channels).
@@ -83,6 +109,9 @@ class UNetConfig:
             saved before this field.
         rescale_residual: scale every residual block's output by 1/sqrt(2) (ADM's Table 1 ablation,
             which found it hurt); False = as before.
+        resample_first: Imagen's Efficient U-Net order (see the module docstring): every level
+            downsamples before its residual blocks and upsamples after them, so the blocks run
+            at half the side; False = the ADM order of every checkpoint saved before this field.
     """
 
     image_size: int = 28
@@ -90,7 +119,7 @@ class UNetConfig:
     out_channels: int = 1
     base_channels: int = 32
     channel_mult: tuple[int, ...] = (1, 2, 2)
-    num_res_blocks: int = 1
+    num_res_blocks: int | tuple[int, ...] = 1
     attention_resolutions: tuple[int, ...] = (7,)
     num_heads: int = 1
     head_channels: int = 0
@@ -106,6 +135,7 @@ class UNetConfig:
     learn_sigma: bool = False
     resblock_updown: bool = False
     rescale_residual: bool = False
+    resample_first: bool = False
 
 
 class EncoderSizes(Protocol):
@@ -115,7 +145,7 @@ class EncoderSizes(Protocol):
     in_channels: int
     base_channels: int
     channel_mult: tuple[int, ...]
-    num_res_blocks: int
+    num_res_blocks: int | tuple[int, ...]
     attention_resolutions: tuple[int, ...]
     num_heads: int
     head_channels: int
@@ -123,6 +153,20 @@ class EncoderSizes(Protocol):
     scale_shift_norm: bool
     resblock_updown: bool
     rescale_residual: bool
+    resample_first: bool
+
+
+def blocks_per_level(c: EncoderSizes) -> tuple[int, ...]:
+    """The residual blocks n_i of every level on the way down (n_i + 1 on the way up), checked."""
+    levels = len(c.channel_mult)
+    counts = c.num_res_blocks
+    counts = (counts,) * levels if isinstance(counts, int) else tuple(counts)
+    if len(counts) != levels or not all(isinstance(n, int) and n >= 1 for n in counts):
+        raise DifflabError(
+            f"model.num_res_blocks={c.num_res_blocks!r} must be a count >= 1 or a list of "
+            f"{levels} counts >= 1, one per channel_mult level {tuple(c.channel_mult)}."
+        )
+    return counts
 
 
 def residual_block(
@@ -210,25 +254,35 @@ class EncoderLayers(NamedTuple):
 
     conv_in: nn.Conv2d
     down_blocks: nn.ModuleList  # each item: ModuleList([ResBlock, attention]) or a downsampler
-    skip_channels: list[int]  # width of every activation the down path keeps (conv_in's first)
+    skip_channels: list[int]  # width of every activation the down path keeps (conv_in's first,
+    # except with resample_first)
     channels: int  # width at the bottom
     size: int  # side (pixels) at the bottom
+    level_sizes: list[int]  # side (pixels) at which each level's residual blocks run
 
 
 def build_encoder(
     c: EncoderSizes, emb_dim: int, context_dim: int = 0, transformer_depth: int = 1
 ) -> EncoderLayers:
-    """conv_in, then per level ``num_res_blocks`` x (ResBlock, attention) and a :func:`downsampler`.
+    """conv_in, then per level n_i x (ResBlock, attention) and a :func:`downsampler` (after the
+    blocks, the last level excepted; with ``resample_first`` before them, every level).
 
     ``context_dim > 0`` makes the attention sites transformer blocks of ``transformer_depth``
     blocks that cross-attend to tokens of that width.
     """
+    counts = blocks_per_level(c)
     conv_in = nn.Conv2d(c.in_channels, c.base_channels, 3, padding=1)
     down_blocks = nn.ModuleList()
-    skip_channels = [c.base_channels]
+    skip_channels = [] if c.resample_first else [c.base_channels]
     ch, size = c.base_channels, c.image_size
+    level_sizes = []
     for level, mult in enumerate(c.channel_mult):
-        for _ in range(c.num_res_blocks):
+        if c.resample_first:  # a DBlock: stride-2 first (the paper's Fig. A.29)
+            down_blocks.append(downsampler(c, ch, emb_dim))
+            skip_channels.append(ch)
+            size = (size + 1) // 2
+        level_sizes.append(size)
+        for _ in range(counts[level]):
             out_ch = c.base_channels * mult
             down_blocks.append(
                 nn.ModuleList(
@@ -240,11 +294,11 @@ def build_encoder(
             )
             ch = out_ch
             skip_channels.append(ch)
-        if level < len(c.channel_mult) - 1:
+        if not c.resample_first and level < len(c.channel_mult) - 1:
             down_blocks.append(downsampler(c, ch, emb_dim))
             skip_channels.append(ch)
             size = (size + 1) // 2
-    return EncoderLayers(conv_in, down_blocks, skip_channels, ch, size)
+    return EncoderLayers(conv_in, down_blocks, skip_channels, ch, size, level_sizes)
 
 
 def run_encoder(
@@ -254,13 +308,16 @@ def run_encoder(
     emb: torch.Tensor,
     tokens: torch.Tensor | None = None,
     token_mask: torch.Tensor | None = None,
+    *,
+    resample_first: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """x (B, C_in, H, W), emb (B, E) -> (bottom activation (B, C, h, w), every skip activation).
 
     tokens (B, L, D) and token_mask (B, L) feed the transformer blocks, if the encoder has any.
+    ``resample_first``: the encoder was built so (conv_in's output is then not a skip).
     """
     h = conv_in(x)  # (B, C0, H, W)
-    skips = [h]
+    skips = [] if resample_first else [h]
     for layer in down_blocks:
         if isinstance(layer, nn.ModuleList):
             res, attn = layer
@@ -305,6 +362,7 @@ class UNet(nn.Module):
         )
         input_sizes = replace(c, in_channels=c.in_channels + c.low_res_channels)  # SR: + low_res
         encoder = build_encoder(input_sizes, emb_dim, c.context_dim, c.transformer_depth)
+        counts = blocks_per_level(c)
         self.conv_in = encoder.conv_in
         self.down_blocks = encoder.down_blocks
         skip_channels, ch, size = list(encoder.skip_channels), encoder.channels, encoder.size
@@ -313,11 +371,13 @@ class UNet(nn.Module):
         self.mid_block2 = residual_block(c, ch, ch, emb_dim)
         self.up_blocks = nn.ModuleList()  # items: [ResBlock, attention, upsampler or Identity]
         for level, mult in reversed(list(enumerate(c.channel_mult))):
-            for i in range(c.num_res_blocks + 1):
+            if c.resample_first:  # a UBlock runs at its DBlock's side, then upsamples
+                size = encoder.level_sizes[level]
+            for i in range(counts[level] + 1):
                 out_ch = c.base_channels * mult
                 upsample = (
                     upsampler(c, out_ch, emb_dim)
-                    if level > 0 and i == c.num_res_blocks
+                    if i == counts[level] and (level > 0 or c.resample_first)
                     else nn.Identity()
                 )
                 self.up_blocks.append(
@@ -426,7 +486,13 @@ class UNet(nn.Module):
         tokens, mask = self.context(cond, x_t)  # (B, L, D), (B, L) or None
         emb, x_in = self.imagen_inputs(emb, x_t, cond, tokens, mask)  # (B, E), (B, C_in', H, W)
         h, skips = run_encoder(
-            self.conv_in, self.down_blocks, x_in, emb, tokens, mask
+            self.conv_in,
+            self.down_blocks,
+            x_in,
+            emb,
+            tokens,
+            mask,
+            resample_first=self.config.resample_first,
         )  # (B, C, h, w)
         if self.config.skip_scale != 1:
             skips = [skip * self.config.skip_scale for skip in skips]
@@ -437,7 +503,8 @@ class UNet(nn.Module):
             h = h + control.middle
         for res, attn, upsample in self.up_blocks:
             h = attend(attn, res(torch.cat([h, skips.pop()], dim=1), emb), tokens, mask)
-            if not isinstance(upsample, nn.Identity):
-                h = run_resampler(upsample, h, emb, skips[-1].shape[-2:])  # (B, C, skip's H, W)
+            if not isinstance(upsample, nn.Identity):  # to the next skip's side, or the input's
+                side = skips[-1].shape[-2:] if skips else x_t.shape[-2:]
+                h = run_resampler(upsample, h, emb, side)  # (B, C, H', W')
         out = self.conv_out(torch.nn.functional.silu(self.norm_out(h)))  # (B, C_out, H, W)
         return out if with_variance or not self.learn_sigma else out[:, : self.config.out_channels]
