@@ -38,6 +38,7 @@ import common as bench
 from difflab.config import load_config
 from difflab.io.checkpoint import save_checkpoint
 from difflab.pipelines import load_pipeline
+from difflab.samplers import Guidance
 from difflab.training.loop import build_run, diffusion_loss, model_meta
 from difflab.training.state import with_prefix
 from difflab.training.update import optimizer_update
@@ -47,6 +48,12 @@ SAMPLER, STEPS, SPACING = "dpm++2m", 20, "karras"  # the shipped default of `dif
 RECIPES = {"new": "configs/mnist_fast.yaml", "old": "configs/mnist.yaml"}
 SHIPPED = "weights/mnist_ddim.safetensors"
 FD_GOAL, GOAL_MINUTES, THRESHOLDS = 0.2, 60.0, (1.0, 0.5)
+VARIANTS: dict[str, dict[str, Any]] = {
+    "10 NFE": {"steps": 10},
+    "static x0 clipping": {"threshold": "static"},
+}
+"""Other sampling settings scored on the new recipe's last checkpoint and on the shipped model, to
+choose the defaults from measurement: half the steps (``make demo``'s time) and clipping x0."""
 FLOOR_N1000 = 0.064  # benchmarks/results/fd_floor.json: real training digits vs test, n = 1000
 
 
@@ -149,12 +156,23 @@ def train_recipe(
     return log
 
 
-def score_checkpoint(path: str, settings: Settings) -> dict[str, Any]:
-    """FD-MNIST, precision and recall of a checkpoint with the default sampler; CPU seconds."""
+def score_checkpoint(
+    path: str, settings: Settings, steps: int = STEPS, threshold: str | None = None
+) -> dict[str, Any]:
+    """FD-MNIST, precision and recall of a checkpoint with the default sampler (or ``steps``
+    and x0 ``threshold``); CPU seconds."""
     tick = time.process_time()
-    options = dict(n=settings.n, sampler=SAMPLER, steps=STEPS, spacing=SPACING, seed=0)
-    scores = bench.score(load_pipeline(path), **options, batch_size=settings.batch_size)
+    options = dict(n=settings.n, sampler=SAMPLER, steps=steps, spacing=SPACING, seed=0)
+    guidance = Guidance(threshold=threshold) if threshold else None
+    pipeline = load_pipeline(path)
+    scores = bench.score(pipeline, **options, guidance=guidance, batch_size=settings.batch_size)
     return {**scores, "score_cpu_seconds": time.process_time() - tick}
+
+
+def variant_targets(settings: Settings, logs: dict[str, Any]) -> list[str]:
+    """The checkpoints :data:`VARIANTS` are scored on: the new recipe's last, the shipped model."""
+    last = [logs["new"]["checkpoints"][-1]["path"]] if logs.get("new", {}).get("finished") else []
+    return last + ([SHIPPED] if settings.score_shipped else [])
 
 
 def score_all(settings: Settings, out_dir: Path, logs: dict[str, Any]) -> dict[str, Any]:
@@ -163,11 +181,17 @@ def score_all(settings: Settings, out_dir: Path, logs: dict[str, Any]) -> dict[s
     scores: dict[str, Any] = bench.read_json(path) if path.is_file() else {}
     files = [c["path"] for log in logs.values() for c in log["checkpoints"]]
     files += [SHIPPED] if settings.score_shipped else []
-    for file in files:
-        if file in scores:
+    jobs = [(file, file, {}) for file in files]
+    jobs += [
+        (f"{file} | {name}", file, options)
+        for file in variant_targets(settings, logs)
+        for name, options in VARIANTS.items()
+    ]
+    for key, file, options in jobs:
+        if key in scores:
             continue
-        scores[file] = score_checkpoint(file, settings)
-        print(f"scored {file}: FD {scores[file]['fd']:.3f}", flush=True)
+        scores[key] = score_checkpoint(file, settings, **options)
+        print(f"scored {key}: FD {scores[key]['fd']:.3f}", flush=True)
         bench.write_json(path, scores)
     return scores
 
@@ -199,6 +223,12 @@ def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
         "sampler": {"sampler": SAMPLER, "steps": STEPS, "spacing": SPACING, "seed": 0},
         "rows": rows,
         "shipped": scores.get(SHIPPED),
+        "variants": [
+            {"checkpoint": file, "variant": name, **scores[f"{file} | {name}"]}
+            for file in variant_targets(settings, logs)
+            for name in VARIANTS
+            if f"{file} | {name}" in scores
+        ],
         "command": command_line(args, settings),
         "total_wall_seconds": time.perf_counter() - start,
     }
@@ -268,10 +298,39 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## FD at each checkpoint",
         bench.markdown_table(headers, table),
         shipped_line,
+        "## Sampling settings on the last new-recipe checkpoint and the shipped model",
+        variant_table(report),
         "Commands (training runs, then scoring): "
         + ", ".join(f"`{row['command']}`" for row in report["rows"])
         + f", `{report['command']}`.",
     )
+
+
+def variant_table(report: dict[str, Any]) -> str:
+    """FD of :data:`VARIANTS` beside the default setting, per checkpoint they were scored on."""
+    by_checkpoint: dict[str, list[dict[str, Any]]] = {}
+    for row in report.get("variants", []):
+        by_checkpoint.setdefault(row["checkpoint"], []).append(row)
+    defaults = {c["path"]: c for r in report["rows"] for c in r["checkpoints"]}
+    if report.get("shipped"):
+        defaults[SHIPPED] = report["shipped"]
+    lines = []
+    for checkpoint, rows in by_checkpoint.items():
+        base = defaults[checkpoint]
+        for row in [{**base, "variant": f"default ({STEPS} NFE, no clipping)"}, *rows]:
+            lines.append(
+                [
+                    f"`{Path(checkpoint).name}`",
+                    row["variant"],
+                    bench.fmt(row["fd"]),
+                    f"{row['precision']:.3f} / {row['recall']:.3f}",
+                    f"{row['sample_seconds']:.0f}",
+                ]
+            )
+    if not lines:
+        return "Not scored in this run."
+    headers = ["checkpoint", "setting", "FD-MNIST", "P / R", "sampling s"]
+    return bench.markdown_table(headers, lines)
 
 
 def figure_path(out_dir: Path, quick: bool) -> Path:

@@ -11,7 +11,8 @@ __all__ = ["at_repo_root"]  # the fixture: the scripts read configs/ from the re
 
 def test_quick_mode_saves_a_checkpoint_per_mark_scores_each_and_resumes(tmp_path, at_repo_root):
     """Fails if a checkpoint is saved before its CPU mark, if the new recipe's horizon does not
-    stop its run, if a score is missing, or if a second run trains or scores anything again."""
+    stop its run, if a score or a sampling variant is missing, or if a second run trains or
+    scores anything again."""
     module = benchmark("time_to_quality")
     report, markdown = run_quick("time_to_quality", tmp_path)
     rows = {row["recipe"]: row for row in report["rows"]}
@@ -25,6 +26,10 @@ def test_quick_mode_saves_a_checkpoint_per_mark_scores_each_and_resumes(tmp_path
             assert (tmp_path / "time_to_quality_quick_runs" / row["recipe"]).is_dir()
             assert checkpoint["fd"] > 0 and checkpoint["n"] == module.QUICK.n
     assert rows["new"]["checkpoints"][-1]["step"] <= module.QUICK.horizon
+    variants = report["variants"]  # scored on the new recipe's last checkpoint
+    assert [v["variant"] for v in variants] == list(module.VARIANTS)
+    assert {v["checkpoint"] for v in variants} == {rows["new"]["checkpoints"][-1]["path"]}
+    assert variants[0]["n"] == module.QUICK.n and "static x0 clipping" in markdown
     assert "FD ≤ 0.2" in markdown and "| new |" in markdown and "| old |" in markdown
 
     scores = tmp_path / "time_to_quality_quick_scores.json"
