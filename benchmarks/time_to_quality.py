@@ -170,8 +170,11 @@ def score_checkpoint(
 
 
 def variant_targets(settings: Settings, logs: dict[str, Any]) -> list[str]:
-    """The checkpoints :data:`VARIANTS` are scored on: the new recipe's last, the shipped model."""
-    last = [logs["new"]["checkpoints"][-1]["path"]] if logs.get("new", {}).get("finished") else []
+    """The checkpoints :data:`VARIANTS` are scored on: the new recipe's last (once its run reached
+    its horizon or the goal's minutes), and the shipped model."""
+    new = logs.get("new", {}).get("checkpoints", [])
+    ended = new and (logs["new"]["finished"] or new[-1]["mark_minutes"] >= GOAL_MINUTES)
+    last = [new[-1]["path"]] if ended else []
     return last + ([SHIPPED] if settings.score_shipped else [])
 
 
