@@ -342,6 +342,14 @@ def render(report: dict[str, Any]) -> str:
         for b in range(BANDS)
     ]
     met = goals(report)
+    standard_bands = layouts["standard"]["held_out_loss"]["bands"]
+    better = [
+        f"{layout} in t {band_rows[b][0]} ({v:.3f} vs {standard_bands[b]:.3f})"
+        for layout, values in layouts.items()
+        if layout != "standard"
+        for b, v in enumerate(values["held_out_loss"]["bands"])
+        if v < standard_bands[b]
+    ]
     return bench.sections(
         "# Imagen's Efficient U-Net vs the standard layout (base stage, 16 px colour digits)",
         "Saharia et al. 2022, appendix B.1: downsampling before a block's convolutions and "
@@ -356,6 +364,9 @@ def render(report: dict[str, Any]) -> str:
         bench.markdown_table(headers, rows),
         "## Held-out loss by noise level",
         bench.markdown_table(["t", *layouts], band_rows),
+        "Bands where a layout's loss is below the standard layout's: "
+        + ("; ".join(better) if better else "none")
+        + ".",
         "## The paper's claims here",
         [f"- {claim}: {'met' if ok else 'not reproduced'}" for claim, ok in met.items()],
         "One training run per layout (one seed): the loss ratio carries the run-to-run spread, "

@@ -174,6 +174,7 @@ RENDERED = {
     "controlnet": ("controlnet", ()),
     "ddim_tables": ("ddim_tables", ()),
     "dit_scaling": ("dit_scaling", ()),
+    "efficient_unet": ("efficient_unet", ()),
     "fd_floor": ("fd_floor", ()),
     "fd_floor_fashion-mnist": ("fd_floor", ("--data", "fashion-mnist")),
     "guidance": ("guidance_table", ()),
