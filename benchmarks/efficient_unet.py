@@ -1,10 +1,9 @@
 """Imagen's Efficient U-Net layout against the standard one, on the base stage (16 px colour digits).
 
 Saharia et al. 2022 (appendix B.1) reverse the order of resampling and convolutions (downsample
-before a block's convolutions, upsample after) "to significantly improve the speed of the forward
-pass ... and find no performance degradation", and move parameters to low resolution with more
-residual blocks there; the Efficient U-Net is "simpler, converges faster, and is more memory
-efficient". Here the two stage configs, ``configs/imagen_base16.yaml`` (standard: blocks at 16, 8
+before a block's convolutions, upsample after) for a faster forward pass, reporting no loss of
+quality, and move parameters to low resolution with more residual blocks there; they describe the
+Efficient U-Net as simpler, faster to converge and more memory efficient. Here the two stage configs, ``configs/imagen_base16.yaml`` (standard: blocks at 16, 8
 and 4 pixels, one per level) and ``configs/imagen_base16_efficient.yaml`` (``resample_first``,
 blocks at 8, 4 and 2 pixels, 1, 1, 2 per level), and the ablation "resample first only" (the
 efficient order with one block per level: the order's effect alone), are compared on:

@@ -16,23 +16,23 @@ With ``context_dim > 0`` the attention at those resolutions (and in the middle) 
 Diffusion's transformer block (Rombach et al. 2022, sec. 3.3): self-attention, cross-attention to
 the token sequence ``cond.tokens`` (B, L, context_dim) under ``cond.token_mask``, feed-forward.
 
-Imagen's Efficient U-Net (Saharia et al. 2022, appendix B.1, Figs. A.28-A.31) is two more options:
+Imagen's Efficient U-Net (Saharia et al. 2022, appendix B.1, Figs. A.27-A.30) is two more options:
 
 * ``num_res_blocks`` per level, a tuple with one count n_i per ``channel_mult`` entry (the paper
-  moves parameters to low resolution: 2, 4, 8, 8 blocks from 128 to 16 pixels in its SR U-Net).
+  moves parameters to low resolution, e.g. 2, 4, 8, 8 blocks per level in its 64 -> 256 U-Net).
   Level i has n_i blocks on the way down and n_i + 1 on the way up; an int means n_i = that int.
-* ``resample_first`` (the paper's reversed order): "in a typical U-Net's downsampling block, the
-  downsampling operation happens after the convolutions, and in an upsampling block, the
-  upsampling operation happens prior to the convolution; we reverse this order". Each level is
-  a DBlock (Fig. A.29) whose stride-2 convolution comes first and each up level a UBlock
-  (Fig. A.30) whose upsampling comes last, the first level included (Fig. A.31: every DBlock has
-  stride 2; only the first convolution and the output layer run at the image size S)::
+* ``resample_first`` (the paper's reversed order): a typical U-Net downsamples after a block's
+  convolutions and upsamples before them; the paper reverses both, for a faster forward pass.
+  Each level is a DBlock (Fig. A.28) whose stride-2 convolution comes first and each up level a
+  UBlock (Fig. A.29) whose upsampling comes last, the first level included (Fig. A.30: every
+  DBlock strides 2; only the first convolution and the output layer run at the image size S)::
 
       standard  (L levels):  conv_in@S; level i: n_i x res@S/2^i, down (i < L-1); middle@S/2^(L-1)
                              up level i: (n_i + 1) x res@S/2^i, up (i > 0); conv_out@S
       resample_first:        conv_in@S; level i: down, n_i x res@S/2^(i+1);    middle@S/2^L
                              up level i: (n_i + 1) x res@S/2^(i+1), up (all i); conv_out@S
 
+  (Here the last upsampler's 3x3 convolution runs at S too, after its nearest-neighbour step.)
   So every residual block of level i runs at half the side (a quarter of the FLOPs) and
   ``attention_resolutions`` name those smaller sides. Skip connections stay ADM's, one per
   encoder activation (each level's downsampled input, then each block's output), popped by the
