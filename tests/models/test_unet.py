@@ -52,6 +52,25 @@ def test_output_has_the_input_shape_for_odd_and_even_sizes(size):
     assert net(x, torch.tensor([0, 999])).shape == (2, 3, size, size)
 
 
+def attention_sides(net: UNet, blocks: torch.nn.ModuleList, x: torch.Tensor) -> list[int]:
+    """The sides (pixels) at which ``blocks``' attention sites run in one forward of ``net``."""
+    sides: list[int] = []
+    for block in blocks:
+        if isinstance(block, torch.nn.ModuleList) and isinstance(block[1], SpatialSelfAttention):
+            block[1].register_forward_hook(lambda _, args, out: sides.append(args[0].shape[-1]))
+    net(x, torch.tensor([0]))
+    return sides
+
+
+def test_odd_sizes_attend_at_the_same_sides_on_the_way_up_as_on_the_way_down():
+    """13 -> 7 -> 4 down: attention at 7 on both paths (fails if the decoder counts its side as
+    4 -> 8 -> 16 and so never meets the resolution 7)."""
+    net = tiny(image_size=13, channel_mult=(1, 2, 2), attention_resolutions=(7,))
+    x = torch.randn(1, 1, 13, 13)
+    assert attention_sides(net, net.down_blocks, x) == [7]
+    assert attention_sides(net, net.up_blocks, x) == [7, 7]
+
+
 def test_network_outputs_zero_at_initialisation():
     """Zero-initialised output convolution (ADM): the untrained model predicts eps = 0."""
     net = tiny()

@@ -371,8 +371,9 @@ class UNet(nn.Module):
         self.mid_block2 = residual_block(c, ch, ch, emb_dim)
         self.up_blocks = nn.ModuleList()  # items: [ResBlock, attention, upsampler or Identity]
         for level, mult in reversed(list(enumerate(c.channel_mult))):
-            if c.resample_first:  # a UBlock runs at its DBlock's side, then upsamples
-                size = encoder.level_sizes[level]
+            # a decoder level runs at its encoder level's side (for odd sides, e.g. 13 -> 7 -> 4,
+            # not the doubled 4 -> 8 -> 16), so attention_resolutions name the same levels both ways
+            size = encoder.level_sizes[level]
             for i in range(counts[level] + 1):
                 out_ch = c.base_channels * mult
                 upsample = (
@@ -390,7 +391,6 @@ class UNet(nn.Module):
                     )
                 )
                 ch = out_ch
-            size = size * 2 if level > 0 else size  # nominal; upsamplers take the skip's size
         self.norm_out = group_norm(ch)
         self.conv_out = nn.Conv2d(ch, c.out_channels * (2 if c.learn_sigma else 1), 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
