@@ -179,9 +179,16 @@ def variant_targets(settings: Settings, logs: dict[str, Any]) -> list[str]:
 
 
 def score_all(settings: Settings, out_dir: Path, logs: dict[str, Any]) -> dict[str, Any]:
-    """Score every saved checkpoint (and the shipped model) not yet in the scores file."""
+    """Score every saved checkpoint (and the shipped model) not yet in the scores file.
+
+    The file is read again before each job and merged on each write, so scoring processes with
+    disjoint ``--recipes`` can share it (one per core)."""
     path = scores_path(out_dir, settings.quick)
-    scores: dict[str, Any] = bench.read_json(path) if path.is_file() else {}
+
+    def stored() -> dict[str, Any]:
+        return bench.read_json(path) if path.is_file() else {}
+
+    scores = stored()
     files = [c["path"] for log in logs.values() for c in log["checkpoints"]]
     files += [SHIPPED] if settings.score_shipped else []
     jobs = [(file, file, {}) for file in files]
@@ -191,12 +198,13 @@ def score_all(settings: Settings, out_dir: Path, logs: dict[str, Any]) -> dict[s
         for name, options in VARIANTS.items()
     ]
     for key, file, options in jobs:
-        if key in scores:
+        if key in stored():
             continue
-        scores[key] = score_checkpoint(file, settings, **options)
-        print(f"scored {key}: FD {scores[key]['fd']:.3f}", flush=True)
+        result = score_checkpoint(file, settings, **options)
+        scores = {**stored(), key: result}
+        print(f"scored {key}: FD {result['fd']:.3f}", flush=True)
         bench.write_json(path, scores)
-    return scores
+    return stored()
 
 
 def first_mark_below(row: dict[str, Any], threshold: float) -> float | None:
