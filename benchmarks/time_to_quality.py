@@ -28,6 +28,8 @@ core while a run trains); both resume: a run's checkpoints and log stay under
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -36,6 +38,7 @@ from typing import Any
 
 import common as bench
 from difflab.config import load_config
+from difflab.io.atomic import process_alive
 from difflab.io.checkpoint import save_checkpoint
 from difflab.pipelines import load_pipeline
 from difflab.samplers import Guidance
@@ -181,8 +184,9 @@ def variant_targets(settings: Settings, logs: dict[str, Any]) -> list[str]:
 def score_all(settings: Settings, out_dir: Path, logs: dict[str, Any]) -> dict[str, Any]:
     """Score every saved checkpoint (and the shipped model) not yet in the scores file.
 
-    The file is read again before each job and merged on each write, so scoring processes with
-    disjoint ``--recipes`` can share it (one per core)."""
+    The file is read again before each job and merged on each write, and a job is claimed (a
+    file with the process id) while it runs, so several scoring processes can share the work
+    (one per core)."""
     path = scores_path(out_dir, settings.quick)
 
     def stored() -> dict[str, Any]:
@@ -200,11 +204,33 @@ def score_all(settings: Settings, out_dir: Path, logs: dict[str, Any]) -> dict[s
     for key, file, options in jobs:
         if key in stored():
             continue
-        result = score_checkpoint(file, settings, **options)
-        scores = {**stored(), key: result}
-        print(f"scored {key}: FD {result['fd']:.3f}", flush=True)
-        bench.write_json(path, scores)
+        claim = path.with_name(f".{path.stem}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.claim")
+        if not claim_job(claim):
+            continue  # another process is scoring it
+        try:
+            result = score_checkpoint(file, settings, **options)
+            scores = {**stored(), key: result}
+            print(f"scored {key}: FD {result['fd']:.3f}", flush=True)
+            bench.write_json(path, scores)
+        finally:
+            claim.unlink(missing_ok=True)
     return stored()
+
+
+def claim_job(claim: Path) -> bool:
+    """Take the job of ``claim`` (a file holding the scoring process's id): False while a live
+    process holds it; a claim left by an ended process is taken over."""
+    for _ in range(2):
+        try:
+            with open(claim, "x") as handle:
+                handle.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            holder = claim.read_text().strip()
+            if holder.isdigit() and process_alive(int(holder)):
+                return False
+            claim.unlink(missing_ok=True)
+    return False
 
 
 def first_mark_below(row: dict[str, Any], threshold: float) -> float | None:

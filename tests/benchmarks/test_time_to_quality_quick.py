@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 from tests.benchmarks.test_quick_modes import at_repo_root, benchmark, run_quick
 
@@ -47,3 +50,20 @@ def test_first_mark_below_reads_the_first_checkpoint_at_or_under_a_threshold():
     assert module.first_mark_below(row, 1.0) == 20.0
     assert module.first_mark_below(row, 0.9) == 20.0
     assert module.first_mark_below(row, 0.5) is None
+
+
+def test_a_job_claimed_by_a_live_process_is_skipped_and_a_dead_ones_claim_is_taken_over(tmp_path):
+    """Fails if two scoring processes could take the same job, or if a killed one's claim
+    blocked its job for ever."""
+    module = benchmark("time_to_quality")
+    claim = tmp_path / ".job.claim"
+    assert module.claim_job(claim) and claim.read_text() == str(os.getpid())
+    assert not module.claim_job(claim)  # held by this (live) process
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    claim.write_text(ended.stdout.strip())  # the claim of a process that has ended
+    assert module.claim_job(claim) and claim.read_text() == str(os.getpid())

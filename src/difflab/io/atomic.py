@@ -79,7 +79,8 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs (on this machine)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -105,7 +106,7 @@ def remove_temporaries(folder: str | Path, *, recursive: bool = True) -> list[Pa
         if match is None or path.is_symlink() or any(path.is_relative_to(gone) for gone in found):
             continue
         pid = int(match.group(1))
-        if pid == os.getpid() or _process_alive(pid):
+        if pid == os.getpid() or process_alive(pid):
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
