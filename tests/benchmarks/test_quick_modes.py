@@ -181,6 +181,7 @@ RENDERED = {
     "imagen": ("imagen", ()),
     "lpips_speed": ("lpips_speed", ()),
     "recipe": ("recipe", ()),
+    "time_to_quality": ("time_to_quality", ()),
     "samplers": ("samplers", ()),
     "unet_vs_diffusers": ("unet_vs_diffusers", ()),
     "vqvae": ("vqvae_table", ()),
