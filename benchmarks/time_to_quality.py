@@ -18,8 +18,8 @@ recorded) is scored the same way as a reference, and the goals are read from the
 within 60 CPU-minutes, and the first mark at which each recipe reaches FD 1.0 and 0.5.
 
 The phases can run apart (``--phase train`` then ``--phase score``, e.g. scoring on the other
-core while a run trains); both resume: a run's checkpoints and log stay under
-``OUT_DIR/time_to_quality_runs/``, scores in ``time_to_quality_scores.json``.
+core while a run trains); both resume: a run's checkpoints, its log and the scores stay under
+``OUT_DIR/time_to_quality_runs/``.
 
     python benchmarks/time_to_quality.py --threads 1                       # make bench-time-to-quality
     python benchmarks/time_to_quality.py --quick --out-dir /tmp/ttq          # tiny U-Net, seconds
@@ -91,7 +91,8 @@ def runs_dir(out_dir: Path, quick: bool) -> Path:
 
 
 def scores_path(out_dir: Path, quick: bool) -> Path:
-    return out_dir / f"{bench.stem_of(NAME, quick)}_scores.json"
+    """The working file of scores, beside the checkpoints (the report holds them all at the end)."""
+    return runs_dir(out_dir, quick) / "scores.json"
 
 
 def recipe_overrides(recipe: str, settings: Settings, folder: Path) -> list[str]:

@@ -35,7 +35,7 @@ def test_quick_mode_saves_a_checkpoint_per_mark_scores_each_and_resumes(tmp_path
     assert variants[0]["n"] == module.QUICK.n and "static x0 clipping" in markdown
     assert "FD ≤ 0.2" in markdown and "| new |" in markdown and "| old |" in markdown
 
-    scores = tmp_path / "time_to_quality_quick_scores.json"
+    scores = tmp_path / "time_to_quality_quick_runs" / "scores.json"
     logs = sorted((tmp_path / "time_to_quality_quick_runs").glob("*/log.json"))
     before = [p.read_text() for p in [scores, *logs]]
     assert module.main(["--quick", "--out-dir", str(tmp_path)]) == 0
