@@ -56,7 +56,7 @@ $(STAMP): pyproject.toml
 
 demo: install
 	@start=$$(date +%s%N); \
-	$(VENV)/bin/difflab sample weights/mnist_fast.safetensors --sampler dpm++2m --steps 20 --n 64 --seed 0 --out outputs/demo.png && \
+	$(VENV)/bin/difflab sample weights/mnist_fast.safetensors --sampler dpm++2m --steps 10 --spacing trailing --n 64 --seed 0 --out outputs/demo.png && \
 	echo "make demo: $$(( ($$(date +%s%N) - start) / 1000000 )) ms in all (loading included; the sampling time is on the line above)"
 
 # one pytest worker per core (pytest-xdist), whole files per worker so module fixtures are built

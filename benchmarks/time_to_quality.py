@@ -53,10 +53,12 @@ SHIPPED = "weights/mnist_ddim.safetensors"
 FD_GOAL, GOAL_MINUTES, THRESHOLDS = 0.2, 60.0, (1.0, 0.5)
 VARIANTS: dict[str, dict[str, Any]] = {
     "10 NFE": {"steps": 10},
+    "10 NFE, trailing spacing": {"steps": 10, "spacing": "trailing"},
     "static x0 clipping": {"threshold": "static"},
 }
 """Other sampling settings scored on the new recipe's last checkpoint and on the shipped model, to
-choose the defaults from measurement: half the steps (``make demo``'s time) and clipping x0."""
+choose the defaults from measurement: half the steps (``make demo``'s time), with karras or
+trailing spacing, and clipping x0."""
 FLOOR_N1000 = 0.064  # benchmarks/results/fd_floor.json: real training digits vs test, n = 1000
 
 
@@ -161,12 +163,16 @@ def train_recipe(
 
 
 def score_checkpoint(
-    path: str, settings: Settings, steps: int = STEPS, threshold: str | None = None
+    path: str,
+    settings: Settings,
+    steps: int = STEPS,
+    spacing: str = SPACING,
+    threshold: str | None = None,
 ) -> dict[str, Any]:
-    """FD-MNIST, precision and recall of a checkpoint with the default sampler (or ``steps``
-    and x0 ``threshold``); CPU seconds."""
+    """FD-MNIST, precision and recall of a checkpoint with the default sampler (or ``steps``,
+    ``spacing`` and x0 ``threshold``); CPU seconds."""
     tick = time.process_time()
-    options = dict(n=settings.n, sampler=SAMPLER, steps=steps, spacing=SPACING, seed=0)
+    options = dict(n=settings.n, sampler=SAMPLER, steps=steps, spacing=spacing, seed=0)
     guidance = Guidance(threshold=threshold) if threshold else None
     pipeline = load_pipeline(path)
     scores = bench.score(pipeline, **options, guidance=guidance, batch_size=settings.batch_size)
