@@ -327,7 +327,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         if shipped
         else "The shipped model was not scored in this run."
     )
-    score_cpu = sum(c["score_cpu_seconds"] for r in report["rows"] for c in r["checkpoints"])
+    scored = [c for r in report["rows"] for c in r["checkpoints"]] + report.get("variants", [])
+    scored += [shipped] if shipped else []
+    score_cpu = sum(c["score_cpu_seconds"] for c in scored)  # every score, variants included
     return bench.sections(
         "# Time to quality: FD-MNIST against training CPU-minutes",
         "The `unet-mnist` U-Net (1.19 M parameters), trained from seed 0 with each recipe on "
