@@ -245,8 +245,8 @@ def first_mark_below(row: dict[str, Any], threshold: float) -> float | None:
     return next((c["cpu_seconds"] / 60 for c in row["checkpoints"] if c["fd"] <= threshold), None)
 
 
-def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
-    start = time.perf_counter()
+def train_logs(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    """Each recipe's training log: trained now (phases train and all) or read back (score)."""
     folder = runs_dir(args.out_dir, settings.quick)
     logs = {}
     for recipe in settings.recipes:
@@ -254,8 +254,12 @@ def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
             logs[recipe] = train_recipe(recipe, settings, folder / recipe, args)
         elif (folder / recipe / "log.json").is_file():
             logs[recipe] = bench.read_json(folder / recipe / "log.json")
-    if args.phase == "train":
-        raise SystemExit(0)  # nothing to publish until the checkpoints are scored
+    return logs
+
+
+def measure(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
+    start = time.perf_counter()
+    logs = train_logs(settings, args)
     scores = score_all(settings, args.out_dir, logs)
     rows = [
         {**log, "checkpoints": [{**c, **scores[c["path"]]} for c in log["checkpoints"]]}
@@ -439,6 +443,9 @@ def command_line(args: argparse.Namespace, settings: Settings) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     settings = settings_from(args)
+    if args.phase == "train":  # nothing to publish until the checkpoints are scored
+        train_logs(settings, args)
+        return 0
     return bench.publish(
         args, NAME, lambda: measure(settings, args), render_markdown, figures=figures
     )

@@ -163,9 +163,7 @@ class NoisyClassifier(nn.Module):
             )
         t = torch.as_tensor(t, device=x_t.device).long().expand(x_t.shape[0])  # (B,)
         emb = self.time_embed(t)  # (B, E)
-        h, _ = run_encoder(
-            self.conv_in, self.down_blocks, x_t, emb, resample_first=c.resample_first
-        )  # (B, C', s, s)
+        h, _ = run_encoder(self.conv_in, self.down_blocks, x_t, emb)  # (B, C', s, s)
         h = self.mid_block2(self.mid_attention(self.mid_block1(h, emb)), emb)
         return self.pool(F.silu(self.norm_out(h)))  # (B, num_classes)
 

@@ -184,15 +184,7 @@ class UNetControlNet(ControlBranch):
         def conv_in_with_hint(x: torch.Tensor) -> torch.Tensor:
             return net.conv_in(x) + guide  # x + Z(c) of eq. 2, at the first feature resolution
 
-        h, skips = run_encoder(
-            conv_in_with_hint,
-            net.down_blocks,
-            x_t,
-            emb,
-            tokens,
-            mask,
-            resample_first=self.base_config.resample_first,
-        )
+        h, skips = run_encoder(conv_in_with_hint, net.down_blocks, x_t, emb, tokens, mask)
         h = net.mid_block2(attend(net.mid_attention, net.mid_block1(h, emb), tokens, mask), emb)
         features = tuple(zero(skip) for zero, skip in zip(self.zero_convs, skips, strict=True))
         return ControlResiduals(features, self.middle_zero_conv(h))

@@ -308,16 +308,15 @@ def run_encoder(
     emb: torch.Tensor,
     tokens: torch.Tensor | None = None,
     token_mask: torch.Tensor | None = None,
-    *,
-    resample_first: bool = False,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """x (B, C_in, H, W), emb (B, E) -> (bottom activation (B, C, h, w), every skip activation).
 
     tokens (B, L, D) and token_mask (B, L) feed the transformer blocks, if the encoder has any.
-    ``resample_first``: the encoder was built so (conv_in's output is then not a skip).
+    conv_in's output is a skip when the encoder starts with a residual block (the ADM order); a
+    ``resample_first`` encoder starts with its downsampler and keeps no such skip (build_encoder).
     """
     h = conv_in(x)  # (B, C0, H, W)
-    skips = [] if resample_first else [h]
+    skips = [h] if isinstance(down_blocks[0], nn.ModuleList) else []
     for layer in down_blocks:
         if isinstance(layer, nn.ModuleList):
             res, attn = layer
@@ -486,13 +485,7 @@ class UNet(nn.Module):
         tokens, mask = self.context(cond, x_t)  # (B, L, D), (B, L) or None
         emb, x_in = self.imagen_inputs(emb, x_t, cond, tokens, mask)  # (B, E), (B, C_in', H, W)
         h, skips = run_encoder(
-            self.conv_in,
-            self.down_blocks,
-            x_in,
-            emb,
-            tokens,
-            mask,
-            resample_first=self.config.resample_first,
+            self.conv_in, self.down_blocks, x_in, emb, tokens, mask
         )  # (B, C, h, w)
         if self.config.skip_scale != 1:
             skips = [skip * self.config.skip_scale for skip in skips]
