@@ -125,6 +125,22 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, monkeypatch, 
     ]
 
 
+def test_checkpoints_record_training_time_summed_over_resumes(tmp_path):
+    """Wall-clock and process CPU seconds of the updates: in the model and the state file, and a
+    resumed run adds its own to those it read back (fails if resume starts again from zero)."""
+    train(tiny_config(tmp_path, "train.steps=2", "train.checkpoint_every=2"), progress=False)
+    first = load_checkpoint(tmp_path / "model.safetensors")[1]
+    assert first["train_seconds"] > 0 and first["train_cpu_seconds"] > 0
+    state = load_checkpoint(tmp_path / STATE_FILE)[1]
+    assert state["train_cpu_seconds"] == first["train_cpu_seconds"]
+    config = tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=2")
+    train(config, resume=True, progress=False)
+    second = load_checkpoint(tmp_path / "model.safetensors")[1]
+    assert second["step"] == 4
+    assert second["train_seconds"] > first["train_seconds"]
+    assert second["train_cpu_seconds"] > first["train_cpu_seconds"]
+
+
 def test_resume_after_a_crash_drops_metrics_written_after_the_checkpoint(tmp_path):
     train(tiny_config(tmp_path, "train.steps=4", "train.checkpoint_every=2"), progress=False)
     with open(

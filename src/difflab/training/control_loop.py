@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +71,6 @@ class ControlRun(ResumableRun):
     hint_kind: str
     hints: torch.Tensor  # (N, C_h, H, W) the training images' hints
     schedule: NoiseSchedule
-    seconds: float = 0.0  # training wall time of earlier sessions of this run
-    started: float = dataclasses.field(default_factory=time.perf_counter)  # this session's start
     evaluation: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # see held_out
 
 
@@ -173,7 +170,6 @@ def model_meta(run: ControlRun) -> dict[str, Any]:
     meta = run_meta(run, CONTROL_KIND, CONTROL_KIND)
     meta["base"] = dict(run.base_file)
     meta["hint"] = run.hint_kind
-    meta["train_seconds"] = round(run.seconds + time.perf_counter() - run.started, 1)
     return meta
 
 
@@ -186,7 +182,6 @@ def restore_control_state(run: ControlRun, path: Path) -> None:
             f"{str(digest)[:12]}… instead of {run.base_file['sha256'][:12]}…); resume with that "
             "base or use a new train.out_dir."
         )
-    run.seconds = float(stored.get("train_seconds", 0.0))
 
 
 def control_loss(run: ControlRun, index: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -257,7 +252,6 @@ def train_controlnet(
         config, resume, build_control_run, restore_control_state, device=device, group=group
     )
     run.base.net.to(run.device)
-    run.started = time.perf_counter()
     try:
         run_training(
             run,

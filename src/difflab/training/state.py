@@ -74,6 +74,8 @@ class ResumableRun:
     generator: torch.Generator
     step: int = 0
     skipped: int = 0
+    train_seconds: float = 0.0  # wall-clock seconds of the optimizer updates, over every resume
+    train_cpu_seconds: float = 0.0  # this process's CPU seconds (core-seconds) of the same
     device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
     group: Distributed = SINGLE
     model: torch.nn.Module | None = None
@@ -173,6 +175,8 @@ def restore_run_state(
     run.skipped = state.get("skipped", 0)
     run.stream = stream
     run.step = meta["step"]
+    run.train_seconds = float(meta.get("train_seconds", 0.0))  # absent before they were recorded
+    run.train_cpu_seconds = float(meta.get("train_cpu_seconds", 0.0))
     return meta
 
 
@@ -397,4 +401,6 @@ def run_meta(run: ResumableRun, kind: str, arch: str) -> dict[str, Any]:
         },
         "experiment": config_to_dict(run.config),
         "step": run.step,
+        "train_seconds": round(run.train_seconds, 3),
+        "train_cpu_seconds": round(run.train_cpu_seconds, 3),
     }

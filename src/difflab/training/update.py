@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -127,7 +128,8 @@ def run_training(
     Logs ``loss``, the callback's named floats and the learning rate every ``log_every`` steps
     (rank 0), calls ``save_samples(path)`` every ``sample_every`` steps and ``save_state(last)``
     every ``checkpoint_every`` steps and after the last one (``last=True``), each on rank 0 while
-    the other ranks wait.
+    the other ranks wait. The updates' wall-clock and process CPU seconds add up in
+    ``run.train_seconds`` / ``run.train_cpu_seconds`` (every checkpoint's JSON records them).
     """
     train = run.config.train
     out_dir = Path(train.out_dir)
@@ -136,7 +138,10 @@ def run_training(
     images_seen = 0
     run.net.train()
     while run.step < train.steps:
+        wall, cpu = time.perf_counter(), time.process_time()
         logged = optimizer_update(run, micro_batch_loss)
+        run.train_seconds += time.perf_counter() - wall
+        run.train_cpu_seconds += time.process_time() - cpu
         images_seen += train.batch_size * train.grad_accum
         if logged is None:  # a non-finite loss, skipped (train.skip_nonfinite)
             note_skipped(run, bar, log)
