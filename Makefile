@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-guidance bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe bench-efficient-unet bench-time-to-quality
+.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-ddim-headline bench-guidance bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe bench-efficient-unet bench-time-to-quality
 
 install: $(STAMP)
 
@@ -106,6 +106,13 @@ bench-lpips: install
 # 1.5 h at the default n on 2 idle cores; --plan-only, --n, --time-budget-min: see the script).
 bench-ddim: install
 	$(PY) benchmarks/ddim_tables.py
+
+# Only the DDIM headline (goal 1: eta = 0 at S = 20 within 1.3x of the S = 1000, eta = 1 FD) on
+# weights/mnist_fast, n = 300 per cell, one thread (about 90 CPU-minutes); writes
+# benchmarks/results/ddim_headline.{json,md} and ddim_headline_*.png, not ddim_tables.*.
+bench-ddim-headline: install
+	$(PY) benchmarks/ddim_tables.py --checkpoint weights/mnist_fast.safetensors --name ddim_headline \
+		--steps 20,1000 --etas 0,1 --n 300 --n-1000 300 --n-inversion 0 --seeds 1 --threads 1
 
 # NFE vs FD-MNIST for DDIM, DPM-Solver++(2M) and Heun on weights/mnist_ddim, plus the samplers
 # against diffusers' schedulers (CPU budget: n = 150, NFE 5..50, about 35 min on one busy core; the

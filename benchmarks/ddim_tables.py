@@ -29,8 +29,15 @@ Before running, the script times one batch of the U-Net and prints the plan;
 there. Writes ``ddim_tables.{json,md}``, ``ddim_fd_vs_steps.png``, ``ddim_interpolation.png``
 and ``ddim_consistency.png``; ``--quick`` (S ∈ {2, 5}, a few samples) adds ``_quick``.
 
+A subset of the cells: ``--steps 20,1000`` (Table 1's S; Table 2 keeps its own), ``--etas
+0,1`` (Table 1's rows, from ``0,0.2,0.5,1,sigma_hat``), ``--n-inversion 0`` (no Table 2),
+``--seeds 1`` (no standard-error cell), ``--no-figures``, and ``--name NAME`` (outputs
+``NAME.{json,md}`` and ``NAME_*.png``, so a subset does not overwrite the full tables). Rows not
+run are left out of the tables; a goal whose cells were not run reads "n/a ... not run".
+
     python benchmarks/ddim_tables.py --checkpoint weights/mnist_ddim.safetensors   # make bench-ddim
     python benchmarks/ddim_tables.py --quick --out-dir /tmp/ddim
+    make bench-ddim-headline   # goal (1) only, on weights/mnist_fast, as ddim_headline.*
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import argparse
 import dataclasses
 import functools
 import math
+import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -64,6 +72,7 @@ BATCH_SIZE = 250
 SE_STEPS = 50  # the S of the cell (η = 0) whose seed-to-seed spread gives the standard error
 GOAL_STEPS, GOAL_RATIO = 20, 1.3  # η = 0 at S = 20 reaches FD <= 1.3x that of S = T, η = 1
 SIGMA_HAT_FACTOR = 3.0  # "σ̂ degrades sharply": FD(σ̂, S=10) >= 3x FD(η=1, S=10)
+TABLE2_GOAL = "Table 2 reconstruction MSE ([0,1] scale) at or below the paper's CIFAR-10 values"
 INTERPOLATION_POINTS = 10
 INTERPOLATION_PAIRS = ((1, 2), (3, 4), (5, 6))  # seed pairs; one strip each
 CONSISTENCY_IMAGES, CONSISTENCY_SEED = 8, 7
@@ -104,6 +113,8 @@ VARIANTS = (
     Variant("σ̂", 1.0, sigma_hat=True),
 )
 FULL_CHAIN_VARIANTS = ("η=0.0", "η=1.0")  # what --skip-1000-eta keeps at S = 1000
+VARIANT_LABELS = tuple(v.label for v in VARIANTS)
+ETA_NAMES = {"0": "η=0.0", "0.2": "η=0.2", "0.5": "η=0.5", "1": "η=1.0", "sigma_hat": "σ̂"}
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,8 @@ class Settings:
     batch_size: int = BATCH_SIZE
     bf16: bool = False
     quick: bool = False
+    variants: tuple[str, ...] = VARIANT_LABELS  # the Table 1 rows run (--etas)
+    figures: bool = True  # the interpolation and consistency strips and FD vs S (--no-figures)
 
     @property
     def full_steps(self) -> int:
@@ -158,28 +171,31 @@ class Cell:
 
 def fd_cells(settings: Settings) -> list[Cell]:
     """Table 1 (the full-chain column at ``n_full``), the extra seeds of the standard-error
-    cell, and η = 0 at S = 20 again with the full column's n (the first goal at one n)."""
+    cell, and η = 0 at S = 20 again with the full column's n (the first goal at one n); the
+    last two only when the η = 0 row is run."""
     s, full = settings, settings.full_steps
     table1 = [
         Cell("table1", steps, v, s.n_full if steps == full else s.n)
         for steps in s.steps
         for v in VARIANTS
-        if not (steps == full and s.skip_full_eta and v.label not in FULL_CHAIN_VARIANTS)
+        if v.label in s.variants
+        and not (steps == full and s.skip_full_eta and v.label not in FULL_CHAIN_VARIANTS)
     ]
     se_n = s.n_full if s.se_steps == full else s.n
-    se = [Cell("standard_error", s.se_steps, VARIANTS[0], se_n, seed) for seed in range(1, s.seeds)]
-    matched = s.n_full != s.n and GOAL_STEPS in s.steps
+    seeds = range(1, s.seeds) if VARIANTS[0].label in s.variants else ()  # η = 0 rows only
+    se = [Cell("standard_error", s.se_steps, VARIANTS[0], se_n, seed) for seed in seeds]
+    matched = s.n_full != s.n and GOAL_STEPS in s.steps and VARIANTS[0].label in s.variants
     goal = [Cell("goal_matched_n", GOAL_STEPS, VARIANTS[0], s.n_full)] if matched else []
     return table1 + se + goal
 
 
 def tasks(
-    pipeline: DiffusionPipeline, settings: Settings, rates: Rates, out_dir: Path
+    pipeline: DiffusionPipeline, settings: Settings, rates: Rates, out_dir: Path, name: str = NAME
 ) -> list[bench.Task]:
     """Every piece of work of a run, with its cost and predicted seconds.
 
     Table 1 and the figures sample in bf16 with ``--bf16``; Table 2 always runs in fp32 (errors
-    of 1e-4 are below bf16's resolution).
+    of 1e-4 are below bf16's resolution). Figures are written NAME-prefixed (:func:`figure_name`).
     """
     sampler = dataclasses.replace(pipeline, precision="bf16" if settings.bf16 else "fp32")
     fp32 = dataclasses.replace(pipeline, precision="fp32")
@@ -207,9 +223,11 @@ def tasks(
             CONSISTENCY_IMAGES * sum(settings.steps),
         ),
     }
-    for name, (make, arg, cost) in figures.items():
-        run = functools.partial(make, sampler, arg, out_dir / figure_name(name, settings.quick))
-        out.append(bench.Task("figures", name, cost, cost / rates.sampling, run))
+    for kind, (make, arg, cost) in figures.items() if settings.figures else ():
+        run = functools.partial(
+            make, sampler, arg, out_dir / figure_name(kind, settings.quick, name)
+        )
+        out.append(bench.Task("figures", kind, cost, cost / rates.sampling, run))
     return out
 
 
@@ -245,7 +263,9 @@ def fit_to_budget(
         settings,
         n=scaled(settings.n, low),
         n_full=scaled(settings.n_full, low),
-        n_inversion=min(scaled(settings.n_inversion, MIN_INVERSION_N), MNIST_TEST_SIZE),
+        n_inversion=min(scaled(settings.n_inversion, MIN_INVERSION_N), MNIST_TEST_SIZE)
+        if settings.n_inversion
+        else 0,
     )
     return fitted, scale
 
@@ -314,9 +334,11 @@ def reconstruction_row(
     return row | {"paper_cifar10": paper, "passed": passed}
 
 
-def figure_name(kind: str, quick: bool) -> str:
-    """``ddim_{kind}.png`` (``ddim_{kind}_quick.png`` for a quick run)."""
-    return f"ddim_{bench.stem_of(kind, quick)}.png"
+def figure_name(kind: str, quick: bool, name: str = NAME) -> str:
+    """``ddim_{kind}.png`` for the default ``--name`` (``ddim_tables``), ``{name}_{kind}.png``
+    for another; ``_quick`` before ``.png`` for a quick run."""
+    prefix = "ddim" if name == NAME else name
+    return f"{prefix}_{bench.stem_of(kind, quick)}.png"
 
 
 def interpolation_figure(pipeline: DiffusionPipeline, steps: int, path: Path) -> dict[str, Any]:
@@ -375,7 +397,8 @@ def goal_checks(
     ddpm = fd.get(("η=1.0", full_steps))
     text = f"η=0, S={GOAL_STEPS} reaches FD ≤ {GOAL_RATIO}× that of {full_steps}-step η=1"
     text += f" (both at n={matched[0]['n']})" if matched else ""
-    checks = [{"goal": text, "passed": None, "detail": "cells missing"}]
+    missing = f"not run (needs η=0 at S={GOAL_STEPS} and η=1 at S={full_steps})"
+    checks = [{"goal": text, "passed": None, "detail": missing}]
     if ddim is not None and ddpm is not None:
         ratio = ddim / ddpm
         paper = PAPER_TABLE1["η=0.0"][GOAL_STEPS] / PAPER_TABLE1["η=1.0"][1000]
@@ -391,7 +414,8 @@ def goal_checks(
         f"σ̂ degrades sharply at small S: at S={smallest} σ̂ is the worst row and its FD ≥ "
         f"{SIGMA_HAT_FACTOR:g}× that of η=1"
     )
-    checks.append({"goal": text, "passed": None, "detail": "cells missing"})
+    missing = f"not run (needs σ̂ and η=1 at S={smallest})"
+    checks.append({"goal": text, "passed": None, "detail": missing})
     if sig is not None and eta1 is not None:
         worst = max(v for (_, s), v in fd.items() if s == smallest)
         ratio = sig / eta1
@@ -415,15 +439,23 @@ def fd_floor(n: int) -> dict[str, Any] | None:
 
 
 def measure(
-    pipeline: DiffusionPipeline, settings: Settings, planned: list[bench.Task]
+    pipeline: DiffusionPipeline, settings: Settings, planned: list[bench.Task], name: str = NAME
 ) -> dict[str, Any]:
     """Run the plan; the report without the run's command, checkpoint path and plan."""
     rows = bench.run_tasks(planned)
     table1, se_rows = rows["table1"], rows.get("standard_error", [])
-    goal_rows, (interpolation, consistency) = rows.get("goal_matched_n", []), rows["figures"]
+    goal_rows = rows.get("goal_matched_n", [])
     meta = load_checkpoint_meta(pipeline.description.source)
+    figures = None
+    if settings.figures:
+        interpolation, consistency = rows["figures"]
+        figures = {
+            "fd_vs_steps": figure_name("fd_vs_steps", settings.quick, name),
+            "interpolation": interpolation,
+            "consistency": consistency,
+        }
     return {
-        "name": bench.stem_of(NAME, settings.quick),
+        "name": bench.stem_of(name, settings.quick),
         "metric": table1[0]["metric"],
         "settings": {**dataclasses.asdict(settings), "full_steps": settings.full_steps},
         "checkpoint": {
@@ -438,12 +470,8 @@ def measure(
         "goal_matched_n_cells": goal_rows,
         "goals": goal_checks(table1, goal_rows, settings.full_steps),
         "fd_floor": fd_floor(settings.n),
-        "table2": rows["table2"],
-        "figures": {
-            "fd_vs_steps": figure_name("fd_vs_steps", settings.quick),
-            "interpolation": interpolation,
-            "consistency": consistency,
-        },
+        "table2": rows.get("table2", []),
+        "figures": figures,
         "paper": {
             "source": "Song, Meng & Ermon, DDIM (ICLR 2021), Tables 1 and 2, CIFAR-10",
             "table1_fid": {k: {str(s): v for s, v in d.items()} for k, d in PAPER_TABLE1.items()},
@@ -462,11 +490,14 @@ def seed0_cells(report: dict[str, Any]) -> dict[tuple[str, int], dict[str, Any]]
 
 
 def variant_table(report: dict[str, Any], corner: str, cell: Any) -> str:
-    """A variant × S table; ``cell(label, S, row or None)`` gives each entry."""
+    """A variant × S table of the rows run (all but those ``--etas`` left out); ``cell(label,
+    S, row or None)`` gives each entry."""
     rows, steps = seed0_cells(report), report["settings"]["steps"]
+    run = report["settings"].get("variants", VARIANT_LABELS)
     body = [
         [label, *(cell(label, s, rows.get((label, s))) for s in steps)]
         for label in report["paper"]["table1_fid"]
+        if label in run
     ]
     return bench.markdown_table([corner, *(f"S={s}" for s in steps)], body)
 
@@ -494,6 +525,19 @@ def precision_recall_markdown(report: dict[str, Any]) -> str:
     )
 
 
+def table2_section(rows: Sequence[dict[str, Any]]) -> str:
+    """What Table 2 measures and its table, or one line when it was not run."""
+    if not rows:
+        return "Not run (--n-inversion 0)."
+    return bench.sections(
+        "Per-dimension MSE between test digits and their DDIM reconstruction (invert with S "
+        "steps, regenerate with the same S, no clamping). Our images are in [-1, 1]; the MSE is "
+        "reported on the [0, 1] scale (= [-1, 1] MSE / 4) because the paper states its CIFAR-10 "
+        'numbers are "scaled to [0, 1]" (Sec. 5.4, Table 2, rounded to 1e-4).',
+        table2_markdown(rows),
+    )
+
+
 def table2_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """Reconstruction MSE per S beside the paper's CIFAR-10 values."""
     headers = ["", "MSE, [0,1] scale", "paper CIFAR-10", "≤ paper", "MSE, [-1,1]", "seconds"]
@@ -518,10 +562,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if table2:
         failed = [f"S={r['steps']}" for r in table2 if not r["passed"]]
         detail = "above the paper at " + ", ".join(failed) if failed else "all S"
-        lines.append(
-            f"{bench.passfail(not failed)}: Table 2 reconstruction MSE ([0,1] scale) at or below "
-            f"the paper's CIFAR-10 values — {detail}"
-        )
+        lines.append(f"{bench.passfail(not failed)}: {TABLE2_GOAL} — {detail}")
+    elif not report["table2"]:
+        lines.append(f"n/a: {TABLE2_GOAL} — not run (--n-inversion 0)")
     se, floor, s = report["standard_error"], report["fd_floor"], report["settings"]
     if se is not None:
         lines.append(
@@ -541,6 +584,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 def figures_markdown(report: dict[str, Any]) -> str:
     """One bullet per PNG."""
     figures, metric = report["figures"], report["metric"]
+    if figures is None:
+        return "Not drawn (--no-figures)."
     interpolation, consistency = figures["interpolation"], figures["consistency"]
     distances = ", ".join(f"S={k}: {v:.3g}" for k, v in consistency["mse_unit_to_longest"].items())
     return "\n".join(
@@ -582,13 +627,15 @@ def render_markdown(report: dict[str, Any]) -> str:
     quick = " — quick run (smoke test; numbers meaningless)" if s["quick"] else ""
     unet = "bf16 autocast (Table 2 in fp32)" if s["bf16"] else "fp32"
     skip = " (only η=0 and η=1 there)" if s["skip_full_eta"] else ""
+    digits = s["n_inversion"]
+    table2 = f"the first {digits} MNIST test digits" if digits else "not run (--n-inversion 0)"
     return bench.sections(
         f"# The DDIM paper's tables on MNIST{quick}",
         f"Checkpoint `{ckpt['path']}` (step {ckpt['step']}, preset {ckpt['preset']}, "
         f"T={ckpt['num_timesteps']}). Sampling: DDIM, uniform spacing, batch {s['batch_size']}, "
         f"U-Net in {unet} (the feature CNN and FD are fp32). Table 1: n={s['n']} samples per "
         f"cell, n={s['n_full']} at S={s['full_steps']}{skip}; seed 0 in every cell (the same "
-        f"x_T per batch). Table 2: the first {s['n_inversion']} MNIST test digits.",
+        f"x_T per batch). Table 2: {table2}.",
         "## Goals",
         [f"- {line}" for line in summary_lines(report)],
         f"## Table 1 shape: {metric} (paper: CIFAR-10 FID, in parentheses)",
@@ -599,11 +646,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Precision / recall (k = 3, against n MNIST test features):",
         precision_recall_markdown(report),
         "## Table 2 shape: reconstruction error of DDIM inversion → generation",
-        "Per-dimension MSE between test digits and their DDIM reconstruction (invert with S "
-        "steps, regenerate with the same S, no clamping). Our images are in [-1, 1]; the MSE is "
-        "reported on the [0, 1] scale (= [-1, 1] MSE / 4) because the paper states its CIFAR-10 "
-        'numbers are "scaled to [0, 1]" (Sec. 5.4, Table 2, rounded to 1e-4).',
-        table2_markdown(report["table2"]),
+        table2_section(report["table2"]),
         "## Figures",
         figures_markdown(report),
         "## Cost",
@@ -612,7 +655,10 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
-    """FD vs S (log x) per η / σ̂: ours on the left, the paper's CIFAR-10 on the right."""
+    """FD vs S (log x) per η / σ̂: ours on the left (the rows run), the paper's CIFAR-10 on the
+    right; nothing with ``--no-figures``."""
+    if report["figures"] is None:
+        return []
     plt = bench.pyplot()
     fd = fd_lookup(report["table1"])
     fig, (ours, paper) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -653,24 +699,76 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="U-Net under bf16 autocast")
     parser.add_argument("--time-budget-min", type=float, help="scale n to fit this many minutes")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    parser.add_argument("--steps", help="Table 1's S, comma-separated (default: 10,20,50,100,1000)")
+    parser.add_argument(
+        "--etas", help=f"Table 1's rows, comma-separated from {','.join(ETA_NAMES)}"
+    )
+    parser.add_argument("--no-figures", action="store_true", help="draw no figure (no PNG)")
+    parser.add_argument("--name", default=NAME, help="stem of the outputs (default: %(default)s)")
     args = bench.parse(parser, argv)
-    for name in ("n", "n_1000", "n_inversion", "batch_size"):
+    for name in ("n", "n_1000", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 2:
             parser.error(f"--{name.replace('_', '-')} must be at least 2")
+    if args.n_inversion is not None and (args.n_inversion < 0 or args.n_inversion == 1):
+        parser.error("--n-inversion must be 0 (no Table 2) or at least 2")
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be at least 1")
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
+        parser.error(f"--name {args.name!r}: use letters, digits, '_' and '-' only")
+    try:
+        args.steps = table1_steps(args.steps)
+        args.etas = table1_variants(args.etas)
+    except ValueError as error:
+        parser.error(str(error))
     return args
+
+
+def table1_steps(text: str | None) -> tuple[int, ...] | None:
+    """``"20,1000"`` -> ``(20, 1000)`` (sorted, each once); None when not given."""
+    if text is None:
+        return None
+    try:
+        steps = sorted({int(part) for part in bench.comma_list(text)})
+    except ValueError:
+        raise ValueError(f"--steps {text!r}: give whole numbers, e.g. --steps 20,1000") from None
+    if not steps or steps[0] < 1:
+        raise ValueError(f"--steps {text!r}: give one or more S >= 1, e.g. --steps 20,1000")
+    return tuple(steps)
+
+
+def table1_variants(text: str | None) -> tuple[str, ...] | None:
+    """``"0,1,sigma_hat"`` -> the labels of those Table 1 rows, in the table's order; None when
+    not given. Numbers match by value (``1.0`` is ``1``)."""
+    if text is None:
+        return None
+    by_value = {float(name): label for name, label in ETA_NAMES.items() if name != "sigma_hat"}
+    chosen = set()
+    for part in bench.comma_list(text):
+        try:
+            label = ETA_NAMES["sigma_hat"] if part == "sigma_hat" else by_value.get(float(part))
+        except ValueError:
+            label = None
+        if label is None:
+            raise ValueError(f"--etas: {part!r} is not a Table 1 row; use {','.join(ETA_NAMES)}")
+        chosen.add(label)
+    if not chosen:
+        raise ValueError(f"--etas {text!r}: name one or more of {','.join(ETA_NAMES)}")
+    return tuple(label for label in VARIANT_LABELS if label in chosen)
 
 
 def make_settings(args: argparse.Namespace, num_timesteps: int) -> Settings:
     """Settings from the arguments; the quick grid with ``--quick``."""
     given = {"n": args.n, "n_full": args.n_1000, "seeds": args.seeds}
     given |= {"n_inversion": args.n_inversion, "batch_size": args.batch_size}
+    given |= {"steps": args.steps, "variants": args.etas}
+    if args.n_inversion == 0:
+        given["inversion_steps"] = ()
     settings = dataclasses.replace(
         QUICK if args.quick else Settings(),
         **{key: value for key, value in given.items() if value is not None},
         skip_full_eta=args.skip_1000_eta,
         bf16=args.bf16,
+        figures=not args.no_figures,
     )
     if max(settings.steps + settings.inversion_steps) > num_timesteps:
         raise DifflabError(
@@ -682,14 +780,18 @@ def make_settings(args: argparse.Namespace, num_timesteps: int) -> Settings:
 
 def command_line(args: argparse.Namespace, settings: Settings) -> str:
     """The command that redoes this run with the n it used (a time budget's choice explicit)."""
-    s = settings
+    s, default = settings, QUICK if settings.quick else Settings()
+    eta_names = {label: name for name, label in ETA_NAMES.items()}
     flags = {
+        f"--steps {','.join(map(str, s.steps))}": s.steps != default.steps,
+        f"--etas {','.join(eta_names[v] for v in s.variants)}": s.variants != default.variants,
         "--skip-1000-eta": s.skip_full_eta,
+        "--no-figures": not s.figures,
         "--bf16": s.bf16,
         "--quick": s.quick,
-        f"--batch-size {s.batch_size}": s.batch_size
-        != (QUICK if s.quick else Settings()).batch_size,
+        f"--batch-size {s.batch_size}": s.batch_size != default.batch_size,
         f"--threads {args.threads}": bool(args.threads),
+        f"--name {args.name}": args.name != NAME,
     }
     return " ".join(
         [
@@ -722,7 +824,7 @@ def plan_run(
         )
         if min(settings.n, settings.n_full) < 2 * FEATURE_DIM:
             print(f"  note: n < {2 * FEATURE_DIM}: FD is strongly biased upwards at this n.")
-    planned = tasks(pipeline, settings, rates, args.out_dir)
+    planned = tasks(pipeline, settings, rates, args.out_dir, args.name)
     print("plan:")
     predicted = bench.print_plan(planned)
     if budget and predicted > budget * 60 * 1.05:
@@ -736,7 +838,7 @@ def plan_run(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        return bench.publish(args, NAME, dict, render_markdown, figures)
+        return bench.publish(args, args.name, dict, render_markdown, figures)
     start = time.perf_counter()
     try:
         pipeline = load_pipeline(args.checkpoint)
@@ -748,14 +850,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     def report() -> dict[str, Any]:
-        out = measure(pipeline, settings, planned)
+        out = measure(pipeline, settings, planned, args.name)
         out["checkpoint"]["path"] = str(args.checkpoint)
         out |= {"command": command_line(args, settings), "plan": plan}
         out["total_seconds"] = time.perf_counter() - start
         print("\n".join(summary_lines(out)))
         return out
 
-    return bench.publish(args, NAME, report, render_markdown, figures)
+    return bench.publish(args, args.name, report, render_markdown, figures)
 
 
 if __name__ == "__main__":
