@@ -112,7 +112,7 @@ bench-ddim: install
 # benchmarks/results/ddim_headline.{json,md} and ddim_headline_*.png, not ddim_tables.*.
 bench-ddim-headline: install
 	$(PY) benchmarks/ddim_tables.py --checkpoint weights/mnist_fast.safetensors --name ddim_headline \
-		--steps 20,1000 --etas 0,1 --n 300 --n-1000 300 --n-inversion 0 --seeds 1 --threads 1
+		--steps 20,1000 --etas 0,1 --etas-1000 1 --n 300 --n-1000 300 --n-inversion 0 --seeds 1 --threads 1
 
 # NFE vs FD-MNIST for DDIM, DPM-Solver++(2M) and Heun on weights/mnist_ddim, plus the samplers
 # against diffusers' schedulers (CPU budget: n = 150, NFE 5..50, about 35 min on one busy core; the

@@ -651,7 +651,7 @@ def race_samplers(
     extra = {} if labels is None else {"class_labels": labels}
 
     def difflab_run() -> torch.Tensor:
-        return pipeline.generate(n, cond, seed=seed, steps=steps, eta=0.0)
+        return pipeline.generate(n, cond, seed=seed, steps=steps, spacing="uniform", eta=0.0)
 
     @torch.no_grad()
     def diffusers_run() -> torch.Tensor:

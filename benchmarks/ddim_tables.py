@@ -31,7 +31,8 @@ and ``ddim_consistency.png``; ``--quick`` (S ∈ {2, 5}, a few samples) adds ``_
 
 A subset of the cells: ``--steps 20,1000`` (Table 1's S; Table 2 keeps its own), ``--etas
 0,1`` (Table 1's rows, from ``0,0.2,0.5,1,sigma_hat``), ``--n-inversion 0`` (no Table 2),
-``--seeds 1`` (no standard-error cell), ``--no-figures``, and ``--name NAME`` (outputs
+``--etas-1000 1`` (the rows run at the longest S), ``--seeds 1`` (no standard-error cell),
+``--no-figures``, and ``--name NAME`` (outputs
 ``NAME.{json,md}`` and ``NAME_*.png``, so a subset does not overwrite the full tables). Rows not
 run are left out of the tables; a goal whose cells were not run reads "n/a ... not run".
 
@@ -133,6 +134,7 @@ class Settings:
     bf16: bool = False
     quick: bool = False
     variants: tuple[str, ...] = VARIANT_LABELS  # the Table 1 rows run (--etas)
+    full_variants: tuple[str, ...] | None = None  # those run at the longest S (--etas-1000)
     figures: bool = True  # the interpolation and consistency strips and FD vs S (--no-figures)
 
     @property
@@ -180,6 +182,7 @@ def fd_cells(settings: Settings) -> list[Cell]:
         for v in VARIANTS
         if v.label in s.variants
         and not (steps == full and s.skip_full_eta and v.label not in FULL_CHAIN_VARIANTS)
+        and not (steps == full and s.full_variants is not None and v.label not in s.full_variants)
     ]
     se_n = s.n_full if s.se_steps == full else s.n
     seeds = range(1, s.seeds) if VARIANTS[0].label in s.variants else ()  # η = 0 rows only
@@ -284,7 +287,7 @@ def run_cell(pipeline: DiffusionPipeline, cell: Cell, batch_size: int) -> dict[s
     v = cell.variant
     row = {"steps": cell.steps, "variant": v.label, "eta": v.eta, "sigma_hat": v.sigma_hat}
     row |= {"n": cell.n, "seed": cell.seed}
-    options = dict(n=cell.n, steps=cell.steps, eta=v.eta, sigma_hat=v.sigma_hat)
+    options = dict(n=cell.n, steps=cell.steps, spacing="uniform", eta=v.eta, sigma_hat=v.sigma_hat)
     return row | bench.score(pipeline, **options, seed=cell.seed, batch_size=batch_size)
 
 
@@ -356,7 +359,10 @@ def consistency_figure(
     """The same x_T decoded with every S (η = 0), one row per S; MSE of each row to the longest."""
     n, seed = CONSISTENCY_IMAGES, CONSISTENCY_SEED
     cond = conditioning(pipeline, n)
-    rows = [pipeline.generate(n, cond, seed=seed, steps=s, eta=0.0).clamp(-1, 1) for s in steps]
+    rows = [
+        pipeline.generate(n, cond, seed=seed, steps=s, spacing="uniform", eta=0.0).clamp(-1, 1)
+        for s in steps
+    ]
     mse = [float(((r - rows[-1]) ** 2).mean()) / 4 for r in rows]
     title = f"DDIM consistency: the same {n} x_T, η=0, each row another S"
     bench.image_rows_figure(rows, [f"S={s}" for s in steps], path, title)
@@ -703,6 +709,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--etas", help=f"Table 1's rows, comma-separated from {','.join(ETA_NAMES)}"
     )
+    parser.add_argument("--etas-1000", help="the rows run at the longest S (default: --etas)")
     parser.add_argument("--no-figures", action="store_true", help="draw no figure (no PNG)")
     parser.add_argument("--name", default=NAME, help="stem of the outputs (default: %(default)s)")
     args = bench.parse(parser, argv)
@@ -718,6 +725,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     try:
         args.steps = table1_steps(args.steps)
         args.etas = table1_variants(args.etas)
+        args.etas_1000 = table1_variants(args.etas_1000)
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -760,7 +768,7 @@ def make_settings(args: argparse.Namespace, num_timesteps: int) -> Settings:
     """Settings from the arguments; the quick grid with ``--quick``."""
     given = {"n": args.n, "n_full": args.n_1000, "seeds": args.seeds}
     given |= {"n_inversion": args.n_inversion, "batch_size": args.batch_size}
-    given |= {"steps": args.steps, "variants": args.etas}
+    given |= {"steps": args.steps, "variants": args.etas, "full_variants": args.etas_1000}
     if args.n_inversion == 0:
         given["inversion_steps"] = ()
     settings = dataclasses.replace(
@@ -786,6 +794,9 @@ def command_line(args: argparse.Namespace, settings: Settings) -> str:
         f"--steps {','.join(map(str, s.steps))}": s.steps != default.steps,
         f"--etas {','.join(eta_names[v] for v in s.variants)}": s.variants != default.variants,
         "--skip-1000-eta": s.skip_full_eta,
+        f"--etas-1000 {','.join(eta_names[v] for v in s.full_variants or ())}": bool(
+            s.full_variants
+        ),
         "--no-figures": not s.figures,
         "--bf16": s.bf16,
         "--quick": s.quick,

@@ -183,7 +183,7 @@ def guidance_sweep(
                 cond,
                 seed=0,
                 steps=args.steps,
-                spacing=base.default_spacing,
+                spacing=base.pipeline.auto_spacing("ddim"),
                 guidance=Guidance(guidance_scale=w, threshold=threshold),
             )
             seconds = time.perf_counter() - start
@@ -218,7 +218,7 @@ def compositional(
         captions = [canonical_caption(*map(int, t)) for t in triples]
         result[name] = caption_alignment(
             base.pipeline, cascade.text_conditioning(captions), triples, w, args, cnn,
-            base.default_spacing,
+            base.pipeline.auto_spacing("ddim"),
         )  # fmt: skip
         print(f"{name}: {result[name]}")
     return result
@@ -249,7 +249,7 @@ def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[
     captions = [canonical_caption(*map(int, t)) for t in held]
     frozen = CascadePipeline.load([frozen_path])
     base, learned = frozen.stages[0], load_pipeline(learned_path)
-    spacing = base.default_spacing
+    spacing = base.pipeline.auto_spacing("ddim")
     rows = {
         "frozen_minilm": caption_alignment(
             base.pipeline, frozen.text_conditioning(captions), held, w, args, cnn, spacing

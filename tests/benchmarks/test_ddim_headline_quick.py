@@ -100,3 +100,15 @@ def test_bad_subset_flags_are_one_sentence(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         ddim_tables().parse_args(argv)
     assert exit_info.value.code == 2 and "error: --" in capsys.readouterr().err
+
+
+def test_etas_1000_restricts_only_the_longest_column():
+    """The headline's cells: both rows at S = 20, only η = 1 at S = 1000 (the 1000-step ODE
+    cell alone costs as much as the rest). Fails if --etas-1000 drops rows at other S or is
+    ignored at the longest one."""
+    script = ddim_tables()
+    settings = script.Settings(
+        steps=(20, 1000), variants=("η=0.0", "η=1.0"), full_variants=("η=1.0",), seeds=1
+    )
+    cells = {(c.steps, c.variant.label) for c in script.fd_cells(settings) if c.part == "table1"}
+    assert cells == {(20, "η=0.0"), (20, "η=1.0"), (1000, "η=1.0")}

@@ -60,17 +60,21 @@ def test_sample_reports_the_chosen_precision(tiny_checkpoint, tmp_path, capsys, 
 
 
 @pytest.mark.parametrize(
-    "args,spacing",
+    "model,args,spacing",
     [
-        (["--sampler", "ddim"], "uniform"),
-        (["--sampler", "dpm++2m"], "karras"),
-        (["--sampler", "heun", "--spacing", "trailing"], "trailing"),
+        ("mnist_ddim", ["--sampler", "ddim"], "uniform"),
+        ("mnist_ddim", ["--sampler", "dpm++2m"], "karras"),
+        ("mnist_ddim", ["--sampler", "heun", "--spacing", "trailing"], "trailing"),
+        ("mnist_fast", ["--sampler", "dpm++2m"], "trailing"),  # v-prediction, cosine schedule
+        ("mnist_fast", ["--sampler", "dpm++2m", "--spacing", "karras"], "karras"),
     ],
 )
-def test_the_spacing_defaults_to_the_samplers_own(args, spacing):
-    """Fails if DPM-Solver++ and the EDM samplers lose their karras default or --spacing stops
-    overriding it."""
+def test_the_spacing_defaults_to_what_the_sampler_and_model_call_for(model, args, spacing):
+    """Fails if DPM-Solver++ and the EDM samplers lose their karras default on the linear
+    schedule, if a v model on the cosine schedule is not sampled with trailing steps (karras
+    puts 6 of 10 steps at t >= 994 there), or if --spacing stops overriding it."""
     from difflab.cli import build_parser
+    from difflab.pipelines import load_pipeline
 
-    parsed = build_parser().parse_args(["sample", "mnist_ddim", *args])
-    assert common.sampler_spacing(parsed) == spacing
+    parsed = build_parser().parse_args(["sample", model, *args])
+    assert common.sampler_spacing(parsed, load_pipeline(model)) == spacing

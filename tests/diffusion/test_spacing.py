@@ -47,3 +47,23 @@ def test_out_of_range_steps_are_rejected(steps):
 def test_unknown_spacing_is_rejected():
     with pytest.raises(DifflabError, match="unknown timestep spacing"):
         timestep_sequence(T, 10, "sideways")
+
+
+def test_automatic_spacing_follows_the_schedule_tail_and_the_prediction():
+    """Trailing only for a v or x0 model on the cosine schedule (sigma_max 20,291); the sampler's
+    own spacing on the linear one (157) and for eps models. Fails if the rule reads the schedule
+    or the prediction wrongly (e.g. sends an eps model to t = T - 1, where its x0 divides by ~0)."""
+    from difflab.diffusion import automatic_spacing
+    from difflab.diffusion.spacing import terminal_sigma
+
+    cosine, linear = (
+        NoiseSchedule.from_name("cosine", 1000),
+        NoiseSchedule.from_name("linear", 1000),
+    )
+    assert terminal_sigma(cosine) == pytest.approx(20291.17, rel=1e-4)
+    assert terminal_sigma(linear) == pytest.approx(157.41, rel=1e-4)
+    for preferred in ("karras", "uniform"):
+        assert automatic_spacing(preferred, cosine, "v") == "trailing"
+        assert automatic_spacing(preferred, cosine, "x0") == "trailing"
+        assert automatic_spacing(preferred, cosine, "eps") == preferred
+        assert automatic_spacing(preferred, linear, "v") == preferred

@@ -108,3 +108,34 @@ def test_bad_arguments_are_one_sentence(kwargs, message):
         pipe.generate(steps=2, **kwargs)
     with pytest.raises(DifflabError, match="unknown precision"):
         pipe.set_precision("fp16")
+
+
+@pytest.mark.parametrize(
+    ("schedule", "prediction", "sampler", "expected"),
+    [
+        ("cosine", "v", "dpm++2m", "trailing"),
+        ("cosine", "v", "ddim", "trailing"),
+        ("cosine", "eps", "dpm++2m", "karras"),
+        ("linear", "v", "dpm++2m", "karras"),
+        ("linear", "eps", "ddim", "uniform"),
+    ],
+)
+def test_default_spacing_is_the_models_and_an_explicit_one_wins(
+    schedule, prediction, sampler, expected
+):
+    """generate() without a spacing visits auto_spacing's timesteps (recorded by the callback);
+    an explicit spacing is used as given. Fails if "auto" is ignored or overrides the caller."""
+    torch.manual_seed(0)
+    net = build_model(*model_config("unet-tiny", image_size=8, prediction=prediction))
+    pipe = DiffusionPipeline.from_network(net, NoiseSchedule.from_name(schedule, 100))
+    assert pipe.auto_spacing(sampler) == expected
+
+    def visited(**spacing) -> list[int]:
+        seen: list[int] = []
+        pipe.generate(
+            1, steps=4, sampler=sampler, callback=lambda i: seen.append(int(i.t)), **spacing
+        )
+        return seen
+
+    assert visited() == pipe.timesteps(4, expected).tolist()
+    assert visited(spacing="uniform") == pipe.timesteps(4, "uniform").tolist()

@@ -81,7 +81,7 @@ def add_sampling_arguments(
         choices=SPACING_NAMES,
         default=None if with_sampler else "uniform",
         help="timestep sub-sequence (default: the sampler's own, uniform for ddim and ddpm, "
-        "karras for the others)"
+        "karras for the others; trailing for a v- or x0-predicting model on the cosine schedule)"
         if with_sampler
         else "timestep sub-sequence (default uniform)",
     )
@@ -139,9 +139,9 @@ def held_notes() -> Iterator[None]:
         _held_notes = outer
 
 
-def sampler_spacing(args: argparse.Namespace) -> str:
-    """``--spacing``, or the spacing the chosen sampler is meant for (``SamplerSpec.spacing``)."""
-    return args.spacing or SAMPLERS[args.sampler].spacing
+def sampler_spacing(args: argparse.Namespace, pipeline: DiffusionPipeline) -> str:
+    """``--spacing``, or what the chosen sampler calls for on this model (``auto_spacing``)."""
+    return args.spacing or pipeline.auto_spacing(args.sampler)
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

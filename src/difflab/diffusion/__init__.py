@@ -11,9 +11,10 @@ from difflab.diffusion.denoiser import (
 )
 from difflab.diffusion.loss import denoising_loss, draw_noise, min_snr_weight, prediction_target
 from difflab.diffusion.schedule import SCHEDULE_NAMES, NoiseSchedule
-from difflab.diffusion.spacing import SPACING_NAMES, timestep_sequence
+from difflab.diffusion.spacing import AUTO, SPACING_NAMES, automatic_spacing, timestep_sequence
 
 __all__ = [
+    "AUTO",
     "NULL_LABEL",
     "PREDICTION_TYPES",
     "SCHEDULE_NAMES",
@@ -23,6 +24,7 @@ __all__ = [
     "Network",
     "NoiseSchedule",
     "Prediction",
+    "automatic_spacing",
     "denoising_loss",
     "draw_noise",
     "eps_from_x0",

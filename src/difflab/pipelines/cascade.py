@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from difflab.diffusion import Conditioning
+from difflab.diffusion import AUTO, Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint
@@ -54,11 +54,10 @@ class StageSettings:
     Attributes:
         steps: sampler steps S.
         sampler: a registered sampler name (``ddim``, ``ddpm``, ...).
-        spacing: the timestep sub-sequence (``timestep_sequence``); None = the stage's own:
-            ``trailing`` for a v- or x0-predicting stage (its first step is at t = T - 1, where
-            x_T ~ N(0, I) is what training saw; ``uniform`` would start at t = 950 of 1000, where
-            the cosine schedule keeps 7.6 % of the image that pure noise lacks), ``uniform`` for
-            an eps-predicting one (its x0 estimate divides by sqrt(alpha_bar), ~0 at T - 1).
+        spacing: the timestep sub-sequence (``timestep_sequence``); ``"auto"`` = the stage's
+            own (:meth:`DiffusionPipeline.auto_spacing`): ``trailing`` for a v- or x0-predicting
+            stage on the cosine schedule (its first step is at t = T - 1, where x_T ~ N(0, I) is
+            what training saw), the sampler's own for an eps-predicting one.
         guidance_scale: classifier-free weight w (1 = the conditional model; None = no CFG).
         threshold: ``"dynamic"`` (Imagen), ``"static"`` (clip to [-1, 1]) or None.
         noise_level: a in [0, 1], the augmentation applied to the low-resolution input of a
@@ -68,7 +67,7 @@ class StageSettings:
 
     steps: int = 50
     sampler: str = "ddim"
-    spacing: str | None = None
+    spacing: str = AUTO
     guidance_scale: float | None = 5.0
     threshold: str | None = "dynamic"
     noise_level: float = 0.0
@@ -97,11 +96,6 @@ class CascadeStage:
     @property
     def channels(self) -> int:
         return self.pipeline.image_shape[0]
-
-    @property
-    def default_spacing(self) -> str:
-        """``trailing`` for a v- or x0-predicting stage, ``uniform`` for eps (see StageSettings)."""
-        return "uniform" if self.pipeline.net.prediction == "eps" else "trailing"
 
 
 def check_chain(stages: Sequence[CascadeStage]) -> None:
@@ -215,7 +209,7 @@ class CascadePipeline:
             step_callback = None if callback is None else functools.partial(callback, index)
             images = stage.pipeline.generate(
                 len(prompts), cond, seed=batch_seed(seed, index), sampler=options.sampler,
-                steps=options.steps, spacing=options.spacing or stage.default_spacing, eta=options.eta,
+                steps=options.steps, spacing=options.spacing, eta=options.eta,
                 guidance=options.guidance(), callback=step_callback,
             )  # fmt: skip
             outputs.append(images.clamp(-1, 1))

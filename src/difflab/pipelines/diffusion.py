@@ -23,7 +23,14 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from difflab.diffusion import Conditioning, Denoiser, NoiseSchedule, timestep_sequence
+from difflab.diffusion import (
+    AUTO,
+    Conditioning,
+    Denoiser,
+    NoiseSchedule,
+    automatic_spacing,
+    timestep_sequence,
+)
 from difflab.errors import DifflabError
 from difflab.models.classifier import NoisyClassifier, check_classifier_fits
 from difflab.models.controlnet import (
@@ -168,6 +175,11 @@ class DiffusionPipeline:
     def timesteps(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
         return timestep_sequence(self.schedule.num_timesteps, steps, spacing, self.schedule)
 
+    def auto_spacing(self, sampler: str) -> str:
+        """The spacing ``"auto"`` gives ``sampler`` on this model (:func:`automatic_spacing`)."""
+        preferred = get_sampler(sampler).spacing
+        return automatic_spacing(preferred, self.schedule, self.net.prediction)
+
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """(n, C, H, W) standard normal x_T, drawn on the CPU so a seed gives the same images on
         any device."""
@@ -259,7 +271,7 @@ class DiffusionPipeline:
         seed: int = 0,
         sampler: str = "ddim",
         steps: int = 50,
-        spacing: str = "uniform",
+        spacing: str = AUTO,
         eta: float = 0.0,
         sigma_hat: bool = False,
         guidance: Guidance | None = None,
@@ -278,7 +290,9 @@ class DiffusionPipeline:
                 ``seed + 1``; with batches, batch i uses ``SeedSequence([seed, i])`` likewise,
                 so a result depends on (seed, batch_size) only.
             sampler: a registered sampler name (:data:`~difflab.samplers.SAMPLER_NAMES`).
-            steps, spacing: the timestep sub-sequence (S steps, see ``timestep_sequence``).
+            steps, spacing: the timestep sub-sequence (S steps, see ``timestep_sequence``);
+                ``"auto"``: :meth:`auto_spacing` (the sampler's own spacing, trailing for a v or x0
+                model on a long-tailed schedule such as the cosine one).
             eta, sigma_hat: see :class:`~difflab.samplers.SamplerOptions`.
             guidance: the wrappers of the run (classifier-free, thresholding, classifier).
             batch_size: images per forward batch (bounds memory); None for all at once.
@@ -300,7 +314,9 @@ class DiffusionPipeline:
         if cond.batch_size not in (None, n):
             raise DifflabError(f"conditioning for {cond.batch_size} samples, but n = {n}.")
         self.check_conditioning(cond, guidance)
-        timesteps = self.timesteps(steps, spacing)
+        timesteps = self.timesteps(
+            steps, self.auto_spacing(sampler) if spacing == AUTO else spacing
+        )
         options = SamplerOptions(eta=float(eta), sigma_hat=sigma_hat)
         net = self.network_for_run(timesteps, control, control_scale)
         denoiser = self.guided_denoiser(guidance, sampler, timesteps, options, net)

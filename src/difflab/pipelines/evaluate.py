@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from difflab.diffusion import Conditioning
+from difflab.diffusion import AUTO, Conditioning
 from difflab.metrics.evaluate import (
     DEFAULT_SAMPLE_BATCH,
     LABEL_CLASSIFIERS,
@@ -52,7 +52,7 @@ def evaluate_pipeline(
     sampler: str = "ddim",
     steps: int = 50,
     eta: float = 0.0,
-    spacing: str = "uniform",
+    spacing: str = AUTO,
     seed: int = 0,
     batch_size: int = DEFAULT_SAMPLE_BATCH,
     *,
@@ -91,6 +91,8 @@ def evaluate_pipeline(
         checkpoint_name = ""
     else:
         checkpoint_name, pipeline = str(pipeline), load_pipeline(pipeline)
+    if spacing == AUTO:  # recorded as the spacing it stands for
+        spacing = pipeline.auto_spacing(sampler)
     if reference is None:
         reference = model_reference(pipeline, features, device)
     else:

@@ -13,14 +13,14 @@ from PIL import Image
 
 from difflab.data.folder import convert_mode, resize_and_center_crop
 from difflab.data.hints import make_hint
-from difflab.diffusion import Conditioning
+from difflab.diffusion import AUTO, Conditioning
 from difflab.errors import DifflabError
 from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint, shipped_names
 from difflab.models.controlnet import CONTROL_KIND, ControlledNetwork
 from difflab.pipelines import DiffusionPipeline, load_pipeline
 from difflab.pipelines.cascade import SHIPPED_CASCADE, CascadePipeline, StageSettings
-from difflab.samplers import SAMPLERS, Guidance, StepInfo
+from difflab.samplers import Guidance, StepInfo
 from difflab.web.images import decode_data_url, hint_tensor
 from difflab.web.limits import ServeLimits
 from difflab.web.schemas import GenerateRequest, RequestRefused
@@ -171,7 +171,7 @@ class ServedModel:
             "seed": request.seed,
             "sampler": request.sampler,
             "steps": request.steps,
-            "spacing": request.spacing or SAMPLERS[request.sampler].spacing,
+            "spacing": request.spacing or self.pipeline.auto_spacing(request.sampler),
             "eta": request.eta,
             "guidance": guidance,
         }
@@ -315,7 +315,7 @@ class ServedCascade(ServedModel):
         stage = StageSettings(
             steps=request.steps,
             sampler=request.sampler,
-            spacing=request.spacing,  # None: each stage's own (StageSettings.spacing)
+            spacing=request.spacing or AUTO,  # each stage's own (StageSettings.spacing)
             guidance_scale=None if guidance is None else guidance.guidance_scale,
             threshold=request.threshold,
             noise_level=request.noise_level,

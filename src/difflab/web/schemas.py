@@ -42,7 +42,7 @@ class GenerateRequest(BaseModel):
     n: int = Field(1, ge=1)
     steps: int = Field(20, ge=1)
     sampler: str = "ddim"
-    spacing: str | None = None  # None: the sampler's own (SamplerSpec.spacing)
+    spacing: str | None = None  # None: the model's (DiffusionPipeline.auto_spacing)
     eta: float = Field(0.0, ge=0, allow_inf_nan=False)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     label: int | None = Field(None, ge=0)
