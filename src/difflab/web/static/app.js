@@ -111,7 +111,7 @@ async function loadModels() {
     element.title = sampler.summary;
     $("sampler").append(element);
   }
-  $("spacing").append(option("", "the sampler's own"));
+  $("spacing").append(option("", "auto (the sampler's and model's)"));
   for (const spacing of answer.spacings) $("spacing").append(option(spacing, spacing));
   $("steps").max = answer.limits.max_steps;
   $("n").max = answer.limits.max_n;
