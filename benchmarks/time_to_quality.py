@@ -54,11 +54,12 @@ FD_GOAL, GOAL_MINUTES, THRESHOLDS = 0.2, 60.0, (1.0, 0.5)
 VARIANTS: dict[str, dict[str, Any]] = {
     "10 NFE": {"steps": 10},
     "10 NFE, trailing spacing": {"steps": 10, "spacing": "trailing"},
+    "20 NFE, trailing spacing": {"spacing": "trailing"},
     "static x0 clipping": {"threshold": "static"},
 }
 """Other sampling settings scored on the new recipe's last checkpoint and on the shipped model, to
-choose the defaults from measurement: half the steps (``make demo``'s time), with karras or
-trailing spacing, and clipping x0."""
+choose the defaults from measurement: half the steps (``make demo``'s time), karras or trailing
+spacing at 10 and 20 steps (the spacing "auto" picks), and clipping x0."""
 FLOOR_N1000 = 0.064  # benchmarks/results/fd_floor.json: real training digits vs test, n = 1000
 
 
