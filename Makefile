@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-ddim-headline bench-guidance bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe bench-efficient-unet bench-time-to-quality
+.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-ddim-headline bench-guidance bench-guidance-fast bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe bench-efficient-unet bench-time-to-quality
 
 install: $(STAMP)
 
@@ -150,6 +150,13 @@ bench-inversion: install
 # busy core, about 75 min with --bf16; --plan-only, --n, --steps: see the script).
 bench-guidance: install
 	$(PY) benchmarks/guidance_table.py
+
+# The same sweeps on the recommended recipe's models (mnist_fast, mnist_cond_fast and their
+# cosine-schedule classifier), DDIM-20 (trailing: 'auto' on these v models), n = 300 per cell.
+bench-guidance-fast: install
+	$(PY) benchmarks/guidance_table.py --unconditional weights/mnist_fast.safetensors \
+		--conditional weights/mnist_cond_fast.safetensors --classifier weights/mnist_classifier_fast.safetensors \
+		--name guidance_fast --n 300 --steps 20 --scales 0,1,2,5,10 --guidance-scales 0,1,3,5 --threads 1
 
 # "Diffusion Models Beat GANs", the rest (issue 20): Table 1 in shape (the base U-Net and each
 # architecture change at the same budget on MNIST and Fashion-MNIST: FD, images per CPU-second)

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,24 @@ def bench_parser(doc: str | None, quick: str) -> argparse.ArgumentParser:
         help="re-render the markdown (and plots) from the JSON in --out-dir; measure nothing",
     )
     return parser
+
+
+def output_name(text: str) -> str:
+    """``--name``'s type: the stem of a report's files, letters, digits, '_' and '-' only."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits, '_' and '-' only")
+    return text
+
+
+def add_name_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--name NAME``: write ``NAME.{json,md}`` and NAME-prefixed figures, so a run on other
+    models or cells does not overwrite the default report."""
+    parser.add_argument(
+        "--name",
+        type=output_name,
+        default=default,
+        help="stem of the outputs (default: %(default)s)",
+    )
 
 
 def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -47,7 +47,6 @@ import argparse
 import dataclasses
 import functools
 import math
-import re
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -711,7 +710,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--etas-1000", help="the rows run at the longest S (default: --etas)")
     parser.add_argument("--no-figures", action="store_true", help="draw no figure (no PNG)")
-    parser.add_argument("--name", default=NAME, help="stem of the outputs (default: %(default)s)")
+    bench.add_name_argument(parser, NAME)
     args = bench.parse(parser, argv)
     for name in ("n", "n_1000", "batch_size"):
         if getattr(args, name) is not None and getattr(args, name) < 2:
@@ -720,8 +719,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--n-inversion must be 0 (no Table 2) or at least 2")
     if args.seeds is not None and args.seeds < 1:
         parser.error("--seeds must be at least 1")
-    if not re.fullmatch(r"[A-Za-z0-9_-]+", args.name):
-        parser.error(f"--name {args.name!r}: use letters, digits, '_' and '-' only")
     try:
         args.steps = table1_steps(args.steps)
         args.etas = table1_variants(args.etas)

@@ -31,6 +31,7 @@ S = 2: a smoke test whose numbers mean nothing). Before running it times one bat
 network and prints the predicted minutes (``--plan-only`` stops there).
 
     python benchmarks/guidance_table.py          # make bench-guidance, with the weights/ defaults
+    make bench-guidance-fast   # the recommended recipe's models, as guidance_fast.* (--name)
     python benchmarks/guidance_table.py --quick --out-dir /tmp/guidance
 """
 
@@ -328,7 +329,7 @@ def measure(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | No
     if args.plan_only:
         return None
     rows = bench.run_tasks(planned)["cells"]
-    stem = bench.stem_of(NAME, settings.quick)
+    stem = bench.stem_of(args.name, settings.quick)
     path = args.out_dir / f"{stem}_samples.png"
     print(f"wrote {bench.image_rows_figure(list(samples.values()), list(samples), path)}")
     return {
@@ -479,6 +480,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--guidance-scales", type=parse_scales, help="CFG weights w of (c)")
     parser.add_argument("--bf16", action="store_true", help="sample under bf16 autocast")
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    bench.add_name_argument(parser, NAME)
     return bench.parse(parser, argv)
 
 
@@ -509,7 +511,8 @@ def command_line(args: argparse.Namespace, settings: Settings) -> str:
         "--scales " + ",".join(f"{v:g}" for v in s.classifier_scales),
         "--guidance-scales " + ",".join(f"{v:g}" for v in s.guidance_scales),
     ]
-    return " ".join(parts + [flag for flag, on in (("--bf16", s.bf16), ("--quick", s.quick)) if on])
+    flags = (("--bf16", s.bf16), ("--quick", s.quick), (f"--name {args.name}", args.name != NAME))
+    return " ".join(parts + [flag for flag, on in flags if on])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -522,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     if args.plan_only:
         return 0
-    status = bench.publish(args, NAME, lambda: report, render_markdown, figures)
+    status = bench.publish(args, args.name, lambda: report, render_markdown, figures)
     if report is not None:
         print(f"goal: {report['goal']['passed']} — {report['goal']['detail']}")
     return status
