@@ -147,6 +147,7 @@ def test_invert_interpolate_and_info(tiny_checkpoint, tmp_path, capsys):
     assert code == 0, err
     code, stdout, _ = run_cli(["info", str(tiny_checkpoint)], capsys)
     assert code == 0 and "kind: diffusion" in stdout and "step: 3" in stdout
+    assert "CPU-seconds of optimizer updates" in stdout  # the recorded training time
     code, stdout, _ = run_cli(["info", "--presets"], capsys)
     assert code == 0 and "unet-mnist" in stdout
 

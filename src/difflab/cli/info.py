@@ -69,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if meta.get("arch") in ARCHITECTURES and isinstance(meta.get("model"), dict):
         config = config_from_dict(meta["arch"], meta["model"])
         print(f"cost: {forward_gflops(meta['arch'], config):.3f} GFLOPs per forward pass per image")
+    if "train_cpu_seconds" in meta:  # recorded since difflab train kept the time
+        print(
+            f"training: {meta['train_seconds']:.0f} s wall-clock, {meta['train_cpu_seconds']:.0f} "
+            "CPU-seconds of optimizer updates"
+        )
     print(f"versions: {json.dumps(meta.get('versions', {}), sort_keys=True)}")
     return 0
 
