@@ -194,7 +194,7 @@ def test_the_shipped_stages_read_their_conditioning_at_high_noise():
 
     * the shipped base's x0 must show the prompt's background colour (nearest palette colour of
       its border) for at least 40 % of 48 test captions, over three times chance (1 in 8); it
-      reads 0.52. The first shipped base (eps prediction, uniform timesteps) read 0.19: it had
+      reads 0.60 (the 20-minute v base before it: 0.52). The first shipped base (eps prediction, uniform timesteps) read 0.19: it had
       learned to ignore the text there, so its samples' colours were at chance.
     * the shipped 16 -> 32 stage's x0 must keep the colours of its low-resolution input (mean
       colour per image within 0.2; it is 0.05). The first shipped SR stage (eps) was 0.80 off:
