@@ -67,3 +67,6 @@ def test_automatic_spacing_follows_the_schedule_tail_and_the_prediction():
         assert automatic_spacing(preferred, cosine, "x0") == "trailing"
         assert automatic_spacing(preferred, cosine, "eps") == preferred
         assert automatic_spacing(preferred, linear, "v") == preferred
+        # classifier guidance: never t = T - 1 of a long tail, where x0 moves by ~2e4 x grad
+        assert automatic_spacing(preferred, cosine, "v", classifier_guided=True) == "uniform"
+        assert automatic_spacing(preferred, linear, "eps", classifier_guided=True) == preferred

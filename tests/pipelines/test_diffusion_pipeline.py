@@ -139,3 +139,17 @@ def test_default_spacing_is_the_models_and_an_explicit_one_wins(
 
     assert visited() == pipe.timesteps(4, expected).tolist()
     assert visited(spacing="uniform") == pipe.timesteps(4, "uniform").tolist()
+
+
+def test_classifier_guidance_keeps_a_cosine_v_model_off_the_last_timestep():
+    """Under classifier guidance "auto" is uniform on the cosine schedule (the eps shift moves x0
+    by sqrt(1 - a) / sqrt(a) times the classifier's gradient, ~2e4 at t = T - 1); without it,
+    trailing. Fails if auto_spacing ignores the guidance it is given."""
+    from difflab.samplers import Guidance
+
+    net = build_model(*model_config("unet-tiny", image_size=8, prediction="v"))
+    pipe = DiffusionPipeline.from_network(net, NoiseSchedule.from_name("cosine", 100))
+    classifier = lambda x, t: torch.zeros(len(x), 10)  # noqa: E731 (never called here)
+    assert pipe.auto_spacing("dpm++2m", Guidance(classifier, 1.0)) == "uniform"
+    assert pipe.auto_spacing("dpm++2m", Guidance(classifier, 0.0)) == "trailing"
+    assert pipe.auto_spacing("dpm++2m", Guidance(guidance_scale=3.0)) == "trailing"

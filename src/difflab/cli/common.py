@@ -139,9 +139,12 @@ def held_notes() -> Iterator[None]:
         _held_notes = outer
 
 
-def sampler_spacing(args: argparse.Namespace, pipeline: DiffusionPipeline) -> str:
-    """``--spacing``, or what the chosen sampler calls for on this model (``auto_spacing``)."""
-    return args.spacing or pipeline.auto_spacing(args.sampler)
+def sampler_spacing(
+    args: argparse.Namespace, pipeline: DiffusionPipeline, guidance: Guidance | None = None
+) -> str:
+    """``--spacing``, or what the chosen sampler calls for on this model under this guidance
+    (``auto_spacing``)."""
+    return args.spacing or pipeline.auto_spacing(args.sampler, guidance)
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:

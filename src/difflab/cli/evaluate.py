@@ -202,7 +202,7 @@ def run_eval(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         steps=args.steps,
         eta=args.eta,
-        spacing=sampler_spacing(args, pipeline),
+        spacing=sampler_spacing(args, pipeline, guidance),
         seed=args.seed,
         batch_size=args.batch_size,
         sigma_hat=args.sigma_hat,

@@ -193,7 +193,7 @@ def sample_shard(args: argparse.Namespace, out: Path, group: Distributed) -> int
         seed=args.seed if group.is_main else rank_seed(args.seed, group.rank, 0),
         sampler=args.sampler,
         steps=args.steps,
-        spacing=sampler_spacing(args, pipeline),
+        spacing=sampler_spacing(args, pipeline, guidance),
         eta=args.eta,
         sigma_hat=args.sigma_hat,
         guidance=guidance,

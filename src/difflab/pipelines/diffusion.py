@@ -175,10 +175,13 @@ class DiffusionPipeline:
     def timesteps(self, steps: int, spacing: str = "uniform") -> torch.Tensor:
         return timestep_sequence(self.schedule.num_timesteps, steps, spacing, self.schedule)
 
-    def auto_spacing(self, sampler: str) -> str:
-        """The spacing ``"auto"`` gives ``sampler`` on this model (:func:`automatic_spacing`)."""
+    def auto_spacing(self, sampler: str, guidance: Guidance | None = None) -> str:
+        """The spacing ``"auto"`` gives ``sampler`` on this model under ``guidance``
+        (:func:`automatic_spacing`)."""
         preferred = get_sampler(sampler).spacing
-        return automatic_spacing(preferred, self.schedule, self.net.prediction)
+        guided = guidance is not None and guidance.classifier is not None
+        guided = guided and guidance.classifier_scale > 0
+        return automatic_spacing(preferred, self.schedule, self.net.prediction, guided)
 
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """(n, C, H, W) standard normal x_T, drawn on the CPU so a seed gives the same images on
@@ -291,8 +294,9 @@ class DiffusionPipeline:
                 so a result depends on (seed, batch_size) only.
             sampler: a registered sampler name (:data:`~difflab.samplers.SAMPLER_NAMES`).
             steps, spacing: the timestep sub-sequence (S steps, see ``timestep_sequence``);
-                ``"auto"``: :meth:`auto_spacing` (the sampler's own spacing, trailing for a v or x0
-                model on a long-tailed schedule such as the cosine one).
+                ``"auto"``: :meth:`auto_spacing` (the sampler's own spacing; on a long-tailed
+                schedule such as the cosine one, trailing for a v or x0 model and uniform under
+                classifier guidance).
             eta, sigma_hat: see :class:`~difflab.samplers.SamplerOptions`.
             guidance: the wrappers of the run (classifier-free, thresholding, classifier).
             batch_size: images per forward batch (bounds memory); None for all at once.
@@ -314,9 +318,9 @@ class DiffusionPipeline:
         if cond.batch_size not in (None, n):
             raise DifflabError(f"conditioning for {cond.batch_size} samples, but n = {n}.")
         self.check_conditioning(cond, guidance)
-        timesteps = self.timesteps(
-            steps, self.auto_spacing(sampler) if spacing == AUTO else spacing
-        )
+        if spacing == AUTO:
+            spacing = self.auto_spacing(sampler, guidance)
+        timesteps = self.timesteps(steps, spacing)
         options = SamplerOptions(eta=float(eta), sigma_hat=sigma_hat)
         net = self.network_for_run(timesteps, control, control_scale)
         denoiser = self.guided_denoiser(guidance, sampler, timesteps, options, net)

@@ -92,7 +92,7 @@ def evaluate_pipeline(
     else:
         checkpoint_name, pipeline = str(pipeline), load_pipeline(pipeline)
     if spacing == AUTO:  # recorded as the spacing it stands for
-        spacing = pipeline.auto_spacing(sampler)
+        spacing = pipeline.auto_spacing(sampler, guidance)
     if reference is None:
         reference = model_reference(pipeline, features, device)
     else:
