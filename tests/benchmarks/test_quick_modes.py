@@ -173,7 +173,6 @@ RENDERED = {
     "attention_kernels": ("attention_kernels", ()),
     "controlnet": ("controlnet", ()),
     "ddim_tables": ("ddim_tables", ()),
-    "ddim_headline": ("ddim_tables", ("--name", "ddim_headline")),  # make bench-ddim-headline
     "dit_scaling": ("dit_scaling", ()),
     "efficient_unet": ("efficient_unet", ()),
     "fd_floor": ("fd_floor", ()),
