@@ -112,9 +112,10 @@ VARIANTS = (
     *(Variant(f"η={eta:.1f}", eta) for eta in (0.0, 0.2, 0.5, 1.0)),
     Variant("σ̂", 1.0, sigma_hat=True),
 )
-FULL_CHAIN_VARIANTS = ("η=0.0", "η=1.0")  # what --skip-1000-eta keeps at S = 1000
+FULL_CHAIN_VARIANTS = ("η=0.0", "η=1.0")  # what --skip-1000-eta keeps at S = 1000 (--etas-1000 0,1)
 VARIANT_LABELS = tuple(v.label for v in VARIANTS)
 ETA_NAMES = {"0": "η=0.0", "0.2": "η=0.2", "0.5": "η=0.5", "1": "η=1.0", "sigma_hat": "σ̂"}
+ETA_NAME_OF = {label: name for name, label in ETA_NAMES.items()}  # row label -> --etas name
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,6 @@ class Settings:
 
     n: int = 500
     n_full: int = 200
-    skip_full_eta: bool = False
     seeds: int = 3
     n_inversion: int = 100
     steps: tuple[int, ...] = STEPS
@@ -180,7 +180,6 @@ def fd_cells(settings: Settings) -> list[Cell]:
         for steps in s.steps
         for v in VARIANTS
         if v.label in s.variants
-        and not (steps == full and s.skip_full_eta and v.label not in FULL_CHAIN_VARIANTS)
         and not (steps == full and s.full_variants is not None and v.label not in s.full_variants)
     ]
     se_n = s.n_full if s.se_steps == full else s.n
@@ -631,7 +630,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     s, ckpt, metric = report["settings"], report["checkpoint"], report["metric"]
     quick = " — quick run (smoke test; numbers meaningless)" if s["quick"] else ""
     unet = "bf16 autocast (Table 2 in fp32)" if s["bf16"] else "fp32"
-    skip = " (only η=0 and η=1 there)" if s["skip_full_eta"] else ""
+    full_rows = s.get("full_variants") or (FULL_CHAIN_VARIANTS if s.get("skip_full_eta") else ())
+    only = [label if label == "σ̂" else f"η={ETA_NAME_OF[label]}" for label in full_rows]
+    skip = f" (only {' and '.join(only)} there)" if only else ""  # old reports: skip_full_eta
     digits = s["n_inversion"]
     table2 = f"the first {digits} MNIST test digits" if digits else "not run (--n-inversion 0)"
     return bench.sections(
@@ -697,7 +698,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     parser.add_argument("--n", type=int, help=f"samples per Table 1 cell ({Settings.n})")
     parser.add_argument("--n-1000", type=int, help=f"samples at S=1000 = T ({Settings.n_full})")
-    parser.add_argument("--skip-1000-eta", action="store_true", help="at S=1000 only η=0, η=1")
+    parser.add_argument(
+        "--skip-1000-eta", action="store_true", help="at S=1000 only η=0, η=1 (--etas-1000 0,1)"
+    )
     parser.add_argument("--seeds", type=int, help=f"seeds of the SE cell ({Settings.seeds})")
     parser.add_argument("--n-inversion", type=int, help=f"Table 2 digits ({Settings.n_inversion})")
     parser.add_argument("--batch-size", type=int, help=f"images sampled at once ({BATCH_SIZE})")
@@ -723,6 +726,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.steps = table1_steps(args.steps)
         args.etas = table1_variants(args.etas)
         args.etas_1000 = table1_variants(args.etas_1000)
+        if args.skip_1000_eta and args.etas_1000 is None:
+            args.etas_1000 = FULL_CHAIN_VARIANTS
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -771,7 +776,6 @@ def make_settings(args: argparse.Namespace, num_timesteps: int) -> Settings:
     settings = dataclasses.replace(
         QUICK if args.quick else Settings(),
         **{key: value for key, value in given.items() if value is not None},
-        skip_full_eta=args.skip_1000_eta,
         bf16=args.bf16,
         figures=not args.no_figures,
     )
@@ -786,12 +790,10 @@ def make_settings(args: argparse.Namespace, num_timesteps: int) -> Settings:
 def command_line(args: argparse.Namespace, settings: Settings) -> str:
     """The command that redoes this run with the n it used (a time budget's choice explicit)."""
     s, default = settings, QUICK if settings.quick else Settings()
-    eta_names = {label: name for name, label in ETA_NAMES.items()}
     flags = {
         f"--steps {','.join(map(str, s.steps))}": s.steps != default.steps,
-        f"--etas {','.join(eta_names[v] for v in s.variants)}": s.variants != default.variants,
-        "--skip-1000-eta": s.skip_full_eta,
-        f"--etas-1000 {','.join(eta_names[v] for v in s.full_variants or ())}": bool(
+        f"--etas {','.join(ETA_NAME_OF[v] for v in s.variants)}": s.variants != default.variants,
+        f"--etas-1000 {','.join(ETA_NAME_OF[v] for v in s.full_variants or ())}": bool(
             s.full_variants
         ),
         "--no-figures": not s.figures,

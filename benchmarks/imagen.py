@@ -183,7 +183,6 @@ def guidance_sweep(
                 cond,
                 seed=0,
                 steps=args.steps,
-                spacing=base.pipeline.auto_spacing("ddim"),
                 guidance=Guidance(guidance_scale=w, threshold=threshold),
             )
             seconds = time.perf_counter() - start
@@ -217,9 +216,8 @@ def compositional(
     for name, triples in (("held_out", held), ("seen", seen)):
         captions = [canonical_caption(*map(int, t)) for t in triples]
         result[name] = caption_alignment(
-            base.pipeline, cascade.text_conditioning(captions), triples, w, args, cnn,
-            base.pipeline.auto_spacing("ddim"),
-        )  # fmt: skip
+            base.pipeline, cascade.text_conditioning(captions), triples, w, args, cnn
+        )
         print(f"{name}: {result[name]}")
     return result
 
@@ -231,11 +229,11 @@ def caption_alignment(
     w: float,
     args: argparse.Namespace,
     cnn: Any,
-    spacing: str,
 ) -> dict[str, float]:
-    """Alignment of a base stage's images for one caption per triple (dynamic thresholding)."""
+    """Alignment of a base stage's images for one caption per triple (dynamic thresholding;
+    the pipeline's own spacing, ``"auto"``)."""
     images = pipeline.generate(
-        len(triples), cond, seed=5, steps=args.steps, spacing=spacing,
+        len(triples), cond, seed=5, steps=args.steps,
         guidance=Guidance(guidance_scale=w, threshold="dynamic"),
     )  # fmt: skip
     return alignment(images, triples, cnn)
@@ -249,13 +247,12 @@ def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[
     captions = [canonical_caption(*map(int, t)) for t in held]
     frozen = CascadePipeline.load([frozen_path])
     base, learned = frozen.stages[0], load_pipeline(learned_path)
-    spacing = base.pipeline.auto_spacing("ddim")
     rows = {
         "frozen_minilm": caption_alignment(
-            base.pipeline, frozen.text_conditioning(captions), held, w, args, cnn, spacing
+            base.pipeline, frozen.text_conditioning(captions), held, w, args, cnn
         ),
         "learned_bag_of_words": caption_alignment(
-            learned, learned.caption_conditioning(captions), held, w, args, cnn, spacing
+            learned, learned.caption_conditioning(captions), held, w, args, cnn
         ),
     }
     for name, row in rows.items():

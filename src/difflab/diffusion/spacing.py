@@ -84,8 +84,8 @@ def automatic_spacing(
     chance that way). An eps-predicting model keeps the preferred spacing: its x0 estimate divides
     by sqrt(alpha_bar), about 5e-5 at t = T - 1 of the cosine schedule. Classifier guidance shifts
     eps by sqrt(1 - alpha_bar) * grad log p(y | x_t) (Dhariwal & Nichol 2021, Algorithm 2), which
-    moves x0 by that over sqrt(alpha_bar): about 2e4 times the classifier's gradient at t = T - 1
-    (x0 reached |620| there at s = 1 on mnist_fast), 13 times at uniform's first step of 20.
+    moves x0 by that over sqrt(alpha_bar), i.e. by sigma times the classifier's gradient: about
+    2e4 times at t = T - 1 of the cosine schedule, 13 times at uniform's first step of 20.
     """
     if terminal_sigma(schedule) <= LONG_TAIL_SIGMA:
         return preferred

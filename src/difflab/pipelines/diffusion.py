@@ -179,8 +179,7 @@ class DiffusionPipeline:
         """The spacing ``"auto"`` gives ``sampler`` on this model under ``guidance``
         (:func:`automatic_spacing`)."""
         preferred = get_sampler(sampler).spacing
-        guided = guidance is not None and guidance.classifier is not None
-        guided = guided and guidance.classifier_scale > 0
+        guided = guidance is not None and guidance.shifts_by_classifier
         return automatic_spacing(preferred, self.schedule, self.net.prediction, guided)
 
     def noise(self, n: int, seed: int) -> torch.Tensor:

@@ -79,6 +79,11 @@ class Guidance:
         return tuple(name for name in WRAPPER_ORDER if applied[name])
 
     @property
+    def shifts_by_classifier(self) -> bool:
+        """Whether a classifier's gradient moves the prediction (a classifier with s > 0)."""
+        return self.classifier is not None and self.classifier_scale > 0
+
+    @property
     def needs_labels(self) -> bool:
         """Whether the run needs target labels (classifier-free or classifier guidance)."""
         return self.classifier is not None or self.guidance_scale is not None

@@ -171,7 +171,7 @@ class ServedModel:
             "seed": request.seed,
             "sampler": request.sampler,
             "steps": request.steps,
-            "spacing": request.spacing or self.pipeline.auto_spacing(request.sampler, guidance),
+            "spacing": request.spacing or AUTO,  # generate() resolves it for model and guidance
             "eta": request.eta,
             "guidance": guidance,
         }
