@@ -1,10 +1,13 @@
 """NFE vs FD-MNIST for the registered samplers (DPM-Solver's and EDM's figures in shape).
 
-For each shipped model (the unconditional U-Net ``mnist_ddim``; the class-conditional U-Net
-``mnist_cond`` and the DiT ``dit_mnist_s4`` with classifier-free guidance) and each sampler, FD-MNIST,
-precision and recall of ``--n`` samples at each budget of network evaluations (NFE) in ``--nfe``.
-A sampler runs with the spacing its paper uses: DDIM ``uniform`` (Song et al. 2021), the EDM
-samplers and DPM-Solver++(2M) ``karras`` (Karras et al. 2022, rho = 7). Heun spends two
+For each shipped model (the unconditional U-Nets ``mnist_ddim`` and ``mnist_fast``; the
+class-conditional U-Nets ``mnist_cond`` and ``mnist_cond_fast`` and the DiT ``dit_mnist_s4`` with
+classifier-free guidance) and each sampler, FD-MNIST, precision and recall of ``--n`` samples at
+each budget of network evaluations (NFE) in ``--nfe``. A sampler runs with the spacing a user gets
+by default (``spacing="auto"``, resolved by ``DiffusionPipeline.auto_spacing``): on the linear
+schedule the one its paper uses, DDIM ``uniform`` (Song et al. 2021), the EDM samplers and
+DPM-Solver++(2M) ``karras`` (Karras et al. 2022, rho = 7); on the cosine schedule of the
+v-prediction models ``trailing``. Each cell records its spacing. Heun spends two
 evaluations per step (``2 S - 1`` in all), so it runs the largest S whose NFE fits the budget; the
 table gives the NFE actually spent. Every cell uses seed 0, so the cells of one model start from
 the same x_T (common random numbers): differences between cells are less noisy than the FDs.
@@ -19,10 +22,11 @@ same network from the same x_T on the same timesteps (diffusers' ``leading`` spa
 same noise: the largest difference of the final samples and the wall-time ratio.
 
 Before measuring, the script times the networks and prints the plan; ``--plan-only`` stops there.
-Writes ``samplers.{json,md}`` and ``samplers.png``; ``--quick`` (one model, a few samplers, NFE
+Writes ``samplers.{json,md}`` and ``samplers.png`` (``--name`` another stem); ``--quick`` (one model, a few samplers, NFE
 NFE 3, 8 samples) adds ``_quick``.
 
     python benchmarks/samplers.py --threads 1                      # make bench-samplers
+    python benchmarks/samplers.py --models mnist_fast --name samplers_fast --threads 1
     python benchmarks/samplers.py --quick --out-dir /tmp/samplers
 """
 
@@ -47,13 +51,22 @@ from difflab.samplers import SAMPLERS, Guidance, SamplerOptions
 NAME = "samplers"
 NFE = (5, 8, 10, 15, 20, 50)
 SAMPLER_CHOICE = ("ddim", "dpm++2m", "unipc", "heun", "euler", "euler-a")
-MODELS: dict[str, float | None] = {"mnist_ddim": None, "mnist_cond": 3.0, "dit_mnist_s4": 2.0}
+MODELS: dict[str, float | None] = {
+    "mnist_ddim": None,
+    "mnist_cond": 3.0,
+    "dit_mnist_s4": 2.0,
+    "mnist_fast": None,
+    "mnist_cond_fast": 3.0,
+}
 """Shipped model -> its classifier-free guidance weight (None: unguided). w = 3 is mnist_cond's
-best FD in ``guidance.md`` (3.60 at 50 DDIM steps); w = 2 is the DiT study's."""
+best FD in ``guidance.md`` (3.60 at 50 DDIM steps) and, for mnist_cond_fast, the smallest w with
+label accuracy 1.00 in ``guidance_fast.md`` (FD 0.40 vs 0.35 at w = 1); w = 2 is the DiT study's."""
 GOAL_NFE, GOAL_BEST_RATIO, GOAL_DDIM_RATIO = 10, 1.2, 0.5
 DEFAULT_PAIR = (("dpm++2m", 20), ("ddim", 50))  # the default-sampler question of issue 17
 CELL_OVERHEAD_S = 0.7  # per FD cell: feature CNN + reference statistics
 PEER_NFE, PEER_SAMPLES = 10, 16
+PEER_PREDICTION = {"eps": "epsilon", "v": "v_prediction", "x0": "sample"}
+"""difflab's ``net.prediction`` -> diffusers' ``prediction_type``."""
 PEER_SCHEDULERS = {
     "dpm++2m": ("DPMSolverMultistepScheduler", {}),
     "dpm++2m-sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++"}),
@@ -85,9 +98,14 @@ def steps_for(sampler: str, nfe: int) -> int:
     return max([s for s in range(1, nfe + 1) if spec.nfe(s) <= nfe] or [1])
 
 
-def spacing_of(sampler: str) -> str:
-    """The spacing the sampler is meant for (``SamplerSpec.spacing``)."""
-    return SAMPLERS[sampler].spacing
+def spacing_of(pipeline: DiffusionPipeline, model: str, sampler: str) -> str:
+    """The spacing ``generate(spacing="auto")`` takes for this model, sampler and guidance."""
+    return pipeline.auto_spacing(sampler, guidance_of(model))
+
+
+def cell_spacing(row: dict[str, Any]) -> str:
+    """The spacing a cell ran with (reports before cells recorded it: the sampler's own)."""
+    return row.get("spacing") or SAMPLERS[row["sampler"]].spacing
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -146,7 +164,7 @@ def run_cell(
     pipeline: DiffusionPipeline, model: str, sampler: str, steps: int, settings: Settings
 ) -> dict[str, Any]:
     """FD-MNIST, precision and recall of one (model, sampler, S) cell."""
-    spacing = spacing_of(sampler)
+    spacing = spacing_of(pipeline, model, sampler)
     row = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing}
     row |= {"nfe": SAMPLERS[sampler].nfe(steps), "guidance_scale": MODELS[model]}
     options = dict(n=settings.n, sampler=sampler, steps=steps, spacing=spacing, seed=0)
@@ -161,13 +179,18 @@ def cell_message(row: dict[str, Any]) -> str:
 
 
 def diffusers_scheduler(sampler: str, pipeline: DiffusionPipeline, steps: int) -> Any:
-    """The diffusers scheduler of ``sampler`` on the model's betas, ``leading`` integer steps."""
+    """The diffusers scheduler of ``sampler`` on the model's betas and prediction type,
+    ``leading`` integer steps."""
     import diffusers
 
     name, extra = PEER_SCHEDULERS[sampler]
     betas = pipeline.schedule.betas.tolist()
     scheduler = getattr(diffusers, name)(
-        num_train_timesteps=len(betas), trained_betas=betas, timestep_spacing="leading", **extra
+        num_train_timesteps=len(betas),
+        trained_betas=betas,
+        timestep_spacing="leading",
+        prediction_type=PEER_PREDICTION[pipeline.net.prediction],
+        **extra,
     )
     scheduler.set_timesteps(steps)
     return scheduler
@@ -194,10 +217,10 @@ def peer_row(pipeline: DiffusionPipeline, sampler: str, steps: int, samples: int
         else {}
     )
     for t in scheduler.timesteps:
-        eps = pipeline.net(
+        output = pipeline.net(  # eps, v or x0: the scheduler knows which
             scheduler.scale_model_input(x, t), t.round().long().expand(samples), cond
         )
-        x = scheduler.step(eps, t, x, **noise).prev_sample
+        x = scheduler.step(output, t, x, **noise).prev_sample
     theirs_s = time.perf_counter() - tick
     row = {"sampler": sampler, "scheduler": PEER_SCHEDULERS[sampler][0], "steps": steps}
     row |= {"timesteps": timesteps.tolist(), "samples": samples}
@@ -265,9 +288,10 @@ def model_table(report: dict[str, Any], model: str) -> list[str]:
     cells = cells_of(report, model)
     nfe = report["settings"]["nfe"]
     samplers = list(dict.fromkeys(row["sampler"] for row in cells))
+    spacings = {row["sampler"]: cell_spacing(row) for row in cells}
     rows, seconds_rows = [], []
     for sampler in samplers:
-        line = [f"{sampler} ({spacing_of(sampler)})"]
+        line = [f"{sampler} ({spacings[sampler]})"]
         seconds_rows.append([sampler])
         for budget in nfe:
             row = next(
@@ -292,7 +316,7 @@ def model_table(report: dict[str, Any], model: str) -> list[str]:
         "",
         bench.markdown_table(["FD-MNIST", *(f"NFE {b}" for b in nfe)], rows),
         "",
-        f"Precision / recall (k = 3) are in `{NAME}.json`; {len(cells)} cells, "
+        f"Precision / recall (k = 3) are in `{report_name(report)}.json`; {len(cells)} cells, "
         f"{seconds / 60:.1f} min. An NFE in parentheses is the one spent (Heun: 2 S - 1). "
         "Sampling seconds follow the machine's load as much as the NFE; NFE is the cost measure.",
         "",
@@ -333,7 +357,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "# Samplers: NFE vs FD-MNIST",
         "",
         f"n = {settings['n']} samples per cell, seed 0 in every cell (the same x_T per model), "
-        f"batch {settings['batch_size']}, fp32. Spacing: DDIM uniform, the others karras (rho = 7). "
+        f"batch {settings['batch_size']}, fp32. Spacing: each table names it per sampler ('auto': "
+        "on the linear schedule DDIM uniform, the others karras, rho = 7; on the cosine schedule "
+        "of the v-prediction models trailing). "
         f"Machine: {bench.machine_line(report['machine'])} {bf16_words(report['machine']['bf16'])}"
         f"; load average at the end {report['machine']['load_average'][0]:.1f}. "
         f"Network rates (images/s per NFE): {rates}.",
@@ -361,8 +387,13 @@ def bf16_words(bf16: dict[str, Any]) -> str:
     return "bf16: emulated (no AVX-512 BF16 or AMX)"
 
 
-def figure_path(out_dir: Path, quick: bool) -> Path:
-    return out_dir / f"{bench.stem_of(NAME, quick)}.png"
+def report_name(report: dict[str, Any]) -> str:
+    """The stem the report was written under (``--name``; reports before it: ``samplers``)."""
+    return report.get("name", NAME)
+
+
+def figure_path(out_dir: Path, name: str, quick: bool) -> Path:
+    return out_dir / f"{bench.stem_of(name, quick)}.png"
 
 
 def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
@@ -384,7 +415,11 @@ def figures(report: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylabel(f"FD-MNIST (n = {report['settings']['n']})")
         ax.set_title(model)
         ax.legend(fontsize="small")
-    return [bench.save_figure(fig, figure_path(out_dir, report["settings"]["quick"]))]
+    return [
+        bench.save_figure(
+            fig, figure_path(out_dir, report_name(report), report["settings"]["quick"])
+        )
+    ]
 
 
 # ----------------------------------------------------------------------------- main
@@ -402,6 +437,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--peer-samples", type=int, default=PEER_SAMPLES)
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    bench.add_name_argument(parser, NAME)
     return bench.parse(parser, argv)
 
 
@@ -435,7 +471,7 @@ def floor_at(n: int) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.render_only:
-        return bench.publish(args, NAME, dict, render_markdown, figures)
+        return bench.publish(args, args.name, dict, render_markdown, figures)
     start = time.perf_counter()
     settings = settings_from(args)
     pipelines = {model: load_pipeline(model) for model in settings.models}
@@ -448,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def report() -> dict[str, Any]:
         rows = bench.run_tasks(planned)
         return {
+            "name": args.name,
             "settings": settings.__dict__,
             "machine": bench.machine_info(("diffusers",)),
             "rates": rates,
@@ -457,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "total_seconds": time.perf_counter() - start,
         }
 
-    return bench.publish(args, NAME, report, render_markdown, figures)
+    return bench.publish(args, args.name, report, render_markdown, figures)
 
 
 def command_line(args: argparse.Namespace, settings: Settings) -> str:
@@ -468,6 +505,7 @@ def command_line(args: argparse.Namespace, settings: Settings) -> str:
         f"{','.join(settings.samplers)} --nfe {','.join(map(str, settings.nfe))} --n {settings.n}"
         + (f" --skip {','.join(settings.skip)}" if settings.skip else "")
         + (f" --threads {args.threads}" if args.threads else "")
+        + (f" --name {args.name}" if args.name != NAME else "")
     )
 
 

@@ -67,7 +67,7 @@ def sample(checkpoint: Path, out: Path, *args: str) -> list[str]:
         ["--label", "3"],
         ["--labels", "0,1,2,3", "--classifier-scale", "10"],
         ["--labels", "1", "--sampler", "ddpm", "--classifier-scale", "2000"],  # Alg. 1 moves less
-        ["--label", "5", "--eta", "1", "--clip-x0"],
+        ["--label", "5", "--sampler", "ddim", "--eta", "1", "--clip-x0"],
     ],
 )
 def test_classifier_guidance_of_an_unconditional_model(

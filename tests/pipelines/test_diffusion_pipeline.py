@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from difflab.cli.common import SAMPLE_DEFAULTS
 from difflab.diffusion import Conditioning, NoiseSchedule
 from difflab.errors import DifflabError
 from difflab.models import build_model, model_config
 from difflab.pipelines import DiffusionPipeline, load_pipeline
+from difflab.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS
 
 
 def tiny_pipeline(**overrides) -> DiffusionPipeline:
@@ -27,6 +29,23 @@ def test_one_batch_equals_the_seeded_noise_run():
     again = pipe.generate(3, seed=5, steps=4)
     assert images.shape == (3, 1, 8, 8) and torch.equal(images, again)
     assert not torch.equal(images, pipe.generate(3, seed=6, steps=4))
+
+
+def test_the_default_run_is_the_default_sampler_at_its_steps():
+    """generate() without a sampler is DEFAULT_SAMPLER (DPM-Solver++(2M)) at DEFAULT_STEPS:
+    the same images as naming them, DEFAULT_STEPS callbacks, and not DDIM's images. Fails if the
+    API default drifts from the CLI's and the web app's (all read the same constants)."""
+    pipe = tiny_pipeline()
+    seen: list[int] = []
+    default = pipe.generate(2, seed=1, callback=lambda info: seen.append(int(info.t)))
+    named = pipe.generate(2, seed=1, sampler=DEFAULT_SAMPLER, steps=DEFAULT_STEPS)
+    assert (DEFAULT_SAMPLER, DEFAULT_STEPS) == ("dpm++2m", 20) and SAMPLE_DEFAULTS == (
+        DEFAULT_SAMPLER,
+        DEFAULT_STEPS,
+    )
+    assert torch.equal(default, named) and len(seen) == DEFAULT_STEPS
+    assert not torch.equal(default, pipe.generate(2, seed=1, sampler="ddim", steps=DEFAULT_STEPS))
+    assert torch.isfinite(pipe.generate(2, seed=1, sampler="ddim", eta=0.5, steps=3)).all()
 
 
 def test_batches_are_seeded_each_and_cover_n_with_progress():
@@ -94,6 +113,8 @@ def test_the_autoencoder_stage_decodes_scaled_latents():
         (dict(n=0), "at least 1"),
         (dict(n=2, sampler="nope"), "unknown sampler 'nope'; choose one of ddim, ddpm"),
         (dict(n=2, eta=float("nan")), "eta must be a finite number"),
+        (dict(n=2, eta=0.5), "eta = 0.5 changes nothing with the dpm\\+\\+2m sampler"),
+        (dict(n=2, sampler="heun", eta=1), "choose the ddim sampler"),
         (dict(n=2, batch_size=0), "batch size must be at least 1"),
         (dict(n=3, conditioning=Conditioning(labels=torch.tensor([1, 2]))), "conditioning for 2"),
         (

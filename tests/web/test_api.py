@@ -81,6 +81,7 @@ BAD_REQUESTS = [
     ({"model": "echo", "sampler": "plms"}, 422, "unknown sampler 'plms'"),
     ({"model": "echo", "spacing": "log"}, 422, "unknown spacing 'log'"),
     ({"model": "echo", "eta": -1}, 422, "eta: input should be greater than or equal to 0"),
+    ({"model": "echo", "eta": 1.0}, 422, "eta = 1 changes nothing with the dpm++2m sampler"),
     ({"model": "mnist_cond", "label": 10}, 422, "label 10 is out of range"),
     ({"model": "mnist_cond", "guidance_scale": 2}, 422, "needs a label"),
     ({"model": "mnist_cond", "hint": "x"}, 422, "does not read a control image"),

@@ -16,6 +16,7 @@ from PIL import Image
 
 from difflab.data.hints import canny_hint, edge_f1
 from difflab.pipelines import load_pipeline
+from difflab.samplers import DEFAULT_SAMPLER
 from difflab.web import ModelCatalog
 from tests.web.conftest import SIZE, SketchEcho, call, pipeline_of, running_server
 
@@ -75,6 +76,11 @@ def test_strokes_drawn_in_the_browser_shape_the_generated_image(browser):
         page.select_option("#model", "mnist_cond")
         assert page.is_disabled("#use-sketch")  # a model without control refuses the sketch
         page.select_option("#model", "sketch-echo")
+        # the page starts on the library's default sampler, whose eta box is off (DDIM's only)
+        assert page.input_value("#sampler") == DEFAULT_SAMPLER and page.is_disabled("#eta")
+        page.select_option("#sampler", "ddim")
+        assert page.is_enabled("#eta")
+        page.select_option("#sampler", DEFAULT_SAMPLER)
         draw(page, STROKES)
         assert page.is_checked("#use-sketch")  # drawing turns the hint on
         page.fill("#steps", "3")
@@ -110,6 +116,7 @@ def test_a_controlnet_draws_along_the_strokes(browser):
         page.goto(base)
         page.wait_for_selector("#model option", state="attached")
         draw(page, SEVEN)
+        page.select_option("#sampler", "ddim")
         page.fill("#steps", "6")
         page.fill("#n", "4")
         samples = {}

@@ -20,6 +20,7 @@ from difflab.models import (
     model_config,
 )
 from difflab.pipelines import CascadePipeline, DiffusionPipeline, StageSettings
+from difflab.samplers import DEFAULT_SAMPLER
 from difflab.web import GenerateRequest, ModelCatalog, RequestRefused, ServedModel, ServeLimits
 from tests.web.conftest import SketchEcho, call, pipeline_of, running_server
 
@@ -107,7 +108,8 @@ def test_a_prompt_typed_in_the_browser_makes_the_api_image(browser, catalog):
         page.close()
     assert status == 200 and errors == []
     cascade: CascadePipeline = catalog.get(BASE).chain
-    settings = StageSettings(steps=4, guidance_scale=3.0, threshold=None)
+    # the page sent its default sampler (the library's), not the cascade's own default (DDIM)
+    settings = StageSettings(steps=4, sampler=DEFAULT_SAMPLER, guidance_scale=3.0, threshold=None)
 
     def api_image(prompt: str) -> np.ndarray:
         image = cascade.generate([prompt], settings, seed=0)[0]  # (3, 16, 16) in [-1, 1]

@@ -15,13 +15,12 @@ from difflab.errors import DifflabError
 from difflab.io.device import DEVICE_CHOICES, bf16_enabled, cpu_has_native_bf16
 from difflab.io.validation import check_number, quote
 from difflab.pipelines import PRECISIONS, DiffusionPipeline, load_noisy_classifier
-from difflab.samplers import SAMPLER_NAMES, SAMPLERS, Guidance
+from difflab.samplers import DEFAULT_SAMPLER, DEFAULT_STEPS, SAMPLER_NAMES, SAMPLERS, Guidance
 
 DEFAULT_CLASSIFIER_SCALE = 1.0
-SAMPLE_DEFAULTS: tuple[str, int] = ("dpm++2m", 20)
-"""``difflab sample``'s sampler and steps: DPM-Solver++(2M) at 20 karras steps matched DDIM-50's
-FD-MNIST at 2.5x fewer network evaluations (benchmarks/results/samplers.md). ``eval`` keeps
-DDIM-50, the setting of every FD in the README."""
+SAMPLE_DEFAULTS: tuple[str, int] = (DEFAULT_SAMPLER, DEFAULT_STEPS)
+"""``difflab sample``'s sampler and steps, ``generate()``'s (see ``DEFAULT_SAMPLER``). ``eval``
+keeps DDIM-50, the setting of every FD in the README."""
 SAMPLING_PRECISIONS: tuple[str, ...] = ("auto", *PRECISIONS)
 """``--precision`` of sample and eval: ``auto`` is bf16 where the device computes it natively."""
 

@@ -53,7 +53,8 @@ class StageSettings:
 
     Attributes:
         steps: sampler steps S.
-        sampler: a registered sampler name (``ddim``, ``ddpm``, ...).
+        sampler: a registered sampler name (``ddim``, ``ddpm``, ...). The cascade keeps DDIM,
+            the setting ``make bench-imagen`` measured, not the library's DPM-Solver++ default.
         spacing: the timestep sub-sequence (``timestep_sequence``); ``"auto"`` = the stage's
             own (:meth:`DiffusionPipeline.auto_spacing`): ``trailing`` for a v- or x0-predicting
             stage on the cosine schedule (its first step is at t = T - 1, where x_T ~ N(0, I) is

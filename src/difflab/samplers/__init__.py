@@ -16,10 +16,13 @@ from difflab.samplers.guidance import (
 from difflab.samplers.heun import heun_sample
 from difflab.samplers.interpolation import interpolate, slerp
 from difflab.samplers.registry import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
     SAMPLER_NAMES,
     SAMPLERS,
     SamplerOptions,
     SamplerSpec,
+    check_eta,
     get_sampler,
 )
 from difflab.samplers.stack import THRESHOLDS, WRAPPER_ORDER, Guidance
@@ -27,6 +30,8 @@ from difflab.samplers.thresholding import DynamicThreshold, StaticThreshold
 from difflab.samplers.unipc import unipc_sample
 
 __all__ = [
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
     "SAMPLERS",
     "SAMPLER_NAMES",
     "THRESHOLDS",
@@ -41,6 +46,7 @@ __all__ = [
     "SamplerSpec",
     "StaticThreshold",
     "StepInfo",
+    "check_eta",
     "classifier_log_prob_grad",
     "ddim_invert",
     "ddim_sample",

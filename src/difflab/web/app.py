@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from difflab import __version__
 from difflab.diffusion import SPACING_NAMES
 from difflab.errors import DifflabError
-from difflab.samplers import SAMPLERS
+from difflab.samplers import DEFAULT_SAMPLER, SAMPLERS
 from difflab.web.catalog import ModelCatalog
 from difflab.web.images import decode_data_url, png_data_url
 from difflab.web.jobs import Job, JobQueue
@@ -151,9 +151,10 @@ def create_app(catalog: ModelCatalog, limits: ServeLimits | None = None) -> Fast
         return {
             "models": catalog.summaries(),
             "samplers": [
-                {"name": s.name, "summary": s.summary, "spacing": s.spacing}
+                {"name": s.name, "summary": s.summary, "spacing": s.spacing, "uses_eta": s.uses_eta}
                 for s in SAMPLERS.values()
             ],
+            "default_sampler": DEFAULT_SAMPLER,
             "spacings": list(SPACING_NAMES),
             "limits": {
                 "max_n": limits.max_n,

@@ -9,7 +9,15 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from difflab.diffusion import SPACING_NAMES
-from difflab.samplers import SAMPLER_NAMES, THRESHOLDS
+from difflab.errors import DifflabError
+from difflab.samplers import (
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    SAMPLER_NAMES,
+    SAMPLERS,
+    THRESHOLDS,
+    check_eta,
+)
 from difflab.web.limits import ServeLimits
 
 MAX_SEED = 2**31 - 1
@@ -40,8 +48,8 @@ class GenerateRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=1000)
     n: int = Field(1, ge=1)
-    steps: int = Field(20, ge=1)
-    sampler: str = "ddim"
+    steps: int = Field(DEFAULT_STEPS, ge=1)
+    sampler: str = DEFAULT_SAMPLER
     spacing: str | None = None  # None: the model's (DiffusionPipeline.auto_spacing)
     eta: float = Field(0.0, ge=0, allow_inf_nan=False)
     seed: int = Field(0, ge=0, le=MAX_SEED)
@@ -67,6 +75,10 @@ class GenerateRequest(BaseModel):
             raise RequestRefused(
                 422, f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}."
             )
+        try:
+            check_eta(SAMPLERS[self.sampler], self.eta)
+        except DifflabError as error:
+            raise RequestRefused(422, str(error)) from None
         if self.spacing is not None and self.spacing not in SPACING_NAMES:
             raise RequestRefused(
                 422, f"unknown spacing {self.spacing!r}; choose one of {', '.join(SPACING_NAMES)}."

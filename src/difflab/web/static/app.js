@@ -109,8 +109,11 @@ async function loadModels() {
   for (const sampler of answer.samplers) {
     const element = option(sampler.name, sampler.name);
     element.title = sampler.summary;
+    element.dataset.usesEta = sampler.uses_eta;
     $("sampler").append(element);
   }
+  $("sampler").value = answer.default_sampler;
+  showSampler();
   $("spacing").append(option("", "auto (the sampler's and model's)"));
   for (const spacing of answer.spacings) $("spacing").append(option(spacing, spacing));
   $("steps").max = answer.limits.max_steps;
@@ -119,13 +122,20 @@ async function loadModels() {
 }
 $("model").addEventListener("change", showModel);
 
+// eta is DDIM's noise level: the other samplers would refuse it, so it is off for them.
+function showSampler() {
+  const chosen = $("sampler").selectedOptions[0];
+  $("eta").disabled = !chosen || chosen.dataset.usesEta !== "true";
+}
+$("sampler").addEventListener("change", showSampler);
+
 function requestBody() {
   const body = {
     model: $("model").value,
     n: Number($("n").value),
     steps: Number($("steps").value),
     sampler: $("sampler").value,
-    eta: Number($("eta").value),
+    eta: $("eta").disabled ? 0 : Number($("eta").value),
     seed: Number($("seed").value),
     control_scale: Number($("control-scale").value),
   };
