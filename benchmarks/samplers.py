@@ -163,14 +163,21 @@ def measure_rates(pipelines: dict[str, DiffusionPipeline], batch: int) -> dict[s
 def run_cell(
     pipeline: DiffusionPipeline, model: str, sampler: str, steps: int, settings: Settings
 ) -> dict[str, Any]:
-    """FD-MNIST, precision and recall of one (model, sampler, S) cell."""
+    """FD-MNIST, precision and recall of one (model, sampler, S) cell, and the NFE it spent
+    (network calls per batch, counted: Heun skips the correction of very long moves)."""
     spacing = spacing_of(pipeline, model, sampler)
     row = {"model": model, "sampler": sampler, "steps": steps, "spacing": spacing}
-    row |= {"nfe": SAMPLERS[sampler].nfe(steps), "guidance_scale": MODELS[model]}
     options = dict(n=settings.n, sampler=sampler, steps=steps, spacing=spacing, seed=0)
-    score = bench.score(
-        pipeline, **options, batch_size=settings.batch_size, guidance=guidance_of(model)
-    )
+    calls = []
+    hook = pipeline.net.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        score = bench.score(
+            pipeline, **options, batch_size=settings.batch_size, guidance=guidance_of(model)
+        )
+    finally:
+        hook.remove()
+    batches = -(-settings.n // settings.batch_size)
+    row |= {"nfe": len(calls) // batches, "guidance_scale": MODELS[model]}
     return row | score
 
 
@@ -377,6 +384,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ["## FD-MNIST by NFE", "", *tables],
         peer_table(report),
         [f"Command: `{report['command']}`; {report['total_seconds'] / 60:.1f} min in all."],
+        (["Cells re-measured since:", "", *update_lines(report)] if report.get("updates") else []),
     )
 
 
@@ -437,6 +445,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--peer-samples", type=int, default=PEER_SAMPLES)
     parser.add_argument("--plan-only", action="store_true", help="print the plan and stop")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="measure only this run's cells and put them into the existing NAME.json in place of "
+        "the same (model, sampler, S) cells, keeping the others (e.g. after a sampler fix)",
+    )
     bench.add_name_argument(parser, NAME)
     return bench.parse(parser, argv)
 
@@ -483,6 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def report() -> dict[str, Any]:
         rows = bench.run_tasks(planned)
+        if args.update:
+            return updated(args, settings, rows)
         return {
             "name": args.name,
             "settings": settings.__dict__,
@@ -497,6 +513,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     return bench.publish(args, args.name, report, render_markdown, figures)
 
 
+def updated(
+    args: argparse.Namespace, settings: Settings, rows: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """The report at ``--out-dir/NAME.json`` with this run's cells in place of the same (model,
+    sampler, S) cells and its peer rows in place of the old ones; the change is listed."""
+    path = args.out_dir / f"{bench.stem_of(args.name, args.quick)}.json"
+    if not path.is_file():
+        raise SystemExit(f"error: --update needs {path}; run the benchmark without it first.")
+    old = bench.read_json(path)
+    merged = dict(old["rows"])
+    for part, new in rows.items():
+        fresh = {(r.get("model"), r["sampler"], r["steps"]) for r in new}
+        kept = [
+            r
+            for r in merged.get(part, [])
+            if part != "peer" and (r.get("model"), r["sampler"], r["steps"]) not in fresh
+        ]
+        merged[part] = kept + new
+    old_settings = old["settings"]
+    for key in ("models", "samplers", "nfe"):
+        joined = [*old_settings[key], *getattr(settings, key)]
+        old_settings[key] = list(dict.fromkeys(joined))
+    cells = [
+        f"{r['model']} {r['sampler']} S={r['steps']}"
+        for p, new in rows.items()
+        if p != "peer"
+        for r in new
+    ]
+    change = {
+        "command": command_line(args, settings),
+        "cells": cells,
+        "machine": bench.machine_info(("diffusers",)),
+    }
+    return old | {
+        "rows": merged,
+        "settings": old_settings,
+        "updates": [*old.get("updates", []), change],
+    }
+
+
+def update_lines(report: dict[str, Any]) -> list[str]:
+    """One line per ``--update`` run: which cells it re-measured, when and how."""
+    return [
+        f"- {', '.join(change['cells'])}: re-measured by `{change['command']}` "
+        f"({bench.machine_line(change['machine'])}; load average at the end "
+        f"{change['machine']['load_average'][0]:.1f})."
+        for change in report.get("updates", [])
+    ]
+
+
 def command_line(args: argparse.Namespace, settings: Settings) -> str:
     if settings.quick:
         return "python benchmarks/samplers.py --quick"
@@ -506,6 +572,7 @@ def command_line(args: argparse.Namespace, settings: Settings) -> str:
         + (f" --skip {','.join(settings.skip)}" if settings.skip else "")
         + (f" --threads {args.threads}" if args.threads else "")
         + (f" --name {args.name}" if args.name != NAME else "")
+        + (" --update" if args.update else "")
     )
 
 

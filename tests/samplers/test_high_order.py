@@ -28,6 +28,7 @@ from difflab.samplers import (
     heun_sample,
     unipc_sample,
 )
+from difflab.samplers import heun as heun_module
 from tests.helpers import GaussianOptimalEps, RandomLinearNet
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inside diffusers
@@ -157,7 +158,7 @@ def test_karras_spacing_rounds_diffusers_karras_timesteps():
 def exact_ode_solution(gaussian: GaussianOptimalEps, x_t: torch.Tensor, t: int) -> torch.Tensor:
     """The probability-flow ODE from (x_t, t) to clean data when x0 ~ N(m, s^2 I): the ODE keeps
     ``(x_t - sqrt(a) m) / sqrt(a s^2 + 1 - a)`` fixed, and at a = 1 that is ``(x0 - m) / s``."""
-    a = SCHEDULE.alpha_bar[t]
+    a = gaussian.schedule.alpha_bar[t]
     z = (x_t - a.sqrt() * gaussian.mean) / (a * gaussian.std**2 + 1 - a).sqrt()
     return gaussian.mean + gaussian.std * z
 
@@ -179,3 +180,38 @@ def test_second_order_samplers_converge_at_second_order(sampler):
 
     assert error(sampler, 40) / error(sampler, 80) >= 3
     assert error("ddim", 40) / error("ddim", 80) < 2.2
+
+
+@pytest.mark.parametrize("steps", [3, 5, 10])
+def test_heun_takes_an_euler_step_over_the_cosine_schedules_long_first_move(steps, monkeypatch):
+    """On the cosine schedule sigma falls from 20,291 (t = 999) to a few units in the first move
+    of a trailing sequence; Heun's trapezoid there amplifies the difference of two noise
+    predictions by sigma. With the exact eps of Gaussian data: difflab's Heun (an Euler step for
+    moves over MAX_CORRECTED_SIGMA_RATIO) beats DDIM, EDM's rule (always correct) is far off, and
+    the skipped correction saves its evaluation. Fails if the ratio rule is removed or inverted."""
+    cosine = NoiseSchedule.from_name("cosine", T)
+    gaussian = GaussianOptimalEps(cosine)
+    calls = []
+
+    def counted(x_t, t, cond):
+        calls.append(int(t[0]))
+        return gaussian(x_t, t, cond)
+
+    counted.prediction = "eps"
+    exact = Denoiser(counted, cosine)
+    start = x_T().double()  # (B, C, H, W)
+    timesteps = timestep_sequence(T, steps, "trailing", cosine)
+    solution = exact_ode_solution(gaussian, start, int(timesteps[0]))
+
+    def error(name: str) -> float:
+        got = SAMPLERS[name].run(
+            exact, start, timesteps, Conditioning(), SamplerOptions(), None, None
+        )
+        return float((got - solution).abs().max())
+
+    ddim_error = error("ddim")
+    calls.clear()
+    assert error("heun") < ddim_error
+    assert len(calls) == SAMPLERS["heun"].nfe(steps) - 1  # the first move is an Euler step
+    monkeypatch.setattr(heun_module, "MAX_CORRECTED_SIGMA_RATIO", float("inf"))
+    assert error("heun") > 5

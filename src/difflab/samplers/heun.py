@@ -11,6 +11,17 @@ it with the slope at its end (the trapezoidal rule; Algorithm 1, lines 3-8):
 
 so S timesteps cost 2 S - 1 network evaluations. Both evaluations are at the model's own
 discrete timesteps (``t_i`` and ``t_{i+1}`` of the sequence).
+
+One deliberate difference from EDM (and diffusers' ``HeunDiscreteScheduler``): a move whose sigma
+falls by more than :data:`MAX_CORRECTED_SIGMA_RATIO` is an Euler step, as EDM's last move to
+sigma = 0 is. The trapezoid averages d_i and d'_i as if the slope changed linearly in sigma, but
+d is the predicted noise, which changes over log sigma; across sigma_i >> sigma_{i+1} the result is
+about ``x0 / 2 + sigma_i (eps_i - eps'_i) / 2``, the difference of two noise predictions amplified
+by sigma_i. On the cosine schedule (sigma = 20,291 at t = T - 1) the first move of a trailing or
+karras sequence is such a move: EDM's rule scored FD-MNIST 186 (trailing) and 238 (karras) with
+five steps on ``mnist_fast`` (n = 200), this one 1.48. Schedules whose moves stay below the ratio
+(the linear one from 157, EDM's own from 80) are unaffected, and so is the diffusers cross-check.
+The Euler move saves its evaluation: :func:`heun_nfe` is EDM's count, an upper bound.
 """
 
 from __future__ import annotations
@@ -29,9 +40,15 @@ from difflab.samplers.common import (
     transitions,
 )
 
+MAX_CORRECTED_SIGMA_RATIO = 100.0
+"""A move from sigma_i to sigma_{i+1} gets Heun's correction only when sigma_i / sigma_{i+1} is at
+most this (module docstring). Karras spacing with rho = 7 on the linear schedule never comes close
+(its largest ratio at 10 steps is about 4)."""
+
 
 def heun_nfe(steps: int) -> int:
-    """Network evaluations of :func:`heun_sample` over ``steps`` timesteps: ``2 S - 1``."""
+    """Network evaluations of :func:`heun_sample` over ``steps`` timesteps: ``2 S - 1`` (one less
+    for each move over more than :data:`MAX_CORRECTED_SIGMA_RATIO`)."""
     return 2 * steps - 1
 
 
@@ -57,7 +74,7 @@ def heun_sample(
         x0 = edm_denoise(denoiser, x, t, sigma, cond).x0
         slope = (x - x0) / sigma  # d_i
         x_euler = x + (sigma_next - sigma) * slope
-        if t_prev >= 0:
+        if t_prev >= 0 and bool((sigma <= MAX_CORRECTED_SIGMA_RATIO * sigma_next).all()):
             x0_end = edm_denoise(denoiser, x_euler, t_prev, sigma_next, cond).x0
             slope_end = (x_euler - x0_end) / sigma_next  # d'_i
             x = x + (sigma_next - sigma) * (slope + slope_end) / 2
