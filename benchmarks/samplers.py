@@ -560,7 +560,7 @@ def update_lines(report: dict[str, Any]) -> list[str]:
     """One line per ``--update`` run: which cells it re-measured, when and how."""
     return [
         f"- {', '.join(change['cells'])}: re-measured by `{change['command']}` "
-        f"({bench.machine_line(change['machine'])}; load average at the end "
+        f"({bench.machine_line(change['machine']).rstrip('.')}; load average at the end "
         f"{change['machine']['load_average'][0]:.1f})."
         for change in report.get("updates", [])
     ]
