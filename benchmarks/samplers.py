@@ -525,7 +525,7 @@ def updated(
     if not path.is_file():
         raise SystemExit(f"error: --update needs {path}; run the benchmark without it first.")
     old = bench.read_json(path)
-    merged = dict(old["rows"])
+    merged, replaced = dict(old["rows"]), []
     for part, new in rows.items():
         fresh = {(r.get("model"), r["sampler"], r["steps"]) for r in new}
         kept = [
@@ -533,6 +533,7 @@ def updated(
             for r in merged.get(part, [])
             if part != "peer" and (r.get("model"), r["sampler"], r["steps"]) not in fresh
         ]
+        replaced += [r for r in merged.get(part, []) if part != "peer" and r not in kept]
         merged[part] = kept + new
     old_settings = old["settings"]
     for key in ("models", "samplers", "nfe"):
@@ -547,6 +548,7 @@ def updated(
     change = {
         "command": command_line(args, settings),
         "cells": cells,
+        "replaced": replaced,  # the old cells, kept for the record
         "machine": bench.machine_info(("diffusers",)),
     }
     return old | {

@@ -48,6 +48,7 @@ def test_update_replaces_only_the_remeasured_cells(tmp_path):
     assert report["settings"]["nfe"] == [5, 10, 20] and report["command"] == "the first run"
     (change,) = report["updates"]
     assert change["cells"] == ["mnist_fast heun S=3", "mnist_fast heun S=10"]
+    assert change["replaced"] == [cell("heun", 3, 160.0)]
     assert "--update" in change["command"]
 
 

@@ -18,8 +18,8 @@ sigma = 0 is. The trapezoid averages d_i and d'_i as if the slope changed linear
 d is the predicted noise, which changes over log sigma; across sigma_i >> sigma_{i+1} the result is
 about ``x0 / 2 + sigma_i (eps_i - eps'_i) / 2``, the difference of two noise predictions amplified
 by sigma_i. On the cosine schedule (sigma = 20,291 at t = T - 1) the first move of a trailing or
-karras sequence is such a move: EDM's rule scored FD-MNIST 186 (trailing) and 238 (karras) with
-five steps on ``mnist_fast`` (n = 200), this one 1.48. Schedules whose moves stay below the ratio
+karras sequence is such a move: EDM's rule scored FD-MNIST 160-241 on ``mnist_fast``, this one
+1.02-3.2 (``benchmarks/results/samplers_fast.md``). Schedules whose moves stay below the ratio
 (the linear one from 157, EDM's own from 80) are unaffected, and so is the diffusers cross-check.
 The Euler move saves its evaluation: :func:`heun_nfe` is EDM's count, an upper bound.
 """
@@ -42,8 +42,8 @@ from difflab.samplers.common import (
 
 MAX_CORRECTED_SIGMA_RATIO = 100.0
 """A move from sigma_i to sigma_{i+1} gets Heun's correction only when sigma_i / sigma_{i+1} is at
-most this (module docstring). Karras spacing with rho = 7 on the linear schedule never comes close
-(its largest ratio at 10 steps is about 4)."""
+most this (module docstring). On the linear schedule only short sequences exceed it (S <= 3
+uniform, S <= 4 karras; the largest ratio of 10 karras steps is 7.3)."""
 
 
 def heun_nfe(steps: int) -> int:
