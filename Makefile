@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 PEER_PACKAGES := vector-quantize-pytorch==1.32.0 einops==0.8.2 einx==0.4.3 frozendict==2.5.1 \
 	loguru==0.7.3 torch-einops-utils==0.2.0
 
-.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-ddim-headline bench-guidance bench-guidance-fast bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe bench-efficient-unet bench-time-to-quality
+.PHONY: install demo test lint bench bench-samplers bench-controlnet bench-ldm bench-unet bench-lpips bench-fd-floor bench-ddim bench-ddim-headline bench-samplers-fast bench-guidance bench-guidance-fast bench-adm clean bench-dit bench-vqvae bench-attention bench-quick bench-inversion bench-imagen bench-recipe bench-efficient-unet bench-time-to-quality
 
 install: $(STAMP)
 
@@ -120,6 +120,15 @@ bench-ddim-headline: install
 bench-samplers: install
 	$(PY) benchmarks/samplers.py --threads 1 --models mnist_ddim --samplers ddim,dpm++2m,heun \
 		--nfe 5,10,20,50 --skip heun@50,dpm++2m@50 --n 150
+
+# NFE vs FD-MNIST on the retrained models at the spacing generate() picks (trailing): mnist_fast at
+# n = 1000 (about 90 CPU-minutes) and mnist_cond_fast with CFG w = 3 at n = 300 (about 30);
+# writes samplers_fast.* and samplers_cond_fast.*.
+bench-samplers-fast: install
+	$(PY) benchmarks/samplers.py --threads 1 --models mnist_fast --samplers ddim,dpm++2m,heun,euler \
+		--nfe 5,10,20,50 --skip heun@50,euler@50 --n 1000 --name samplers_fast
+	$(PY) benchmarks/samplers.py --threads 1 --models mnist_cond_fast --samplers ddim,dpm++2m \
+		--nfe 5,10,20,50 --skip dpm++2m@50 --n 300 --name samplers_cond_fast
 
 # Training recipe study: unet-mnist trained with configs/mnist.yaml, its EMA without warm-up, a
 # 20-update warm-up, and on that each change (min-SNR-5, v-prediction, cosine schedule, lr 1e-3 +
