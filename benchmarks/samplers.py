@@ -59,8 +59,9 @@ MODELS: dict[str, float | None] = {
     "mnist_cond_fast": 3.0,
 }
 """Shipped model -> its classifier-free guidance weight (None: unguided). w = 3 is mnist_cond's
-best FD in ``guidance.md`` (3.60 at 50 DDIM steps) and, for mnist_cond_fast, the smallest w with
-label accuracy 1.00 in ``guidance_fast.md`` (FD 0.40 vs 0.35 at w = 1); w = 2 is the DiT study's."""
+best FD in ``guidance.md`` (3.60 at 50 DDIM steps) and, for mnist_cond_fast, the smallest of the
+measured w (0, 1, 3, 5) with label accuracy 1.00 in ``guidance_fast.md`` (FD 0.40 vs 0.35 at
+w = 1); w = 2 is the DiT study's."""
 GOAL_NFE, GOAL_BEST_RATIO, GOAL_DDIM_RATIO = 10, 1.2, 0.5
 DEFAULT_PAIR = (("dpm++2m", 20), ("ddim", 50))  # the default-sampler question of issue 17
 CELL_OVERHEAD_S = 0.7  # per FD cell: feature CNN + reference statistics
@@ -101,11 +102,6 @@ def steps_for(sampler: str, nfe: int) -> int:
 def spacing_of(pipeline: DiffusionPipeline, model: str, sampler: str) -> str:
     """The spacing ``generate(spacing="auto")`` takes for this model, sampler and guidance."""
     return pipeline.auto_spacing(sampler, guidance_of(model))
-
-
-def cell_spacing(row: dict[str, Any]) -> str:
-    """The spacing a cell ran with (reports before cells recorded it: the sampler's own)."""
-    return row.get("spacing") or SAMPLERS[row["sampler"]].spacing
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -295,7 +291,7 @@ def model_table(report: dict[str, Any], model: str) -> list[str]:
     cells = cells_of(report, model)
     nfe = report["settings"]["nfe"]
     samplers = list(dict.fromkeys(row["sampler"] for row in cells))
-    spacings = {row["sampler"]: cell_spacing(row) for row in cells}
+    spacings = {row["sampler"]: row["spacing"] for row in cells}
     rows, seconds_rows = [], []
     for sampler in samplers:
         line = [f"{sampler} ({spacings[sampler]})"]
@@ -527,14 +523,10 @@ def updated(
     old = bench.read_json(path)
     merged, replaced = dict(old["rows"]), []
     for part, new in rows.items():
-        fresh = {(r.get("model"), r["sampler"], r["steps"]) for r in new}
-        kept = [
-            r
-            for r in merged.get(part, [])
-            if part != "peer" and (r.get("model"), r["sampler"], r["steps"]) not in fresh
-        ]
-        replaced += [r for r in merged.get(part, []) if part != "peer" and r not in kept]
-        merged[part] = kept + new
+        old_rows = [] if part == "peer" else merged.get(part, [])
+        fresh = {(r["sampler"], r["steps"]) for r in new}  # one model per part
+        replaced += [r for r in old_rows if (r["sampler"], r["steps"]) in fresh]
+        merged[part] = [r for r in old_rows if (r["sampler"], r["steps"]) not in fresh] + new
     old_settings = old["settings"]
     for key in ("models", "samplers", "nfe"):
         joined = [*old_settings[key], *getattr(settings, key)]

@@ -18,8 +18,8 @@ sigma = 0 is. The trapezoid averages d_i and d'_i as if the slope changed linear
 d is the predicted noise, which changes over log sigma; across sigma_i >> sigma_{i+1} the result is
 about ``x0 / 2 + sigma_i (eps_i - eps'_i) / 2``, the difference of two noise predictions amplified
 by sigma_i. On the cosine schedule (sigma = 20,291 at t = T - 1) the first move of a trailing or
-karras sequence is such a move: EDM's rule scored FD-MNIST 160-241 on ``mnist_fast``, this one
-1.02-3.2 (``benchmarks/results/samplers_fast.md``). Schedules whose moves stay below the ratio
+karras sequence is such a move: EDM's rule scored FD-MNIST 160-241 on ``mnist_fast``
+(``benchmarks/results/samplers_fast_first_run.log``), this one 1.02-3.2 (``samplers_fast.md``). Schedules whose moves stay below the ratio
 (the linear one from 157, EDM's own from 80) are unaffected, and so is the diffusers cross-check.
 The Euler move saves its evaluation: :func:`heun_nfe` is EDM's count, an upper bound.
 """

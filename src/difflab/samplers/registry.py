@@ -185,7 +185,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
 SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpm++2m", 20
 """What ``generate()``, ``difflab sample`` and the web app run unless told otherwise: DPM-Solver++(2M)
-at 20 steps beat DDIM at 50 on ``mnist_ddim`` (0.88x its FD) and came within 5 % of it on the
+at 20 steps beat DDIM at 50 on ``mnist_ddim`` (0.88x its FD) and came within 6 % of it on the
 retrained ``mnist_fast`` and ``mnist_cond_fast``, with 2.5x fewer network evaluations
 (``benchmarks/results/samplers*.md``). ``evaluate_pipeline`` and ``difflab eval`` keep DDIM-50, the
 setting of the README's FD tables."""
