@@ -29,7 +29,7 @@ from typing import Any
 import torch
 import yaml
 
-from difflab.config import DiffusionConfig, config_to_dict, dataclass_from_dict
+from difflab.config import LR_DECAYS, DiffusionConfig, config_to_dict, dataclass_from_dict
 from difflab.data.colour_digits import load_colour_digits
 from difflab.data.transforms import resize_images
 from difflab.diffusion import Conditioning, NoiseSchedule, denoising_loss
@@ -50,6 +50,7 @@ from difflab.models.text import (
 from difflab.models.text_cache import encode_prompts
 from difflab.training.ema import EMA
 from difflab.training.loop import build_optimizer
+from difflab.training.update import learning_rate
 
 STAGES: tuple[str, ...] = ("base", "super_resolution")
 MINILM_WIDTH = 384
@@ -72,9 +73,12 @@ class ImagenDataConfig:
 class ImagenTrainConfig:
     """Optimisation of one stage (see the module docstring)."""
 
-    steps: int = 2000
+    steps: int = 2000  # also the horizon of lr_decay: cosine
     batch_size: int = 32
     lr: float = 2e-3
+    warmup_steps: int = 0  # linear warm-up of the learning rate (difflab.training.update)
+    lr_decay: str = "constant"  # after warm-up: constant, or cosine to lr_floor * lr at `steps`
+    lr_floor: float = 0.1
     weight_decay: float = 0.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -127,6 +131,11 @@ class ImagenStageConfig:
                 f"train.high_noise_fraction must lie in [0, 1] and high_noise_start in [0, 1) (got "
                 f"{t.high_noise_fraction}, {t.high_noise_start}): a share of the batch, drawn from "
                 "that fraction of the schedule upwards."
+            )
+        if t.lr_decay not in LR_DECAYS or not 0 <= t.lr_floor <= 1:
+            raise DifflabError(
+                f"train.lr_decay must be one of {', '.join(LR_DECAYS)} and lr_floor lie in [0, 1] "
+                f"(got {t.lr_decay!r}, {t.lr_floor}): the cosine ends at lr_floor * lr."
             )
         if t.weights_dtype not in WEIGHT_DTYPES:
             raise DifflabError(f"train.weights_dtype must be one of {', '.join(WEIGHT_DTYPES)}.")
@@ -249,6 +258,8 @@ def train_imagen_stage(config: ImagenStageConfig, *, progress: bool = True) -> P
             )
         noise = draw_stage_noise(schedule, x0.shape, generator, t)
         loss = denoising_loss(net, schedule, x0, cond, noise=noise)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(t, step)  # type: ignore[arg-type]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), t.grad_clip)
