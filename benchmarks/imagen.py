@@ -268,31 +268,43 @@ def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[
 
 
 def augmentation_ablation(
-    cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any, cnn: Any
+    args: argparse.Namespace, pair: tuple[str, str], w: float, vgg: Any, cnn: Any
 ) -> dict[str, Any]:
     """The same super-resolution stage trained with and without noise-conditioning augmentation
-    (same settings and CPU budget) after the cascade's base: FD at the SR stage's size against
-    the sampling-time level a (Imagen sec. 2.5)."""
-    base_path = cascade.stages[0].name
+    (same settings and CPU budget) in place of the cascade's stage of its size (16 -> 32 after
+    the base, 32 -> 64 after base and 16 -> 32): FD at that size against the ablated stage's
+    sampling-time level a (Imagen sec. 2.5)."""
     runs = {}
-    for label, sr_path in zip(("with_augmentation", "without_augmentation"), args.aug_ablation,
-                              strict=True):  # fmt: skip
-        pair = CascadePipeline.load([args.stages_list[0], sr_path])
+    for label, sr_path in zip(("with_augmentation", "without_augmentation"), pair, strict=True):
+        meta = load_checkpoint_meta(resolve_checkpoint(sr_path))
+        before = stages_before(args.stages_list, meta["imagen"]["low_res_size"])
+        cascade = CascadePipeline.load([*before, sr_path])
         runs[label] = {
             "stage": sr_path,
-            "noise_aug_max": load_checkpoint_meta(resolve_checkpoint(sr_path))["imagen"][
-                "noise_aug_max"
-            ],
-            "training": pair.stages[1].training,
-            **noise_level_sweep(pair, args, w, vgg, cnn),
+            "noise_aug_max": meta["imagen"]["noise_aug_max"],
+            "training": cascade.stages[-1].training,
+            **noise_level_sweep(cascade, args, w, vgg, cnn),
         }
         print(f"augmentation ablation {label}: {[r['fd_vgg16'] for r in runs[label]['rows']]}")
-    return {"base": base_path, "w": w, "runs": runs}
+    return {"stages_before": before, "size": cascade.stages[-1].image_size, "w": w, "runs": runs}
+
+
+def stages_before(stages: list[str], low_res_size: int) -> list[str]:
+    """The cascade's stages up to the one that outputs ``low_res_size`` pixels."""
+    sizes = [load_checkpoint_meta(resolve_checkpoint(s))["data"]["image_size"] for s in stages]
+    if low_res_size not in sizes:
+        raise SystemExit(
+            f"--aug-ablation: no stage of --stages ({', '.join(stages)}) outputs the "
+            f"{low_res_size} px input the ablated stage reads; add it to --stages."
+        )
+    return stages[: sizes.index(low_res_size) + 1]
 
 
 def noise_level_sweep(
     cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any, cnn: Any
 ) -> dict[str, Any]:
+    """FD and alignment of the cascade's output against the last stage's sampling-time
+    augmentation level a (``--noise-levels``); earlier super-resolution stages sample at a = 0."""
     if len(cascade.stages) < 2:
         return {}
     size = cascade.stages[-1].image_size
@@ -304,8 +316,10 @@ def noise_level_sweep(
     base = StageSettings(steps=args.steps, guidance_scale=w, threshold="dynamic")
     rows = []
     for level in args.noise_levels:
-        sr = dataclasses.replace(base, steps=args.sr_steps, noise_level=level)
-        images = cascade.generate(captions, [base] + [sr] * (len(cascade.stages) - 1), seed=0)
+        sr = dataclasses.replace(base, steps=args.sr_steps)
+        between = [sr] * (len(cascade.stages) - 2)
+        last = dataclasses.replace(sr, noise_level=level)
+        images = cascade.generate(captions, [base, *between, last], seed=0)
         rows.append({"noise_level": level, "fd_vgg16": fd_to(reference, images, vgg),
                      **alignment(images, triples, cnn)})  # fmt: skip
         print(f"a={level:g}: FD@{size} {rows[-1]['fd_vgg16']:.1f}")
@@ -391,7 +405,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         stages = tiny_stages(Path(tmp)) if args.quick else list(bench.comma_list(args.stages))
         if args.quick:  # the ablations' code paths on the tiny stages
-            args.aug_ablation = [str(stages[1])] * 2
+            args.aug_ablation = [(str(stages[1]),) * 2]
             args.text_ablation = [str(stages[0]), str(tiny_learned_base(Path(tmp)))]
         args.stages_list = [str(stage) for stage in stages]
         if "cascade" not in args.parts and "ablations" not in args.parts:
@@ -418,9 +432,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             report["noise_level"] = noise_level_sweep(cascade, args, w, vgg, cnn)
             report["cost"] = cost(cascade, args)
         if "ablations" in args.parts and args.aug_ablation:
-            report["aug_ablation"] = augmentation_ablation(
-                cascade, args, best_scale(report["sweep"]), vgg, cnn
-            )
+            w = best_scale(report["sweep"])
+            report["aug_ablations"] = [
+                augmentation_ablation(args, pair, w, vgg, cnn) for pair in args.aug_ablation
+            ]
         if "ablations" in args.parts and args.text_ablation:
             report["text_ablation"] = text_encoder_ablation(args, best_scale(report["sweep"]), cnn)
     report.setdefault("noise_level", {})
@@ -441,10 +456,9 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
     dyn = [by[(w, "dynamic")]["joint"] for w in sorted({r["w"] for r in rows})]
     comp = report["compositional"]
     extra = {}
-    if report.get("aug_ablation"):
-        runs = report["aug_ablation"]["runs"]
-        best = {k: min(r["fd_vgg16"] for r in run["rows"]) for k, run in runs.items()}
-        extra["augmentation_lowers_best_fd"] = (
+    for aug in report.get("aug_ablations", []):
+        best = {k: min(r["fd_vgg16"] for r in run["rows"]) for k, run in aug["runs"].items()}
+        extra[f"augmentation_lowers_best_fd_at_{aug['size']}px"] = (
             best["with_augmentation"] < best["without_augmentation"]
         )
     if report.get("text_ablation"):
@@ -540,8 +554,7 @@ def render(report: dict[str, Any]) -> str:
 def ablation_sections(report: dict[str, Any]) -> list[str]:
     """Markdown of the augmentation and text-encoder ablations (empty when not run)."""
     parts: list[str] = []
-    aug = report.get("aug_ablation")
-    if aug:
+    for aug in report.get("aug_ablations", []):
         runs = aug["runs"]
         levels = [r["noise_level"] for r in next(iter(runs.values()))["rows"]]
         rows = [
@@ -551,8 +564,9 @@ def ablation_sections(report: dict[str, Any]) -> list[str]:
             for label, run in runs.items()
         ]  # fmt: skip
         parts += [
-            f"## Noise-conditioning augmentation at training (SR stage after {aug['base']}, "
-            f"w = {aug['w']:g}; FD-VGG16 at {next(iter(runs.values()))['size']} px)",
+            f"## Noise-conditioning augmentation at training ({aug['size']} px stage after "
+            f"{', '.join(aug['stages_before'])}, w = {aug['w']:g}; FD-VGG16 at {aug['size']} px; "
+            "earlier SR stages at a = 0)",
             bench.markdown_table(
                 ["SR stage", "a_max (train)", "steps", "CPU s", *(f"a = {a:g}" for a in levels)],
                 rows,
@@ -604,8 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vgg-size", type=int, default=64, help="VGG16 input side for FD")
     parser.add_argument("--cost-batch", type=int, default=8)
     parser.add_argument("--parts", default=",".join(PARTS), help="base, cascade, ablations")
-    parser.add_argument("--aug-ablation", default="", metavar="WITH,WITHOUT",
-                        help="two SR stages trained with and without noise augmentation")  # fmt: skip
+    parser.add_argument("--aug-ablation", action="append", default=[], metavar="WITH,WITHOUT",
+                        help="two SR stages trained with and without noise augmentation; "
+                             "repeat for stages of other sizes")  # fmt: skip
     parser.add_argument("--text-ablation", default="", metavar="FROZEN,LEARNED",
                         help="two base stages: frozen MiniLM, learned bag-of-words encoder")  # fmt: skip
     args = bench.parse(parser, argv)
@@ -615,11 +630,14 @@ def main(argv: list[str] | None = None) -> int:
     args.scales = [float(w) for w in bench.comma_list(args.scales)]
     args.noise_levels = [float(a) for a in bench.comma_list(args.noise_levels)]
     args.parts = bench.comma_list(args.parts)
-    args.aug_ablation = list(bench.comma_list(args.aug_ablation))
+    args.aug_ablation = [tuple(bench.comma_list(pair)) for pair in args.aug_ablation]
     args.text_ablation = list(bench.comma_list(args.text_ablation))
-    for name in ("aug_ablation", "text_ablation"):
-        if len(getattr(args, name)) not in (0, 2):
-            parser.error(f"--{name.replace('_', '-')} takes two checkpoints, comma-separated")
+    for name, pairs in (
+        ("aug-ablation", args.aug_ablation),
+        ("text-ablation", [args.text_ablation]),
+    ):
+        if any(len(pair) not in (0, 2) for pair in pairs):
+            parser.error(f"--{name} takes two checkpoints, comma-separated")
     if not args.parts or not set(args.parts) <= set(PARTS):
         parser.error(f"--parts takes {', '.join(PARTS)}")
     return bench.publish(args, "imagen", lambda: measure(args), render, figures)

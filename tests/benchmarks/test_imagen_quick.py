@@ -16,4 +16,7 @@ def test_imagen_quick(tmp_path):
     assert report["sweep"]["real"]["joint"] == 1.0  # the pixel reader is right on real images
     assert report["peer_threshold"]["max_abs_difference"] < 1e-6  # diffusers' thresholding
     assert [s["kind"] for s in report["stages"]] == ["base", "super_resolution"]
+    (aug,) = report["aug_ablations"]  # the SR stage replaced by itself: the code path only
+    assert aug["size"] == 32 and len(aug["stages_before"]) == 1
+    assert "augmentation_lowers_best_fd_at_32px" in report["goals"]
     assert "## Goals" in markdown and (tmp_path / "imagen_quick.png").is_file()
