@@ -122,13 +122,16 @@ bench-samplers: install
 		--nfe 5,10,20,50 --skip heun@50,dpm++2m@50 --n 150
 
 # NFE vs FD-MNIST on the retrained models at the spacing generate() picks (trailing): mnist_fast at
-# n = 1000 (about 90 CPU-minutes) and mnist_cond_fast with CFG w = 3 at n = 300 (about 30);
-# writes samplers_fast.* and samplers_cond_fast.*.
+# n = 1000 (about 90 CPU-minutes) and mnist_cond_fast with CFG w = 3 at n = 300 (about 30), and
+# the shipped DiT-S/4 with CFG w = 2 at n = 1000 and NFE 5..50 (about 90 on a shared core);
+# writes samplers_fast.*, samplers_cond_fast.* and samplers_dit.*.
 bench-samplers-fast: install
 	$(PY) benchmarks/samplers.py --threads 1 --models mnist_fast --samplers ddim,dpm++2m,heun,euler \
 		--nfe 5,10,20,50 --skip heun@50,euler@50 --n 1000 --name samplers_fast
 	$(PY) benchmarks/samplers.py --threads 1 --models mnist_cond_fast --samplers ddim,dpm++2m \
 		--nfe 5,10,20,50 --skip dpm++2m@50 --n 300 --name samplers_cond_fast
+	$(PY) benchmarks/samplers.py --threads 1 --models dit_mnist_s4 --samplers ddim,dpm++2m,heun,euler \
+		--nfe 5,8,10,15,20,50 --skip dpm++2m@50,heun@50,euler@50 --n 1000 --name samplers_dit
 
 # Training recipe study: unet-mnist trained with configs/mnist.yaml, its EMA without warm-up, a
 # 20-update warm-up, and on that each change (min-SNR-5, v-prediction, cosine schedule, lr 1e-3 +

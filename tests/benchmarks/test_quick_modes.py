@@ -188,6 +188,7 @@ RENDERED = {
     "samplers": ("samplers", ()),
     "samplers_fast": ("samplers", ("--name", "samplers_fast")),
     "samplers_cond_fast": ("samplers", ("--name", "samplers_cond_fast")),
+    "samplers_dit": ("samplers", ("--name", "samplers_dit")),
     "unet_vs_diffusers": ("unet_vs_diffusers", ()),
     "vqvae": ("vqvae_table", ()),
 }
