@@ -52,6 +52,8 @@ from difflab.samplers.thresholding import DynamicThreshold
 from difflab.training.imagen_loop import imagen_stage_config, train_imagen_stage
 
 THRESHOLDS: dict[str, str | None] = {"none": None, "static": "static", "dynamic": "dynamic"}
+Setting = tuple[float, str]
+"""(guidance weight w, a name of THRESHOLDS)."""
 PALETTE = torch.tensor([COLOUR_RGB[n] for n in COLOUR_NAMES])  # (K, 3) in [0, 1]
 SATURATED = 0.98
 GOALS = {"joint_held_out": 0.80, "digit_seen": 0.95, "colour_seen": 0.90}
@@ -205,18 +207,18 @@ def guidance_sweep(
 
 
 def compositional(
-    cascade: CascadePipeline, args: argparse.Namespace, w: float, cnn: Any
+    cascade: CascadePipeline, args: argparse.Namespace, best: Setting, cnn: Any
 ) -> dict[str, Any]:
     base = cascade.stages[0]
     held = torch.tensor(sorted(HELD_OUT))[: args.n_held]  # (k, 3)
     seen_all = split_triples("test")
     pick = torch.randperm(len(seen_all), generator=torch.Generator().manual_seed(0))[: len(held)]
     seen = torch.tensor(seen_all)[pick]
-    result = {"w": w, "count": len(held)}
+    result = {"w": best[0], "threshold": best[1], "count": len(held)}
     for name, triples in (("held_out", held), ("seen", seen)):
         captions = [canonical_caption(*map(int, t)) for t in triples]
         result[name] = caption_alignment(
-            base.pipeline, cascade.text_conditioning(captions), triples, w, args, cnn
+            base.pipeline, cascade.text_conditioning(captions), triples, best, args, cnn
         )
         print(f"{name}: {result[name]}")
     return result
@@ -226,20 +228,20 @@ def caption_alignment(
     pipeline: Any,
     cond: Any,
     triples: torch.Tensor,
-    w: float,
+    best: Setting,
     args: argparse.Namespace,
     cnn: Any,
 ) -> dict[str, float]:
-    """Alignment of a base stage's images for one caption per triple (dynamic thresholding;
-    the pipeline's own spacing, ``"auto"``)."""
+    """Alignment of a base stage's images for one caption per triple, at the sweep's best
+    (w, thresholding) and the pipeline's own spacing (``"auto"``)."""
     images = pipeline.generate(
         len(triples), cond, seed=5, steps=args.steps,
-        guidance=Guidance(guidance_scale=w, threshold="dynamic"),
+        guidance=Guidance(guidance_scale=best[0], threshold=THRESHOLDS[best[1]]),
     )  # fmt: skip
     return alignment(images, triples, cnn)
 
 
-def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[str, Any]:
+def text_encoder_ablation(args: argparse.Namespace, best: Setting, cnn: Any) -> dict[str, Any]:
     """The frozen MiniLM against a caption encoder learned from scratch (bag of words), two base
     stages trained with the same settings and CPU budget: alignment on the held-out triples."""
     frozen_path, learned_path = args.text_ablation
@@ -249,17 +251,18 @@ def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[
     base, learned = frozen.stages[0], load_pipeline(learned_path)
     rows = {
         "frozen_minilm": caption_alignment(
-            base.pipeline, frozen.text_conditioning(captions), held, w, args, cnn
+            base.pipeline, frozen.text_conditioning(captions), held, best, args, cnn
         ),
         "learned_bag_of_words": caption_alignment(
-            learned, learned.caption_conditioning(captions), held, w, args, cnn
+            learned, learned.caption_conditioning(captions), held, best, args, cnn
         ),
     }
     for name, row in rows.items():
         print(f"text encoder {name}: {row}")
     stages = {"frozen_minilm": frozen_path, "learned_bag_of_words": learned_path}
     return {
-        "w": w,
+        "w": best[0],
+        "threshold": best[1],
         "count": len(held),
         "rows": rows,
         "training": {k: load_checkpoint_meta(resolve_checkpoint(p)).get("training", {})
@@ -268,7 +271,7 @@ def text_encoder_ablation(args: argparse.Namespace, w: float, cnn: Any) -> dict[
 
 
 def augmentation_ablation(
-    args: argparse.Namespace, pair: tuple[str, str], w: float, vgg: Any, cnn: Any
+    args: argparse.Namespace, pair: tuple[str, str], best: Setting, vgg: Any, cnn: Any
 ) -> dict[str, Any]:
     """The same super-resolution stage trained with and without noise-conditioning augmentation
     (same settings and CPU budget) in place of the cascade's stage of its size (16 -> 32 after
@@ -283,10 +286,11 @@ def augmentation_ablation(
             "stage": sr_path,
             "noise_aug_max": meta["imagen"]["noise_aug_max"],
             "training": cascade.stages[-1].training,
-            **noise_level_sweep(cascade, args, w, vgg, cnn),
+            **noise_level_sweep(cascade, args, best, vgg, cnn),
         }
         print(f"augmentation ablation {label}: {[r['fd_vgg16'] for r in runs[label]['rows']]}")
-    return {"stages_before": before, "size": cascade.stages[-1].image_size, "w": w, "runs": runs}
+    return {"stages_before": before, "size": cascade.stages[-1].image_size, "w": best[0],
+            "threshold": best[1], "runs": runs}  # fmt: skip
 
 
 def stages_before(stages: list[str], low_res_size: int) -> list[str]:
@@ -301,7 +305,7 @@ def stages_before(stages: list[str], low_res_size: int) -> list[str]:
 
 
 def noise_level_sweep(
-    cascade: CascadePipeline, args: argparse.Namespace, w: float, vgg: Any, cnn: Any
+    cascade: CascadePipeline, args: argparse.Namespace, best: Setting, vgg: Any, cnn: Any
 ) -> dict[str, Any]:
     """FD and alignment of the cascade's output against the last stage's sampling-time
     augmentation level a (``--noise-levels``); earlier super-resolution stages sample at a = 0."""
@@ -313,7 +317,7 @@ def noise_level_sweep(
     reference = FeatureStats.from_features(
         extract_features(vgg, real, 64), vgg.space.id, keep_features=0
     )
-    base = StageSettings(steps=args.steps, guidance_scale=w, threshold="dynamic")
+    base = StageSettings(steps=args.steps, guidance_scale=best[0], threshold=THRESHOLDS[best[1]])
     rows = []
     for level in args.noise_levels:
         sr = dataclasses.replace(base, steps=args.sr_steps)
@@ -326,6 +330,8 @@ def noise_level_sweep(
     upsampled = resize_images(resize_images(real, cascade.stages[0].image_size), size)
     return {
         "size": size,
+        "w": best[0],
+        "threshold": best[1],
         "rows": rows,
         "bilinear_upsampled_real_fd": fd_to(reference, upsampled, vgg),
     }
@@ -393,10 +399,11 @@ FROZEN,LEARNED``), each run only when its stages are given. A part not run is ca
 the JSON already in --out-dir, so the base part can run while the SR stage still trains."""
 
 
-def best_scale(sweep: dict[str, Any]) -> float:
-    """The w of the best dynamic-thresholding row: highest joint alignment, then lowest FD."""
-    dynamic = [r for r in sweep["rows"] if r["threshold"] == "dynamic"]
-    return max(dynamic, key=lambda r: (r["joint"], -r["fd_vgg16"]))["w"]
+def best_setting(sweep: dict[str, Any]) -> Setting:
+    """(w, thresholding) of the sweep's best row, highest joint alignment then lowest FD: the
+    setting the compositional, cascade and ablation parts sample at."""
+    row = max(sweep["rows"], key=lambda r: (r["joint"], -r["fd_vgg16"]))
+    return row["w"], row["threshold"]
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -424,20 +431,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         report["stages"] = stage_rows + report.get("stages", [])[len(stage_rows) :]
         if "base" in args.parts:
             report["sweep"] = guidance_sweep(cascade, args, vgg, cnn)
-            w = best_scale(report["sweep"])
-            report["compositional"] = compositional(cascade, args, w, cnn)
+        best = best_setting(report["sweep"])
+        if "base" in args.parts:
+            report["compositional"] = compositional(cascade, args, best, cnn)
             report["peer_threshold"] = peer_threshold_check()
         if "cascade" in args.parts:
-            w = best_scale(report["sweep"])
-            report["noise_level"] = noise_level_sweep(cascade, args, w, vgg, cnn)
+            report["noise_level"] = noise_level_sweep(cascade, args, best, vgg, cnn)
             report["cost"] = cost(cascade, args)
         if "ablations" in args.parts and args.aug_ablation:
-            w = best_scale(report["sweep"])
             report["aug_ablations"] = [
-                augmentation_ablation(args, pair, w, vgg, cnn) for pair in args.aug_ablation
+                augmentation_ablation(args, pair, best, vgg, cnn) for pair in args.aug_ablation
             ]
         if "ablations" in args.parts and args.text_ablation:
-            report["text_ablation"] = text_encoder_ablation(args, best_scale(report["sweep"]), cnn)
+            report["text_ablation"] = text_encoder_ablation(args, best, cnn)
     report.setdefault("noise_level", {})
     report.setdefault("cost", {"batch": 0, "cascade_seconds_per_image": 0.0, "stages": []})
     report["goals"] = goals(report)
@@ -453,7 +459,13 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
         if high
         else None
     )
-    dyn = [by[(w, "dynamic")]["joint"] for w in sorted({r["w"] for r in rows})]
+    scales = sorted({r["w"] for r in rows})
+    rises = {  # joint alignment at the largest w against the smallest, per thresholding
+        f"alignment_rises_with_w_{name}": by[(scales[-1], name)]["joint"]
+        > by[(scales[0], name)]["joint"]
+        for name in THRESHOLDS
+        if len(scales) > 1
+    }
     comp = report["compositional"]
     extra = {}
     for aug in report.get("aug_ablations", []):
@@ -468,7 +480,7 @@ def goals(report: dict[str, Any]) -> dict[str, Any]:
         )
     return extra | {
         "dynamic_fd_below_static_at_w_ge_5": dyn_beats_static,
-        "alignment_rises_with_w": dyn[-1] > dyn[0] if len(dyn) > 1 else None,
+        **rises,
         "joint_held_out_ge_80": comp["held_out"]["joint"] >= GOALS["joint_held_out"],
         "digit_seen_ge_95": comp["seen"]["digit"] >= GOALS["digit_seen"],
         "colour_seen_ge_90": comp["seen"]["colour"] >= GOALS["colour_seen"],
@@ -528,7 +540,8 @@ def render(report: dict[str, Any]) -> str:
         bench.markdown_table(
             ["w", "threshold", "FD-VGG16", "digit", "fg", "bg", "joint", "saturated"], sweep_rows
         ),
-        f"## Compositional generalisation (w = {comp['w']:g}, dynamic; {comp['count']} triples each)",
+        f"## Compositional generalisation (w = {comp['w']:g}, thresholding "
+        f"{comp['threshold']}, the sweep's best row; {comp['count']} triples each)",
         bench.markdown_table(["triples", "digit", "colour (fg and bg)", "joint"], comp_rows),
         f"## Super-resolution augmentation level at sampling (FD-VGG16 and alignment of the final images at {noise.get('size', '—')} px)"
         if noise
@@ -565,7 +578,8 @@ def ablation_sections(report: dict[str, Any]) -> list[str]:
         ]  # fmt: skip
         parts += [
             f"## Noise-conditioning augmentation at training ({aug['size']} px stage after "
-            f"{', '.join(aug['stages_before'])}, w = {aug['w']:g}; FD-VGG16 at {aug['size']} px; "
+            f"{', '.join(aug['stages_before'])}, w = {aug['w']:g}, thresholding {aug['threshold']}; "
+            f"FD-VGG16 at {aug['size']} px; "
             "earlier SR stages at a = 0)",
             bench.markdown_table(
                 ["SR stage", "a_max (train)", "steps", "CPU s", *(f"a = {a:g}" for a in levels)],
@@ -582,7 +596,7 @@ def ablation_sections(report: dict[str, Any]) -> list[str]:
         ]  # fmt: skip
         parts += [
             f"## Text encoder (held-out triples, {text['count']} captions, w = {text['w']:g}, "
-            "dynamic)",
+            f"thresholding {text['threshold']})",
             bench.markdown_table(["encoder", "steps", "CPU s", "digit", "fg", "bg", "joint"], rows),
         ]
     return parts
