@@ -84,10 +84,11 @@ def png_array(png: bytes) -> np.ndarray:
 
 
 def test_a_prompt_typed_in_the_browser_makes_the_api_image(browser, catalog):
-    """A person picks the text-to-image model, types a prompt key by key, sets the guidance and
-    presses Enter. Fails if the prompt box stays disabled, if the typed text does not reach the
-    frozen encoder intact (the image must equal the Python API's for that prompt, and differ from
-    the null prompt's), or if the gallery does not show the prompt."""
+    """A person picks the text-to-image model, types a prompt key by key (guidance left at its
+    default) and presses Enter. Fails if the prompt box stays disabled, if the guidance box does
+    not start at the cascade's default weight, if the typed text does not reach the frozen encoder
+    intact (the image must equal the Python API's for that prompt, and differ from the null
+    prompt's), or if the gallery does not show the prompt."""
     with running_server(catalog, LIMITS) as base:
         page = browser.new_page(viewport={"width": 1100, "height": 900})
         errors: list[str] = []
@@ -96,8 +97,9 @@ def test_a_prompt_typed_in_the_browser_makes_the_api_image(browser, catalog):
         page.wait_for_selector(f"#model option[value='{BASE}']", state="attached")
         assert page.is_disabled("#prompt")  # the first model, echo, reads no prompt
         page.select_option("#model", BASE)
+        # a text-to-image model starts at the measured default w and no thresholding
+        assert page.input_value("#guidance") == "3" and page.input_value("#threshold") == ""
         page.fill("#steps", "4")
-        page.fill("#guidance", "3")
         page.click("#prompt")
         page.keyboard.type(PROMPT)
         page.keyboard.press("Enter")

@@ -16,7 +16,13 @@ from pathlib import Path
 from difflab.errors import DifflabError
 from difflab.io.images import save_grid
 from difflab.models.frozen_text import PromptTruncated
-from difflab.pipelines.cascade import SHIPPED_CASCADE, CascadePipeline, StageSettings
+from difflab.pipelines.cascade import (
+    DEFAULT_GUIDANCE_SCALE,
+    DEFAULT_THRESHOLD,
+    SHIPPED_CASCADE,
+    CascadePipeline,
+    StageSettings,
+)
 from difflab.training.imagen_loop import load_imagen_stage_config, train_imagen_stage
 
 THRESHOLD_CHOICES = {"none": None, "static": "static", "dynamic": "dynamic"}
@@ -31,10 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     gen.add_argument("--prompt-file", default=None, help="a UTF-8 text file, one prompt per line")
     gen.add_argument("--n", type=int, default=1, help="images per prompt")
-    gen.add_argument("--guidance-scale", type=float, default=5.0, metavar="W",
-                     help="classifier-free weight w of every stage (1 = conditional)")  # fmt: skip
-    gen.add_argument("--threshold", choices=tuple(THRESHOLD_CHOICES), default="dynamic",
-                     help="x0 thresholding: Imagen's dynamic, static clipping, or none")  # fmt: skip
+    gen.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE, metavar="W",
+                     help="classifier-free weight w of every stage (1 = conditional; default "
+                          "%(default)s, the measured best)")  # fmt: skip
+    threshold = next(k for k, v in THRESHOLD_CHOICES.items() if v == DEFAULT_THRESHOLD)
+    gen.add_argument("--threshold", choices=tuple(THRESHOLD_CHOICES), default=threshold,
+                     help="x0 thresholding: Imagen's dynamic, static clipping, or none "
+                          "(default %(default)s, the measured best)")  # fmt: skip
     gen.add_argument("--steps", type=int, default=50, help="sampler steps of the base stage")
     gen.add_argument("--sr-steps", type=int, default=25, help="sampler steps of each SR stage")
     gen.add_argument("--sr-guidance-scale", type=float, default=None, metavar="W",

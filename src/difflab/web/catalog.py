@@ -19,7 +19,12 @@ from difflab.io.checkpoint import load_checkpoint_meta
 from difflab.io.weights import resolve_checkpoint, shipped_names
 from difflab.models.controlnet import CONTROL_KIND, ControlledNetwork
 from difflab.pipelines import DiffusionPipeline, load_pipeline
-from difflab.pipelines.cascade import SHIPPED_CASCADE, CascadePipeline, StageSettings
+from difflab.pipelines.cascade import (
+    DEFAULT_GUIDANCE_SCALE,
+    SHIPPED_CASCADE,
+    CascadePipeline,
+    StageSettings,
+)
 from difflab.samplers import Guidance, StepInfo
 from difflab.web.images import decode_data_url, hint_tensor
 from difflab.web.limits import ServeLimits
@@ -142,6 +147,10 @@ class ServedModel:
             "hint": self.hint_kind if self.reads_control else None,
             "latent": self.pipeline.autoencoder is not None,
             "prompt": self.takes_prompt,
+            # a text-to-image model starts at the cascade's measured default weight
+            "guidance_default": DEFAULT_GUIDANCE_SCALE
+            if self.takes_prompt and self.takes_guidance
+            else None,
             "stages": 1,
             "source": self.source,
         }

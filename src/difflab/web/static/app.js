@@ -90,7 +90,7 @@ function showModel() {
     ? `${model.name} draws what the prompt says; empty is the null prompt (unconditional).`
     : `${model.name} does not read a prompt.`;
   $("noise-level").disabled = model.stages < 2;
-  if (model.prompt && model.stages > 1 && $("threshold").value === "") $("threshold").value = "dynamic";
+  if (model.guidance_default && $("guidance").value === "") $("guidance").value = String(model.guidance_default);
   $("use-sketch").disabled = !model.control;
   $("control-scale").disabled = !model.control_scale;
   if (!model.control) $("use-sketch").checked = false;
