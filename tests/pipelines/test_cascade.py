@@ -193,9 +193,10 @@ def test_the_shipped_stages_read_their_conditioning_at_high_noise():
     the conditioning can. From pure noise at each stage's first sampling step:
 
     * the shipped base's x0 must show the prompt's background colour (nearest palette colour of
-      its border) for at least 40 % of 48 test captions, over three times chance (1 in 8); it
-      reads 0.60 (the 20-minute v base before it: 0.52). The first shipped base (eps prediction, uniform timesteps) read 0.19: it had
-      learned to ignore the text there, so its samples' colours were at chance.
+      its border) for at least 90 % of 48 test captions (chance: 1 in 8); it reads 1.00 (the
+      hour-long base before it, batch 16 and a constant lr: 0.60; the 20-minute v base: 0.52).
+      The first shipped base (eps prediction, uniform timesteps) read 0.19: it had learned to
+      ignore the text there, so its samples' colours were at chance.
     * the shipped 16 -> 32 stage's x0 must keep the colours of its low-resolution input (mean
       colour per image within 0.2; it is 0.05). The first shipped SR stage (eps) was 0.80 off:
       it ignored its input there and redrew the colours at random.
@@ -221,6 +222,6 @@ def test_the_shipped_stages_read_their_conditioning_at_high_noise():
     border = torch.cat([rgb[..., 0, :], rgb[..., -1, :], rgb[..., 1:-1, 0], rgb[..., 1:-1, -1]], -1)
     palette = torch.tensor([COLOUR_RGB[name] for name in COLOUR_NAMES])  # (8, 3)
     read = torch.cdist(border.median(-1).values, palette).argmin(1)  # (48,)
-    assert (read == data.bg).float().mean() >= 0.4
+    assert (read == data.bg).float().mean() >= 0.9
     colour_error = (x0[1].mean((2, 3)) - low.mean((2, 3))).abs().mean()
     assert colour_error <= 0.2, colour_error
