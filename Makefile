@@ -123,7 +123,7 @@ bench-samplers: install
 
 # NFE vs FD-MNIST on the retrained models at the spacing generate() picks (trailing): mnist_fast at
 # n = 1000 (about 90 CPU-minutes) and mnist_cond_fast with CFG w = 3 at n = 300 (about 30), and
-# the shipped DiT-S/4 with CFG w = 2 at n = 1000 and NFE 5..50 (about 90 on a shared core);
+# the shipped DiT-S/4 with CFG w = 2 at n = 1000 and NFE 5..50 (75 minutes on a shared core);
 # writes samplers_fast.*, samplers_cond_fast.* and samplers_dit.*.
 bench-samplers-fast: install
 	$(PY) benchmarks/samplers.py --threads 1 --models mnist_fast --samplers ddim,dpm++2m,heun,euler \

@@ -271,16 +271,21 @@ def text_encoder_ablation(args: argparse.Namespace, best: Setting, cnn: Any) -> 
 
 
 def augmentation_ablation(
-    args: argparse.Namespace, pair: tuple[str, str], best: Setting, vgg: Any, cnn: Any
+    args: argparse.Namespace,
+    stages: CascadePipeline,
+    pair: tuple[str, str],
+    best: Setting,
+    vgg: Any,
+    cnn: Any,
 ) -> dict[str, Any]:
     """The same super-resolution stage trained with and without noise-conditioning augmentation
-    (same settings and CPU budget) in place of the cascade's stage of its size (16 -> 32 after
-    the base, 32 -> 64 after base and 16 -> 32): FD at that size against the ablated stage's
-    sampling-time level a (Imagen sec. 2.5)."""
+    (same settings and CPU budget) in place of the stage of its size in ``stages`` (the
+    benchmark's cascade; 16 -> 32 after the base, 32 -> 64 after base and 16 -> 32): FD at that
+    size against the ablated stage's sampling-time level a (Imagen sec. 2.5)."""
     runs = {}
     for label, sr_path in zip(("with_augmentation", "without_augmentation"), pair, strict=True):
         meta = load_checkpoint_meta(resolve_checkpoint(sr_path))
-        before = stages_before(args.stages_list, meta["imagen"]["low_res_size"])
+        before = stages_before(args.stages_list, stages, meta["imagen"]["low_res_size"])
         cascade = CascadePipeline.load([*before, sr_path])
         runs[label] = {
             "stage": sr_path,
@@ -293,15 +298,15 @@ def augmentation_ablation(
             "threshold": best[1], "runs": runs}  # fmt: skip
 
 
-def stages_before(stages: list[str], low_res_size: int) -> list[str]:
-    """The cascade's stages up to the one that outputs ``low_res_size`` pixels."""
-    sizes = [load_checkpoint_meta(resolve_checkpoint(s))["data"]["image_size"] for s in stages]
+def stages_before(paths: list[str], stages: CascadePipeline, low_res_size: int) -> list[str]:
+    """``paths`` (the loaded ``stages``') up to the stage that outputs ``low_res_size`` pixels."""
+    sizes = [stage.image_size for stage in stages.stages]
     if low_res_size not in sizes:
         raise SystemExit(
-            f"--aug-ablation: no stage of --stages ({', '.join(stages)}) outputs the "
+            f"--aug-ablation: no stage of --stages ({', '.join(paths)}) outputs the "
             f"{low_res_size} px input the ablated stage reads; add it to --stages."
         )
-    return stages[: sizes.index(low_res_size) + 1]
+    return paths[: sizes.index(low_res_size) + 1]
 
 
 def noise_level_sweep(
@@ -440,7 +445,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             report["cost"] = cost(cascade, args)
         if "ablations" in args.parts and args.aug_ablation:
             report["aug_ablations"] = [
-                augmentation_ablation(args, pair, best, vgg, cnn) for pair in args.aug_ablation
+                augmentation_ablation(args, cascade, pair, best, vgg, cnn)
+                for pair in args.aug_ablation
             ]
         if "ablations" in args.parts and args.text_ablation:
             report["text_ablation"] = text_encoder_ablation(args, best, cnn)

@@ -12,11 +12,7 @@ from difflab.training import imagen_loop
 from difflab.training.imagen_loop import imagen_stage_config, train_imagen_stage
 from difflab.training.update import learning_rate
 from tests.data.test_colour_digits import write_square_mnist
-
-TINY_MODEL = dict(
-    preset="unet-imagen-base", base_channels=8, channel_mult=[1, 2], attention_resolutions=[4],
-    head_channels=8, prediction="v",
-)  # fmt: skip
+from tests.pipelines.test_cascade import TINY_MODEL
 
 
 def tiny_base(folder: Path, **train) -> dict:
@@ -24,7 +20,7 @@ def tiny_base(folder: Path, **train) -> dict:
         stage="base",
         data=dict(size=8, count=24, data_dir=str(folder)),
         text_encoder={"max_length": 16},
-        model=TINY_MODEL,
+        model=dict(TINY_MODEL, prediction="v"),
         diffusion={"schedule": "cosine", "num_timesteps": 50},
         train=dict(batch_size=4, log_every=100, out=str(folder / "base.safetensors"), **train),
     )
